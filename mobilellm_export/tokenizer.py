@@ -1,0 +1,121 @@
+"""Tokenizer: HF `tokenizer.json` through `tokenizers`, plus the chat template through jinja2.
+
+Only `tokenizer.json` (+ `tokenizer_config.json`) is used: it is also what the ExecuTorch LLM
+runner and the demo apps read, so the bundle ships exactly what was verified here.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2.sandbox
+from tokenizers import Tokenizer as HFTokenizer
+
+from .errors import UserError
+
+# MobileLLM-R1 README system prompts (MODEL_FACTS.md).
+SYSTEM_PROMPTS = {
+    "math": "Please reason step by step, and put your final answer within \\boxed{}.",
+    "code": ("You are a helpful and harmless assistant. You should think step-by-step before responding to "
+             "the instruction below.\n\nPlease use python programming language only.\n\nYou must use ```python "
+             "for just the final solution code block with the following format:\n```python\n# Your code here\n```\n"),
+}
+
+
+def _token_str(v) -> str | None:
+    if isinstance(v, dict):  # AddedToken serialisation
+        return v.get("content")
+    return v
+
+
+@dataclass
+class Tokenizer:
+    tok: HFTokenizer
+    config: dict = field(default_factory=dict)  # tokenizer_config.json contents
+
+    # ---- loading ---------------------------------------------------------------------------
+    @classmethod
+    def from_dir(cls, path: str | Path) -> Tokenizer:
+        path = Path(path)
+        tj = path / "tokenizer.json" if path.is_dir() else path
+        if not tj.is_file():
+            raise UserError(f"no tokenizer.json in {path}")
+        try:
+            tok = HFTokenizer.from_file(str(tj))
+        except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+            raise UserError(f"cannot read tokenizer {tj}: {str(e).splitlines()[0]}") from None
+        cfg = {}
+        cfg_path = tj.parent / "tokenizer_config.json"
+        if cfg_path.is_file():
+            try:
+                cfg = json.loads(cfg_path.read_text())
+            except json.JSONDecodeError as e:
+                raise UserError(f"corrupt {cfg_path}: {e}") from None
+        jinja = tj.parent / "chat_template.jinja"
+        if "chat_template" not in cfg and jinja.is_file():
+            cfg["chat_template"] = jinja.read_text()
+        return cls(tok, cfg)
+
+    def save(self, out_dir: Path) -> list[str]:
+        self.tok.save(str(out_dir / "tokenizer.json"))
+        (out_dir / "tokenizer_config.json").write_text(json.dumps(self.config, indent=2, ensure_ascii=False))
+        return ["tokenizer.json", "tokenizer_config.json"]
+
+    # ---- ids -------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size(with_added_tokens=True)
+
+    def token_id(self, key: str) -> int | None:
+        s = _token_str(self.config.get(key))
+        return self.tok.token_to_id(s) if s else None
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.token_id("bos_token")
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.token_id("eos_token")
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """add_special_tokens lets tokenizer.json's post-processor add BOS (Llama 3 does; SmolLM2 does not)."""
+        return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=False)
+
+    # ---- chat ------------------------------------------------------------------------------
+    @property
+    def chat_template(self) -> str | None:
+        t = self.config.get("chat_template")
+        if isinstance(t, list):  # named templates: take "default"
+            t = next((x["template"] for x in t if x.get("name") == "default"), None)
+        return t
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        template = self.chat_template
+        if not template:
+            raise UserError("this tokenizer has no chat template; use a plain prompt (--raw)")
+
+        def raise_exception(msg):
+            raise UserError(f"chat template: {msg}")
+
+        env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                           extensions=["jinja2.ext.loopcontrols"])
+        env.globals["raise_exception"] = raise_exception
+        env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+        env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False, **kw)
+        return env.from_string(template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt,
+            bos_token=_token_str(self.config.get("bos_token")) or "",
+            eos_token=_token_str(self.config.get("eos_token")) or "")
+
+    def chat_prompt_ids(self, user: str, system: str | None = None) -> list[int]:
+        msgs = ([{"role": "system", "content": SYSTEM_PROMPTS.get(system, system)}] if system else [])
+        msgs.append({"role": "user", "content": user})
+        # The rendered template already contains BOS where the model wants it.
+        return self.encode(self.apply_chat_template(msgs), add_special_tokens=False)
