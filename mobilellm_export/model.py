@@ -194,21 +194,8 @@ class Transformer(nn.Module):
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Strict load with one-line errors for missing/extra/misshapen tensors."""
-        expected = {k: v for k, v in self.state_dict().items()}
-        sd = dict(state_dict)
-        if self.cfg.tie_embeddings:
-            sd.pop("lm_head.weight", None)  # tied: the head is the embedding (accept either)
-            expected.pop("lm_head.weight", None)
-        missing = sorted(set(expected) - set(sd))
-        extra = sorted(set(sd) - set(expected))
-        if missing:
-            raise UserError(f"checkpoint is missing {len(missing)} tensor(s), e.g. {missing[0]!r}")
-        if extra:
-            raise UserError(f"checkpoint has {len(extra)} unexpected tensor(s), e.g. {extra[0]!r}")
-        for k, v in sd.items():
-            if tuple(v.shape) != tuple(expected[k].shape):
-                raise UserError(f"tensor {k!r} has shape {tuple(v.shape)}, config expects {tuple(expected[k].shape)}")
-        self.load_state_dict(sd, strict=False, assign=False)
+        sd = check_state_dict(self.cfg, state_dict)
+        self.load_state_dict(sd, strict=False)
 
     def reset_caches(self) -> None:
         for c in self.caches:
@@ -216,15 +203,36 @@ class Transformer(nn.Module):
                 b.zero_()
 
 
+def expected_shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
+    with torch.device("meta"):  # shapes only, no memory
+        shapes = {k: v.shape for k, v in Transformer(cfg, max_context=8).state_dict().items()}
+    if cfg.tie_embeddings:
+        shapes.pop("lm_head.weight")
+    return shapes
+
+
+def check_state_dict(cfg: ModelConfig, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights this config needs, exactly; UserError naming the first problem otherwise."""
+    expected = expected_shapes(cfg)
+    sd = dict(state_dict)
+    if cfg.tie_embeddings:
+        sd.pop("lm_head.weight", None)  # tied: the head is the embedding (a stored copy is accepted)
+    missing, extra = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
+    if missing:
+        raise UserError(f"checkpoint is missing {len(missing)} tensor(s), e.g. {missing[0]!r}")
+    if extra:
+        raise UserError(f"checkpoint has {len(extra)} unexpected tensor(s), e.g. {extra[0]!r}")
+    for k, v in sd.items():
+        if tuple(v.shape) != tuple(expected[k]):
+            raise UserError(f"tensor {k!r} has shape {tuple(v.shape)}, config expects {tuple(expected[k])}")
+    return sd
+
+
 def random_weights(cfg: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     """Seeded random weights, scaled so activations stay O(1) through depth (presets, tests)."""
     g = torch.Generator().manual_seed(seed)
-    with torch.device("meta"):  # shapes only
-        shapes = {k: v.shape for k, v in Transformer(cfg, max_context=8).state_dict().items()}
     sd = {}
-    for name, shape in shapes.items():
-        if cfg.tie_embeddings and name == "lm_head.weight":
-            continue
+    for name, shape in expected_shapes(cfg).items():
         if name.endswith("norm.weight"):
             sd[name] = 1.0 + 0.1 * torch.randn(shape, generator=g)
         else:

@@ -50,13 +50,16 @@ def _name_of(source: str) -> str:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def load(source: str, tokenizer: str | None = None, seed: int = 0) -> Checkpoint:
-    """Resolve `source` to a Checkpoint. `tokenizer` (a tokenizer.json or its folder) overrides/adds one."""
-    from ..model import random_weights
+def load(source: str, tokenizer: str | None = None, seed: int = 0, weights: bool = True) -> Checkpoint:
+    """Resolve `source` to a Checkpoint. `tokenizer` (a tokenizer.json or its folder) overrides/adds one.
+
+    weights=False skips generating a preset's random weights (inspect needs only the config).
+    """
+    from ..model import check_state_dict, random_weights
 
     if source in PRESETS:
         cfg = PRESETS[source]
-        ck = Checkpoint(source, source, "preset", cfg, random_weights(cfg, seed), None)
+        ck = Checkpoint(source, source, "preset", cfg, random_weights(cfg, seed) if weights else {}, None)
     elif source == OFFLINE_DEFAULT:
         from .gguf import load_gguf
 
@@ -80,8 +83,10 @@ def load(source: str, tokenizer: str | None = None, seed: int = 0) -> Checkpoint
 
             ck = Checkpoint(_name_of(source), source, "hub", *load_hf_dir(download(source)))
         else:
-            known = ", ".join(sorted(PRESETS)[:6]) + ", ..."
-            raise UserError(f"{source}: no such file or directory, and not a preset ({OFFLINE_DEFAULT}, {known})")
+            known = ", ".join(k for k in PRESETS if not k.endswith("-layer-share"))
+            raise UserError(f"{source}: no such file or directory, and not a preset ({OFFLINE_DEFAULT}, {known}, ...-layer-share)")
+    if ck.state_dict:
+        ck.state_dict = check_state_dict(ck.config, ck.state_dict)
     if tokenizer:
         ck.tokenizer = Tokenizer.from_dir(tokenizer)
     if ck.tokenizer is not None and ck.tokenizer.vocab_size > ck.config.vocab_size:

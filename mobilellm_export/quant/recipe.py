@@ -1,0 +1,148 @@
+"""Quantization recipes: TOML files as data (torchao's `quantize_(model, config)` spirit).
+
+A recipe says what happens to the decoder linears, the embedding and the (tied) lm_head, plus
+the parity thresholds its artifacts must meet. Unknown keys and impossible values are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+
+RECIPE_DIR = Path(__file__).resolve().parents[2] / "quant_recipes"
+
+
+@dataclass(frozen=True)
+class WeightQuant:
+    bits: int = 0  # 0 = keep float; 4 or 8
+    group_size: int = 0  # 0 = one scale per output channel / embedding row
+    activations: str = "int8_dynamic"  # linears only: "int8_dynamic" (per token) | "none" (weight-only)
+    scale_dtype: str = "bf16"  # XNNPACK keeps 4-bit block scales in bf16: match it in the reference
+
+    @property
+    def quantized(self) -> bool:
+        return self.bits != 0
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    # float -> artifact (quantization quality; a regression bound)
+    kl_mean: float = 1.0
+    top1_min: float = 0.0
+    ppl_delta_max: float = 10.0  # relative, 0.35 = +35 %
+    # quantized eager -> artifact (the lowering error)
+    lowering_kl_mean: float = 0.05
+    lowering_top1_min: float = 0.8
+    lowering_max_abs_logit: float | None = None  # fp32 recipes: an absolute bound
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str = ""
+    linear: WeightQuant = WeightQuant()
+    embedding: WeightQuant = WeightQuant(activations="none")
+    head: WeightQuant = WeightQuant()
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    path: str = ""
+
+    @property
+    def is_float(self) -> bool:
+        return not (self.linear.quantized or self.embedding.quantized or self.head.quantized)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_GROUPS = (0, 16, 32, 64, 128, 256)
+
+
+def _section(cls, raw: dict, where: str):
+    if not isinstance(raw, dict):
+        raise UserError(f"{where} must be a table")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(names))})")
+    try:
+        return cls(**raw)
+    except TypeError as e:
+        raise UserError(f"{where}: {e}") from None
+
+
+def _check_weight(w: WeightQuant, where: str, linear: bool) -> None:
+    if w.bits not in (0, 4, 8):
+        raise UserError(f"{where}.bits = {w.bits!r}: must be 0 (float), 4 or 8")
+    if w.group_size not in _GROUPS:
+        raise UserError(f"{where}.group_size = {w.group_size!r}: must be one of {_GROUPS} (0 = per channel)")
+    if w.activations not in ("int8_dynamic", "none"):
+        raise UserError(f"{where}.activations = {w.activations!r}: must be 'int8_dynamic' or 'none'")
+    if not linear and w.activations != "none":
+        raise UserError(f"{where}.activations: embeddings take no activation quantization; use 'none'")
+    if w.scale_dtype not in ("bf16", "fp32"):
+        raise UserError(f"{where}.scale_dtype = {w.scale_dtype!r}: must be 'bf16' or 'fp32'")
+
+
+def parse_recipe(text: str, name: str, path: str = "") -> Recipe:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"recipe {path or name}: invalid TOML: {e}") from None
+    where = Path(path).name if path else name
+    top = {"name", "description", "linear", "embedding", "head", "thresholds"}
+    unknown = sorted(set(raw) - top)
+    if unknown:
+        raise UserError(f"recipe {where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(top))})")
+    linear = _section(WeightQuant, raw.get("linear", {}), f"recipe {where} [linear]")
+    emb = _section(WeightQuant, {"activations": "none", **raw.get("embedding", {})}, f"recipe {where} [embedding]")
+    head = _section(WeightQuant, raw.get("head", {}), f"recipe {where} [head]")
+    th = _section(Thresholds, raw.get("thresholds", {}), f"recipe {where} [thresholds]")
+    _check_weight(linear, f"recipe {where} linear", True)
+    _check_weight(emb, f"recipe {where} embedding", False)
+    _check_weight(head, f"recipe {where} head", True)
+    return Recipe(name=raw.get("name", name), description=raw.get("description", ""), linear=linear,
+                  embedding=emb, head=head, thresholds=th, path=path)
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """A recipe name from quant_recipes/ (e.g. '4bit') or a path to a TOML file."""
+    p = Path(name_or_path)
+    if p.suffix != ".toml":
+        p = RECIPE_DIR / f"{name_or_path}.toml"
+        if not p.is_file():
+            raise UserError(f"unknown recipe {name_or_path!r}: choose one of {', '.join(available())} "
+                            f"or give a .toml path")
+    elif not p.is_file():
+        raise UserError(f"recipe file {name_or_path} does not exist")
+    return parse_recipe(p.read_text(), p.stem, str(p))
+
+
+def estimate_bytes(cfg, recipe: Recipe) -> int:
+    """Rough artifact size: weights at their bit widths plus block scales (bf16/fp32).
+
+    A tied matrix counts once when float (one parameter) and twice when quantized, since the
+    embedding lookup and the delegated head each keep their own copy in the .pte.
+    """
+
+    def cost(n_rows: int, n_cols: int, w: WeightQuant) -> float:
+        if not w.quantized:
+            return n_rows * n_cols * 4
+        groups = n_rows * (n_cols // w.group_size if w.group_size else 1)
+        return n_rows * n_cols * w.bits / 8 + groups * (2 if w.scale_dtype == "bf16" else 4)
+
+    d, hd = cfg.dim, cfg.head_dim
+    per_block = (cost(cfg.n_heads * hd, d, recipe.linear) * 2 + cost(cfg.n_kv_heads * hd, d, recipe.linear) * 2
+                 + cost(cfg.hidden_dim, d, recipe.linear) * 2 + cost(d, cfg.hidden_dim, recipe.linear) + 2 * d * 4)
+    emb = cost(cfg.vocab_size, d, recipe.embedding)
+    head = cost(cfg.vocab_size, d, recipe.head)
+    if cfg.tie_embeddings and not recipe.embedding.quantized and not recipe.head.quantized:
+        head = 0
+    return int(cfg.n_layers * per_block + emb + head + d * 4)

@@ -1,0 +1,46 @@
+"""Runners: every artifact (eager float, eager quantized, .pte, ...) behind one small interface.
+
+    reset()                       forget the KV cache
+    prefill(tokens) -> logits     tokens from position 0 (after reset) or after what was fed; last logits [vocab]
+    decode(token) -> logits       one more token; logits [vocab] fp32
+    score(tokens) -> logits       all positions [S, vocab] for a fresh sequence (parity, perplexity)
+
+Parity and latency are computed once, for any pair of runners.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class Runner:
+    name = "runner"
+    max_seq_len = 1 << 30  # longest single prefill call; longer prompts are chunked
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def _forward(self, tokens: list[int], start: int) -> torch.Tensor:
+        """Run tokens at positions start.. ; return logits [len, vocab] or [1, vocab] (last only)."""
+        raise NotImplementedError
+
+    def __init__(self):
+        self.pos = 0
+
+    def prefill(self, tokens: list[int]) -> torch.Tensor:
+        logits = None
+        for i in range(0, len(tokens), self.max_seq_len):
+            chunk = tokens[i:i + self.max_seq_len]
+            logits = self._forward(chunk, self.pos)[-1]
+            self.pos += len(chunk)
+        return logits
+
+    def decode(self, token: int) -> torch.Tensor:
+        logits = self._forward([token], self.pos)[-1]
+        self.pos += 1
+        return logits
+
+    def score(self, tokens: list[int]) -> torch.Tensor:
+        """Logits for every position. Default: token by token (works for last-logits-only artifacts)."""
+        self.reset()
+        return torch.stack([self.decode(t) for t in tokens])
