@@ -1,0 +1,1 @@
+"""Quantization: recipes (TOML) and their application with torchao."""

@@ -1,0 +1,80 @@
+"""Apply a Recipe to the reference Transformer with torchao, once.
+
+The result is the *quantized reference*: an eager model holding exactly the integers and scales
+every target serialises, so float->quantized and quantized->lowered errors are measured apart.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..model import Transformer
+from .recipe import Recipe, WeightQuant
+
+_SCALE_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def _linear_config(w: WeightQuant, group: int):
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    gran = PerGroup(group) if group else PerAxis(0)
+    dtype = torch.int4 if w.bits == 4 else torch.int8
+    # Per-channel scales are kept fp32 (XNNPACK's qc8w/qc4w); only blockwise scales are bf16 there.
+    scale_dtype = _SCALE_DTYPES[w.scale_dtype] if group else torch.float32
+    if w.activations == "int8_dynamic":
+        return Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype, weight_granularity=gran,
+                                                     weight_scale_dtype=scale_dtype)
+    return IntxWeightOnlyConfig(weight_dtype=dtype, granularity=gran, scale_dtype=scale_dtype)
+
+
+def effective_group(w: WeightQuant, in_features: int) -> int:
+    """The recipe's group if it divides in_features, else the largest smaller power of two that does
+    (>= 32), else per channel (0)."""
+    g = w.group_size
+    if g == 0 or in_features % g == 0:
+        return g
+    for cand in (256, 128, 64, 32):
+        if cand < g and in_features % cand == 0:
+            return cand
+    return 0
+
+
+def quantize(model: Transformer, recipe: Recipe) -> dict:
+    """Quantize `model` in place. Returns facts for the report (fallback layers, counts)."""
+    from torchao.quantization import IntxWeightOnlyConfig, quantize_
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    facts = {"fallbacks": [], "quantized_linears": 0, "tied_stored": "once"}
+    if recipe.is_float:
+        return facts
+    if model.cfg.tie_embeddings and (recipe.head.quantized or recipe.embedding.quantized):
+        # The lookup table and the delegated head are serialised separately by the runtime.
+        model.lm_head.weight = nn.Parameter(model.embed_tokens.weight.detach().clone())
+        facts["tied_stored"] = "twice"
+    by_config: dict[tuple, list[str]] = {}
+    for fqn, m in model.named_modules():
+        if not isinstance(m, nn.Linear):
+            continue
+        w = recipe.head if fqn == "lm_head" else recipe.linear
+        if not w.quantized:
+            continue
+        g = effective_group(w, m.in_features)
+        if g != w.group_size:
+            facts["fallbacks"].append({"layer": fqn, "in_features": m.in_features, "group_size": g,
+                                       "wanted": w.group_size})
+        by_config.setdefault((w, g), []).append(fqn)
+    with torch.no_grad():
+        for (w, g), fqns in by_config.items():
+            names = set(fqns)
+            quantize_(model, _linear_config(w, g), filter_fn=lambda mod, fqn, names=names: fqn in names)
+            facts["quantized_linears"] += len(fqns)
+        e = recipe.embedding
+        if e.quantized:
+            g = effective_group(e, model.cfg.dim)
+            cfg = IntxWeightOnlyConfig(weight_dtype=torch.int4 if e.bits == 4 else torch.int8,
+                                       granularity=PerGroup(g) if g else PerAxis(0),
+                                       scale_dtype=torch.float32)
+            quantize_(model, cfg, filter_fn=lambda mod, fqn: isinstance(mod, nn.Embedding))
+    return facts

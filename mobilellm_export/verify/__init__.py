@@ -1,0 +1,1 @@
+"""Verification: parity metrics and latency for any pair of runners, and the report."""

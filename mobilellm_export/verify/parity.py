@@ -1,0 +1,46 @@
+"""Parity metrics between two runners over the same token windows, computed once for any pair."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..generate import generate
+
+
+def window_logits(runner, wins: list[list[int]]) -> list[torch.Tensor]:
+    return [runner.score(w).float() for w in wins]
+
+
+def perplexity(logits: list[torch.Tensor], wins: list[list[int]]) -> float:
+    nll = torch.cat([F.cross_entropy(lg[:-1], torch.tensor(w[1:]), reduction="none") for lg, w in zip(logits, wins)])
+    return float(nll.mean().exp())
+
+
+def compare(ref: list[torch.Tensor], test: list[torch.Tensor], wins: list[list[int]]) -> dict:
+    """KL(ref || test) per position (mean, p99), top-1 agreement, perplexities, logit errors."""
+    a, b = torch.cat(ref), torch.cat(test)
+    la, lb = a.log_softmax(-1), b.log_softmax(-1)
+    kl = (la.exp() * (la - lb)).sum(-1).clamp_min(0)
+    diff = (a - b).abs()
+    ppl_a, ppl_b = perplexity(ref, wins), perplexity(test, wins)
+    return {
+        "positions": int(a.shape[0]),
+        "kl_mean": float(kl.mean()),
+        "kl_p99": float(kl.quantile(0.99)),
+        "top1": float((a.argmax(-1) == b.argmax(-1)).float().mean()),
+        "ppl_ref": ppl_a,
+        "ppl_test": ppl_b,
+        "ppl_delta": ppl_b / ppl_a - 1.0,
+        "max_abs_logit": float(diff.max()),
+        "mean_abs_logit": float(diff.mean()),
+    }
+
+
+def greedy_agreement(ref_runner, test_runner, prompt: list[int], n: int = 64) -> dict:
+    """Greedy-generate n tokens with each; report the shared prefix length and positionwise match."""
+    a = list(generate(ref_runner, prompt, n))
+    b = list(generate(test_runner, prompt, n))
+    prefix = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    same = sum(x == y for x, y in zip(a, b)) / max(len(a), 1)
+    return {"tokens": n, "common_prefix": prefix, "match": same, "ref_tokens": a, "test_tokens": b}
