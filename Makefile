@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(BIN)/mobilellm-export inspect smollm2-135m
-	$(BIN)/mobilellm-export generate smollm2-135m --prompt "The capital of France is" --max-new-tokens 24 --raw
+	$(BIN)/mobilellm-export --model smollm2-135m --target android --quant 4bit --out out
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -112,5 +112,41 @@ def generate(source, prompt, tokenizer, max_new_tokens, temperature, top_p, seed
                f"decode {stats['decode_tok_s']:.1f} tok/s]", err=True)
 
 
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--eval-text", type=click.Path(exists=True, dir_okay=False), help="Text for parity (default: built-in).")
+@click.option("--eval-tokens", default=1024, show_default=True, type=click.IntRange(16))
+@click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE")
+@click.option("--no-latency", is_flag=True)
+@click.option("--quiet", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def verify(bundle, eval_text, eval_tokens, thresholds, no_latency, quiet, as_json):
+    """Re-check an existing bundle: sha256 of every file, then parity and latency."""
+    from .pipeline import verify_command
+
+    sys.exit(verify_command(bundle, eval_text=eval_text, eval_tokens=eval_tokens, thresholds=thresholds,
+                            quiet=quiet, as_json=as_json, with_latency=not no_latency))
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--prompt", required=True)
+@click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(1))
+@click.option("--temperature", type=click.FloatRange(0), help="Default: the bundle's generation default.")
+@click.option("--system", help="System prompt, or 'math' / 'code' for the MobileLLM-R1 prompts.")
+@click.option("--raw", is_flag=True, help="Do not apply the chat template.")
+@friendly
+def run(bundle, prompt, max_new_tokens, temperature, system, raw):
+    """Generate through the ExecuTorch LLM runner, exactly as the apps do."""
+    from .run_bundle import run_bundle
+
+    stats = run_bundle(bundle, prompt, max_new_tokens=max_new_tokens, temperature=temperature, system=system,
+                       raw=raw, write=lambda s: click.echo(s, nl=False))
+    click.echo()
+    click.echo(f"[{stats.get('generated_tokens', '?')} tokens, {stats.get('decode_tok_s', 0):.1f} tok/s decode]",
+               err=True)
+
+
 if __name__ == "__main__":
     main()

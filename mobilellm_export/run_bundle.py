@@ -1,0 +1,34 @@
+"""`mobilellm-export run BUNDLE`: generate through the ExecuTorch C++ LLM runner, as the apps do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .bundle import check_files, read_manifest
+from .errors import UserError
+from .tokenizer import Tokenizer
+
+
+def run_bundle(bundle: str, prompt: str, *, max_new_tokens: int, temperature: float | None = None,
+               system: str | None = None, raw: bool = False, write=print) -> dict:
+    d = Path(bundle)
+    m = read_manifest(d)
+    check_files(d, m)
+    if m["target"] != "android":
+        raise UserError(f"`run` drives ExecuTorch bundles; this one targets {m['target']}")
+    gen = m["generation"]
+    tok = Tokenizer.from_dir(d)
+    if raw or not tok.chat_template:
+        text, num_bos = prompt, int(gen["add_bos"])  # the runner adds BOS itself, as the apps configure it
+    else:
+        msgs = ([{"role": "system", "content": gen["system_prompts"].get(system, system)}] if system else [])
+        text, num_bos = tok.apply_chat_template(msgs + [{"role": "user", "content": prompt}]), 0
+    from .runners.executorch import generate_text
+
+    out, stats = generate_text(d / "model.pte", d / "tokenizer.json", text, max_new_tokens,
+                               temperature=gen["temperature"] if temperature is None else temperature,
+                               num_bos=num_bos)
+    write(out)
+    stats["generated_tokens"] = stats.get("num_generated_tokens")
+    stats["decode_tok_s"] = stats.get("tokens_per_s") or 0.0
+    return stats
