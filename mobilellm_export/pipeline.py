@@ -118,8 +118,12 @@ def verify(ck: Checkpoint, recipe: Recipe, target: str, artifact: Path, *, max_c
     rep["greedy"] = parity.greedy_agreement(rf, ra, ids[:16], 64)
     if with_latency:
         progress.step("latency: float eager and artifact (fresh processes, 2 threads)")
-        lat_float = latency.run_child("eager", ck.source, extra=["--max-context", str(max_context)])
-        lat_art = latency.run_child("pte", str(artifact))
+        # 128-token prompt and 64 decode steps, as long as they fit the context
+        n_prompt = min(128, max_context // 2)
+        n_decode = min(64, max_context - n_prompt - 1)
+        lat_float = latency.run_child("eager", ck.source, n_prompt, n_decode,
+                                      extra=["--max-context", str(max_context)])
+        lat_art = latency.run_child("pte", str(artifact), n_prompt, n_decode)
         lat_art["file_mb"] = artifact.stat().st_size / 1e6
         lat_float["file_mb"] = ck.config.param_count() * 4 / 1e6
         rep["latency"] = {"float eager": lat_float, artifact.name: lat_art}

@@ -29,6 +29,6 @@ def run_bundle(bundle: str, prompt: str, *, max_new_tokens: int, temperature: fl
                                temperature=gen["temperature"] if temperature is None else temperature,
                                num_bos=num_bos)
     write(out)
-    stats["generated_tokens"] = stats.get("num_generated_tokens")
+    stats["generated_tokens"] = len(stats["pieces"])  # the runner's own count leaves out the first token
     stats["decode_tok_s"] = stats.get("tokens_per_s") or 0.0
     return stats

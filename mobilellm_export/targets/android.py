@@ -1,0 +1,214 @@
+"""ExecuTorch (.pte, XNNPACK) target: the artifact the Android `LlmModule` / iOS `TextRunner` run.
+
+This is the only module that imports ExecuTorch's exporter.
+
+    prepare(model)                       swap model.caches for ExecuTorch custom-op caches
+    export_pte(model, cfg, path, ...)    torch.export -> XNNPACK lowering -> .pte (+ facts dict)
+
+The graph follows what ExecuTorch's own LLM exporter produces with
+`use_kv_cache=True, use_sdpa_with_kv_cache=True, enable_dynamic_shape=True`: inputs
+`tokens [1, S] int64` (1 <= S <= max_seq_len) and `input_pos [1] int64`, output the last
+position's logits `[1, 1, vocab]` fp32, KV caches as mutable buffers `[B, max_context, n_kv, D]`
+written by `llama::update_cache` and read by `llama::custom_sdpa` (causal from start_pos, GQA
+handled inside the kernel). Linears (float or torchao 8da4w) are delegated to XNNPACK.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..config import ModelConfig
+from ..errors import UserError
+from ..model import KVCacheAttention, Transformer
+
+
+def _register_ops() -> None:
+    import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (llama::custom_sdpa, update_cache)
+    import executorch.kernels.quantized  # noqa: F401  (quantized_decomposed::embedding_4bit, ...)
+
+
+class CustomKVCacheAttention(nn.Module):
+    """KV cache + attention on ExecuTorch's `llama::update_cache` / `llama::custom_sdpa` ops.
+
+    Caches are [B, max_context, n_kv_heads, head_dim] (sequence-major, as the ops expect). The ops
+    also have CPU kernels in PyTorch, so the prepared model still runs eagerly.
+    """
+
+    def __init__(self, max_batch: int, max_context: int, n_heads: int, n_kv_heads: int, head_dim: int,
+                 dtype: torch.dtype):
+        super().__init__()
+        _register_ops()
+        self.max_context, self.n_heads, self.head_dim = max_context, n_heads, head_dim
+        self.scale = head_dim ** -0.5
+        shape = (max_batch, max_context, n_kv_heads, head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype), persistent=False)
+
+    @classmethod
+    def from_reference(cls, ref: KVCacheAttention, n_heads: int) -> CustomKVCacheAttention:
+        B, n_kv, C, D = ref.k_cache.shape
+        return cls(B, C, n_heads, n_kv, D, ref.k_cache.dtype)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: torch.Tensor) -> torch.Tensor:
+        B, S, H, D = q.shape
+        p0 = start_pos[0].item()
+        torch._check(p0 >= 0)
+        torch._check(p0 < self.max_context)
+        torch._check(p0 + S <= self.max_context)
+        dt = self.k_cache.dtype
+        torch.ops.llama.update_cache(k.to(dt).contiguous(), self.k_cache, p0)
+        torch.ops.llama.update_cache(v.to(dt).contiguous(), self.v_cache, p0)
+        out = torch.ops.llama.custom_sdpa(q.to(dt).contiguous(), self.k_cache, self.v_cache, p0, None, 0.0, True,
+                                          self.scale)
+        return out.to(q.dtype).reshape(B, S, H * D)
+
+
+def prepare(model: Transformer) -> Transformer:
+    """Replace every reference cache with a CustomKVCacheAttention; return only last logits.
+
+    Works on float or torchao-quantized models: only `model.caches` is touched.
+    """
+    _register_ops()
+    n_heads = model.cfg.n_heads
+    for i, c in enumerate(model.caches):
+        if isinstance(c, KVCacheAttention):
+            model.caches[i] = CustomKVCacheAttention.from_reference(c, n_heads)
+    model.full_logits = False
+    return model.eval()
+
+
+def _op_name(node) -> str:
+    t = node.target
+    if "auto_functionalized" in getattr(t, "__name__", ""):  # in-place custom op (llama.update_cache)
+        return str(node.args[0])  # "llama.update_cache.default"
+    return getattr(t, "__name__", None) or str(t)
+
+
+def _delegation_facts(graph_module) -> dict:
+    """What XNNPACK took and what stays on ExecuTorch's own kernels (top-level graph after lowering)."""
+    delegate_calls = 0
+    non_delegated: collections.Counter = collections.Counter()
+    symint_ops = 0
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = _op_name(node)
+        if "executorch_call_delegate" in name:
+            delegate_calls += 1
+        elif name == "getitem" or name.endswith("sym_size.int") or "_assert" in name:
+            continue
+        elif getattr(node.target, "__module__", None) in ("_operator", "operator"):
+            symint_ops += 1  # scalar arithmetic on sizes/positions (executorch_prim ops)
+        else:
+            non_delegated[name] += 1
+    delegated: collections.Counter = collections.Counter()
+    for _, mod in graph_module.named_modules():
+        if hasattr(mod, "original_module"):  # LoweredBackendModule keeps the lowered subgraph
+            for n in mod.original_module.graph.nodes:
+                if n.op == "call_function" and _op_name(n) != "getitem":
+                    delegated[_op_name(n)] += 1
+    return {"delegate_calls": delegate_calls, "delegated_ops": dict(delegated),
+            "non_delegated_ops": dict(non_delegated), "symint_ops": symint_ops}
+
+
+def _check_quantized_linears(model: nn.Module) -> None:
+    """Fail early, in one line, on torchao weights XNNPACK cannot take (instead of an assert deep in
+    XNNPACK's preprocess): blockwise weight scales need a group size that is a multiple of 32."""
+    for fqn, mod in model.named_modules():
+        if not isinstance(mod, nn.Linear):
+            continue
+        block = getattr(mod.weight, "block_size", None)
+        if block is None:
+            continue
+        group = int(block[-1])
+        if group != mod.in_features and group % 32:
+            raise UserError(f"{fqn}: quantized with group size {group}; XNNPACK needs a multiple of 32 "
+                            f"(or per-channel)")
+
+
+def export_pte(model: Transformer, cfg: ModelConfig, path: str | Path, *, max_seq_len: int = 128,
+               max_context: int = 2048, eos_ids: tuple[int, ...] | None = None, bos_id: int | None = None) -> dict:
+    """Export a (prepared or not) Transformer to an XNNPACK .pte at `path`; return facts about it.
+
+    `max_context` must equal the model's cache length (the caches are built with the model).
+    """
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import (EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower)
+    from executorch.exir.passes import MemoryPlanningPass
+    from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
+
+    _register_ops()
+    if model.max_context != max_context:
+        raise UserError(f"model caches hold {model.max_context} positions, export asked for max_context={max_context}")
+    if not 1 <= max_seq_len <= max_context:
+        raise UserError(f"max_seq_len {max_seq_len} must be in [1, max_context={max_context}]")
+    _check_quantized_linears(model)
+    if not isinstance(model.caches[0], CustomKVCacheAttention):
+        prepare(model)
+    model.full_logits = False
+    eos = list(cfg.eos_token_ids if eos_ids is None else eos_ids)
+    facts: dict = {}
+
+    t0 = time.perf_counter()
+    tokens = torch.tensor([[1, 2]], dtype=torch.long)
+    input_pos = torch.tensor([0], dtype=torch.long)
+    seq = torch.export.Dim("seq_len", min=1, max=max_seq_len)
+    with torch.no_grad():
+        ep = torch.export.export(model, (tokens, input_pos), dynamic_shapes=({1: seq}, None), strict=False)
+        # Functionalize and flatten torchao tensor subclasses (quantized weights) before lowering.
+        ep = ep.run_decompositions({})
+    facts["export_s"] = time.perf_counter() - t0
+
+    constant_methods = {
+        "get_max_seq_len": max_seq_len,
+        "get_max_context_len": max_context,
+        "get_eos_ids": eos,
+        "get_vocab_size": cfg.vocab_size,
+        "get_n_layers": cfg.n_applied_layers,
+        "use_kv_cache": True,
+        "use_sdpa_with_kv_cache": True,
+        "enable_dynamic_shape": True,
+    }
+    if bos_id is not None:
+        constant_methods["get_bos_id"] = bos_id
+
+    t0 = time.perf_counter()
+    edge = to_edge_transform_and_lower(
+        ep, partitioner=[XnnpackPartitioner()],
+        compile_config=EdgeCompileConfig(_check_ir_validity=False),
+        constant_methods=constant_methods)
+    facts["lower_s"] = time.perf_counter() - t0
+    facts.update(_delegation_facts(edge.exported_program().graph_module))
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        # Expected: the KV caches are mutable buffers whose initial contents are not serialized
+        # (custom_sdpa never reads past start_pos + S, so their initial state is irrelevant).
+        warnings.filterwarnings("ignore", message="Mutation on a buffer in the model is detected")
+        et = edge.to_executorch(ExecutorchBackendConfig(
+            extract_delegate_segments=True,
+            do_quant_fusion_and_const_prop=True,
+            # Inputs come from the caller (not planned); KV caches are mutable buffers, planned
+            # (alloc_mutable_buffers defaults to True) and kept across calls of one loaded method.
+            memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
+            # Size dynamic activations from the S <= max_seq_len bound, not from the example input.
+            sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass(),
+        ))
+    facts["to_executorch_s"] = time.perf_counter() - t0
+    plan = et.executorch_program.execution_plan
+    forward = next(p for p in plan if p.name == "forward")
+    facts["planned_bytes"] = list(forward.non_const_buffer_sizes)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = et.buffer
+    path.write_bytes(data)
+    facts["pte_bytes"] = len(data)
+    facts["constant_methods"] = constant_methods
+    return facts

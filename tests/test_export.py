@@ -1,0 +1,129 @@
+"""End-to-end exports on a tiny model: bundle contents, parity report, and the failure paths
+(bad recipe, SIGINT mid-lowering, disk full, tampered bundle) that must leave nothing behind."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from mobilellm_export.bundle import REQUIRED_KEYS, SCHEMA_VERSION, sha256
+from test_sources import assert_one_line_error, run_cli
+
+COMMON = ["--max-context", "128", "--max-seq-len", "16"]
+
+
+@pytest.fixture(scope="module")
+def fp32_bundle(tiny_tokenizer, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    r = run_cli("--model", "tiny-llama", "--tokenizer", str(tiny_tokenizer), "--quant", "fp32", "--out", str(out),
+                "--eval-tokens", "96", "--json", "--quiet", *COMMON)
+    assert r.returncode == 0, r.stderr
+    return out / "tiny-llama-android-fp32", json.loads(r.stdout)
+
+
+def test_fp32_bundle_is_complete_and_verified(fp32_bundle):
+    d, rep = fp32_bundle
+    assert sorted(p.name for p in d.iterdir()) == sorted(
+        ["model.pte", "tokenizer.json", "tokenizer_config.json", "bundle.json", "report.json", "report.md"])
+    m = json.loads((d / "bundle.json").read_text())
+    assert all(k in m for k in REQUIRED_KEYS) and m["schema_version"] == SCHEMA_VERSION
+    for name, info in m["files"].items():
+        assert sha256(d / name) == info["sha256"]
+    assert m["generation"]["eos_ids"] == [2] and m["generation"]["max_context"] == 128
+    # fp32 artifact reproduces the float model: logits and 64 greedy tokens
+    assert rep["parity"]["float_vs_artifact"]["max_abs_logit"] <= 1e-3
+    assert rep["greedy"]["common_prefix"] == 64
+    assert rep["passed"] and {"float eager", "model.pte"} <= set(rep["latency"])
+    assert json.loads((d / "report.json").read_text())["parity"] == rep["parity"]
+
+
+def test_verify_passes_on_intact_bundle(fp32_bundle):
+    d, _ = fp32_bundle
+    r = run_cli("verify", str(d), "--no-latency", "--eval-tokens", "64", "--quiet")
+    assert r.returncode == 0, r.stderr
+
+
+def test_verify_rejects_modified_pte(fp32_bundle, tmp_path):
+    import shutil
+
+    d = tmp_path / "b"
+    shutil.copytree(fp32_bundle[0], d)
+    data = bytearray((d / "model.pte").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (d / "model.pte").write_bytes(bytes(data))
+    assert_one_line_error(run_cli("verify", str(d)), "model.pte fails its sha256 check")
+
+
+def test_run_generates_through_text_llm_runner(fp32_bundle):
+    """`run` (ExecuTorch's C++ TextLLMRunner, as the apps) greedy == our greedy through the .pte."""
+    from mobilellm_export.generate import generate
+    from mobilellm_export.runners.executorch import ExecuTorchRunner
+    from mobilellm_export.tokenizer import Tokenizer
+
+    d, _ = fp32_bundle
+    prompt = "Because of an hereditary"
+    r = run_cli("run", str(d), "--prompt", prompt, "--max-new-tokens", "8")
+    assert r.returncode == 0, r.stderr
+    assert "[8 tokens" in r.stderr
+    tok = Tokenizer.from_dir(d)
+    ours = tok.decode(list(generate(ExecuTorchRunner(d / "model.pte"), tok.encode(prompt), 8)))
+    assert ours and ours in r.stdout
+
+
+def test_4bit_lowering_is_faithful(tiny_tokenizer, tmp_path):
+    r = run_cli("--model", "tiny-llama", "--tokenizer", str(tiny_tokenizer), "--quant", "4bit", "--out",
+                str(tmp_path), "--eval-tokens", "96", "--json", "--quiet", *COMMON,
+                "--threshold", "top1_min=0")  # random weights: near-uniform logits make top-1 noise
+    assert r.returncode == 0, r.stderr
+    low = json.loads(r.stdout)["parity"]["quant_vs_artifact"]
+    assert low["kl_mean"] <= 0.03 and low["top1"] >= 0.85
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("[linear]\nbits = 4\ngroup_size = 7\n", "group_size = 7"),
+    ("[linear]\nbits = 3\n", "bits = 3"),
+    ("[linear]\nbitz = 4\n", "unknown key 'bitz'"),
+    ("colour = 'red'\n", "unknown key 'colour'"),
+    ("[linear\n", "invalid TOML"),
+])
+def test_bad_recipes_fail_in_one_line(tmp_path, body, needle):
+    f = tmp_path / "bad.toml"
+    f.write_text(body)
+    r = run_cli("--model", "tiny-llama", "--quant", str(f), "--out", str(tmp_path / "out"))
+    assert_one_line_error(r, needle)
+    assert not (tmp_path / "out").exists()
+
+
+_INTERRUPT = textwrap.dedent("""
+    import os, signal, sys
+    import mobilellm_export.targets.android as android
+    real = android.export_pte
+    def export_then_interrupt(model, cfg, path, **kw):
+        real(model, cfg, path, **kw)             # a full artifact is on disk in the temp bundle ...
+        os.kill(os.getpid(), {signal})           # ... when the user interrupts
+    android.export_pte = export_then_interrupt
+    from mobilellm_export.cli import main
+    sys.argv = ["mobilellm-export"] + sys.argv[1:]
+    main()
+""")
+
+
+@pytest.mark.parametrize("how", ["signal.SIGINT", "ENOSPC"])
+def test_interrupted_or_failed_export_leaves_no_bundle(tiny_tokenizer, fp32_bundle, tmp_path, how):
+    import shutil
+
+    out = tmp_path / "out"
+    old = out / "tiny-llama-android-fp32"
+    shutil.copytree(fp32_bundle[0], old)  # an earlier good bundle under the same name must survive
+    before = {p.name: sha256(p) for p in old.iterdir()}
+    code = _INTERRUPT.format(signal=how) if how.startswith("signal") else _INTERRUPT.replace(
+        "os.kill(os.getpid(), {signal})", "raise OSError(28, 'No space left on device')")
+    r = subprocess.run([sys.executable, "-c", code, "--model", "tiny-llama", "--tokenizer", str(tiny_tokenizer),
+                        "--quant", "fp32", "--out", str(out), "--no-verify", *COMMON],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == (130 if how.startswith("signal") else 2), r.stderr
+    assert "Traceback" not in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == [old.name]  # no partial/temp folders
+    assert {p.name: sha256(p) for p in old.iterdir()} == before
