@@ -8,14 +8,16 @@ import torch
 
 from .errors import UserError
 from .generate import Sampling, generate
-from .model import Transformer
+from .model import Transformer, to_rotate_half
 from .runners.eager import EagerRunner
 from .sources import Checkpoint
 
 
 def build_model(ck: Checkpoint, max_context: int, dtype: torch.dtype = torch.float32) -> Transformer:
-    model = Transformer(ck.config, max_context=max_context)
-    model.load_weights(ck.state_dict)
+    """The float reference for a checkpoint, in rotate_half RoPE layout (exact; see to_rotate_half)."""
+    cfg, sd = to_rotate_half(ck.config, ck.state_dict)
+    model = Transformer(cfg, max_context=max_context)
+    model.load_weights(sd)
     return model.to(dtype).eval()
 
 

@@ -11,6 +11,7 @@ adding target branches here.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -21,21 +22,32 @@ from .config import ModelConfig
 from .errors import UserError
 
 
-class RMSNorm(nn.Module):
+class RMS(nn.Module):
+    """Weightless RMS normalisation over the last dim (Llama-4 QK-norm; RMSNorm without weight).
+
+    Computed in fp32 whatever the model dtype (as HF does), written as explicit ops so every
+    backend lowers it the same way (Core ML's fused rms_norm rescales and loses precision). The
+    mean of squares is a linear against a constant 1/D row: XNNPACK delegates linears of any
+    rank, but mean(-1) only on 4-D inputs and no reshape of a dynamic-length tensor.
+    """
+
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
+        self.register_buffer("mean_row", torch.full((1, dim), 1.0 / dim), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(F.linear(xf * xf, self.mean_row.float()) + self.eps)).to(x.dtype)
+
+
+class RMSNorm(RMS):
+    def __init__(self, dim: int, eps: float):
+        super().__init__(dim, eps)
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms(x, self.eps) * self.weight
-
-
-def rms(x: torch.Tensor, eps: float) -> torch.Tensor:
-    # Computed in fp32 whatever the model dtype (as HF does), written as explicit ops so every
-    # backend lowers it the same way (Core ML's fused rms_norm rescales and loses precision).
-    xf = x.float()
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+        return super().forward(x) * self.weight
 
 
 def rope_frequencies(cfg: ModelConfig, max_context: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,18 +66,47 @@ def rope_frequencies(cfg: ModelConfig, max_context: int) -> tuple[torch.Tensor, 
     return angles.cos().float(), angles.sin().float()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
-    """x: [B, S, H, D]; cos/sin: [S, D/2]."""
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+def rotate_half_matrix(head_dim: int) -> torch.Tensor:
+    """R with x @ R == cat(-x[D/2:], x[:D/2]): a signed permutation, so the product is exact."""
+    half = head_dim // 2
+    r = torch.zeros(head_dim, head_dim)
+    r[torch.arange(half) + half, torch.arange(half)] = -1.0
+    r[torch.arange(half), torch.arange(half) + half] = 1.0
+    return r
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rot: torch.Tensor | None) -> torch.Tensor:
+    """x: [B, S, H, D]; cos/sin: [1, S, 1, D], built once per forward.
+
+    rot=None: interleaved pairs (0,1), (2,3)... (Llama-4 / Meta's complex form; cos/sin repeated
+    per pair). Else rotate_half (HF Llama layout; cos/sin repeated per half): written as a matmul
+    with `rot` rather than slices, because XNNPACK cannot slice tensors of dynamic length.
+    """
     xf = x.float()
-    if interleaved:  # pairs (0,1), (2,3), ...: Llama-4 / Meta's complex-number form
+    if rot is None:
         xr = xf.unflatten(-1, (-1, 2))
-        a, b = xr[..., 0], xr[..., 1]
-        out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
-    else:  # rotate_half: first half paired with second half (HF Llama layout)
-        a, b = xf.chunk(2, dim=-1)
-        out = torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1)
-    return out.to(x.dtype)
+        swapped = torch.stack((-xr[..., 1], xr[..., 0]), dim=-1).flatten(-2)
+    else:
+        swapped = xf @ rot
+    return (xf * cos + swapped * sin).to(x.dtype)
+
+
+def to_rotate_half(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Re-express an interleaved-RoPE checkpoint (Llama-4 / R1) in the rotate_half layout.
+
+    Permuting q_proj and k_proj rows within each head (pair (2i, 2i+1) -> (i, i + D/2)) changes no
+    output: attention scores are dot products over the head dimension and QK-norm is an RMS over
+    it, both invariant to one permutation applied to q and k alike. Exported graphs then need only
+    contiguous slices for RoPE (what llama.cpp does for these models too).
+    """
+    if not cfg.rope_interleaved:
+        return cfg, sd
+    out = dict(sd)
+    for k, v in sd.items():
+        if k.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight")):
+            heads = v.shape[0] // cfg.head_dim
+            out[k] = v.reshape(heads, cfg.head_dim // 2, 2, -1).transpose(1, 2).reshape(v.shape).contiguous()
+    return dataclasses.replace(cfg, rope_interleaved=False), out
 
 
 class KVCacheAttention(nn.Module):
@@ -95,7 +136,7 @@ class KVCacheAttention(nn.Module):
         mask = torch.arange(p0 + S, device=q.device)[None, :] <= (p0 + torch.arange(S, device=q.device))[:, None]
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, enable_gqa=self.n_rep > 1)
-        return out.transpose(1, 2).reshape(B, S, H * D)
+        return out.transpose(1, 2).reshape(B, -1, H * D)
 
 
 class Attention(nn.Module):
@@ -107,20 +148,20 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
         self.use_rope = cfg.uses_rope(layer)
-        self.interleaved = cfg.rope_interleaved
-        self.qk_norm = cfg.qk_norm and self.use_rope  # as in HF Llama-4: only on RoPE layers
+        # as in HF Llama-4: only on RoPE layers
+        self.qk_norm = RMS(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm and self.use_rope else None
         self.temperature_tuning = cfg.attn_temperature_tuning and not self.use_rope
-        self.eps, self.floor_scale, self.attn_scale = cfg.norm_eps, cfg.floor_scale, cfg.attn_scale
+        self.floor_scale, self.attn_scale = cfg.floor_scale, cfg.attn_scale
 
-    def forward(self, x, cos, sin, positions, start_pos, cache: KVCacheAttention):
-        B, S, _ = x.shape
-        q = self.q_proj(x).view(B, S, self.n_heads, self.head_dim)
-        k = self.k_proj(x).view(B, S, self.n_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(B, S, self.n_kv_heads, self.head_dim)
+    def forward(self, x, cos, sin, rot, positions, start_pos, cache: KVCacheAttention):
+        B = x.shape[0]
+        q = self.q_proj(x).view(B, -1, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, -1, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(B, -1, self.n_kv_heads, self.head_dim)
         if self.use_rope:
-            q, k = apply_rope(q, cos, sin, self.interleaved), apply_rope(k, cos, sin, self.interleaved)
-        if self.qk_norm:
-            q, k = rms(q, self.eps), rms(k, self.eps)
+            q, k = apply_rope(q, cos, sin, rot), apply_rope(k, cos, sin, rot)
+        if self.qk_norm is not None:
+            q, k = self.qk_norm(q), self.qk_norm(k)
         if self.temperature_tuning:  # Llama-4 NoPE layers: longer context -> sharper queries
             scale = torch.log1p(torch.floor((positions.float() + 1.0) / self.floor_scale)) * self.attn_scale + 1.0
             q = (q * scale[None, :, None, None]).to(q.dtype)
@@ -146,8 +187,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MLP(cfg.dim, cfg.hidden_dim)
 
-    def forward(self, x, cos, sin, positions, start_pos, cache):
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, start_pos, cache)
+    def forward(self, x, cos, sin, rot, positions, start_pos, cache):
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, rot, positions, start_pos, cache)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -172,22 +213,28 @@ class Transformer(nn.Module):
             KVCacheAttention(max_batch, max_context, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, dtype)
             for _ in self.schedule)
         cos, sin = rope_frequencies(cfg, max_context)
+        # Tables are stored at full head width in the layout's order, so RoPE is two multiplies.
+        cos, sin = (t.repeat_interleave(2, -1) if cfg.rope_interleaved else torch.cat((t, t), -1) for t in (cos, sin))
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("rope_rot", None if cfg.rope_interleaved else rotate_half_matrix(cfg.head_dim),
+                             persistent=False)
         # Exported decoders return only the last position's logits (what a runner samples from);
         # verification and perplexity use all of them.
         self.full_logits = True
         self.to(dtype)
         self.rope_cos, self.rope_sin = cos, sin  # keep fp32 under .to(dtype)
+        if self.rope_rot is not None:
+            self.rope_rot = self.rope_rot.float()
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         """tokens [B, S] int64, input_pos [1] int64 (start position) -> logits [B, S or 1, vocab] fp32."""
         S = tokens.shape[1]
         positions = input_pos[0] + torch.arange(S, device=tokens.device)
-        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        cos, sin = self.rope_cos[positions][None, :, None, :], self.rope_sin[positions][None, :, None, :]
         h = self.embed_tokens(tokens)
         for block_idx, cache in zip(self.schedule, self.caches):
-            h = self.layers[block_idx](h, cos, sin, positions, input_pos, cache)
+            h = self.layers[block_idx](h, cos, sin, self.rope_rot, positions, input_pos, cache)
         if not self.full_logits:
             h = h[:, -1:, :]
         return self.lm_head(self.norm(h)).float()

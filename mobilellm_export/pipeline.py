@@ -27,6 +27,7 @@ from .verify import latency, parity, report as report_mod
 from .verify.text import load_text, windows
 
 ARTIFACT = {"android": "model.pte"}
+DATA_FILE = "model.ptd"  # external weights: lets a tied embedding/head share one stored copy
 WINDOW = 512
 
 
@@ -74,12 +75,12 @@ def generation_defaults(ck: Checkpoint, max_context: int, max_seq_len: int) -> d
 
 
 def _export_artifact(target: str, qmodel, ck: Checkpoint, path: Path, max_seq_len: int, max_context: int,
-                     gen: dict) -> dict:
+                     gen: dict, data_file: str | None) -> dict:
     if target == "android":
         from .targets.android import export_pte, prepare
 
         return export_pte(prepare(qmodel), ck.config, path, max_seq_len=max_seq_len, max_context=max_context,
-                          eos_ids=tuple(gen["eos_ids"]), bos_id=gen["bos_id"])
+                          eos_ids=tuple(gen["eos_ids"]), bos_id=gen["bos_id"], data_file=data_file)
     raise UserError(f"unknown target {target!r}")
 
 
@@ -87,7 +88,7 @@ def _artifact_runner(target: str, path: Path):
     if target == "android":
         from .runners.executorch import ExecuTorchRunner
 
-        return ExecuTorchRunner(str(path))
+        return ExecuTorchRunner(str(path))  # finds model.ptd beside it
     raise UserError(f"unknown target {target!r}")
 
 
@@ -124,7 +125,8 @@ def verify(ck: Checkpoint, recipe: Recipe, target: str, artifact: Path, *, max_c
         lat_float = latency.run_child("eager", ck.source, n_prompt, n_decode,
                                       extra=["--max-context", str(max_context)])
         lat_art = latency.run_child("pte", str(artifact), n_prompt, n_decode)
-        lat_art["file_mb"] = artifact.stat().st_size / 1e6
+        data = artifact.with_name(DATA_FILE)
+        lat_art["file_mb"] = sum(p.stat().st_size for p in (artifact, data) if p.is_file()) / 1e6
         lat_float["file_mb"] = ck.config.param_count() * 4 / 1e6
         rep["latency"] = {"float eager": lat_float, artifact.name: lat_art}
     rep["checks"] = report_mod.checks(rep["parity"], recipe.thresholds)
@@ -147,9 +149,13 @@ def export(ck: Checkpoint, recipe: Recipe, *, target: str, out: str, max_context
     qfacts = quantize(qmodel, recipe)
     with bundle_mod.atomic_dir(final) as tmp:
         art = tmp / ARTIFACT[target]
-        progress.step(f"lower to {target}: {art.name} (max_seq_len {max_seq_len}, max_context {max_context})")
-        efacts = _export_artifact(target, copy.deepcopy(qmodel), ck, art, max_seq_len, max_context, gen)
-        files = [art.name] + ck.tokenizer.save(tmp)
+        # Tied matrices shared by lookup and head dedupe only in an external data file.
+        data_file = DATA_FILE if ck.config.tie_embeddings and qfacts["tied_stored"] == "once" else None
+        gen["data_file"] = data_file
+        progress.step(f"lower to {target}: {art.name}{' + ' + data_file if data_file else ''} "
+                      f"(max_seq_len {max_seq_len}, max_context {max_context})")
+        efacts = _export_artifact(target, copy.deepcopy(qmodel), ck, art, max_seq_len, max_context, gen, data_file)
+        files = [art.name] + ([data_file] if data_file else []) + ck.tokenizer.save(tmp)
         manifest = bundle_mod.write_manifest(
             tmp, model=ck.name, source={"kind": ck.kind, "id": ck.source}, target=target, recipe=recipe.to_dict(),
             config=ck.config.to_dict(), artifact_files=files, generation=gen)

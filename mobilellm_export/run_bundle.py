@@ -27,7 +27,7 @@ def run_bundle(bundle: str, prompt: str, *, max_new_tokens: int, temperature: fl
 
     out, stats = generate_text(d / "model.pte", d / "tokenizer.json", text, max_new_tokens,
                                temperature=gen["temperature"] if temperature is None else temperature,
-                               num_bos=num_bos)
+                               num_bos=num_bos, data_path=d / gen["data_file"] if gen.get("data_file") else None)
     write(out)
     stats["generated_tokens"] = len(stats["pieces"])  # the runner's own count leaves out the first token
     stats["decode_tok_s"] = stats.get("tokens_per_s") or 0.0

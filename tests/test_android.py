@@ -108,7 +108,8 @@ def test_fp32_greedy_matches_eager(fp32):
 
 def test_fp32_linears_are_delegated(fp32):
     cfg, _, _, facts = fp32
-    assert facts["delegated_ops"].get("aten.linear.default") == _linears(cfg)
+    # every projection, plus the RMS means (linears against a 1/D row) and rotate_half matmuls
+    assert facts["delegated_ops"].get("aten.linear.default", 0) >= _linears(cfg)
     left = facts["non_delegated_ops"]
     assert not [op for op in left if any(k in op for k in ("linear", "mm", "addmm", "conv"))], left
     # The KV cache and attention run on ExecuTorch's LLM custom kernels, outside XNNPACK.
@@ -169,7 +170,7 @@ def test_quantized_linears_all_delegated(quantized):
     cfg, _, _, _, facts = quantized
     d, left = facts["delegated_ops"], facts["non_delegated_ops"]
     n_quant = _linears(cfg) - 1  # lm_head (tied) stays fp32
-    assert d.get("aten.linear.default") == _linears(cfg)
+    assert d.get("aten.linear.default", 0) >= _linears(cfg)  # + RMS-mean and rotate_half linears (fp32)
     assert d.get("torchao.choose_qparams_affine.default") == n_quant  # per-token int8 activations
     assert not [op for op in left if any(k in op for k in ("linear", "mm", "quant", "choose_qparams"))], left
 

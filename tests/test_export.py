@@ -9,6 +9,7 @@ import textwrap
 import pytest
 
 from mobilellm_export.bundle import REQUIRED_KEYS, SCHEMA_VERSION, sha256
+from mobilellm_export.config import PRESETS
 from test_sources import assert_one_line_error, run_cli
 
 COMMON = ["--max-context", "128", "--max-seq-len", "16"]
@@ -26,8 +27,15 @@ def fp32_bundle(tiny_tokenizer, tmp_path_factory):
 def test_fp32_bundle_is_complete_and_verified(fp32_bundle):
     d, rep = fp32_bundle
     assert sorted(p.name for p in d.iterdir()) == sorted(
-        ["model.pte", "tokenizer.json", "tokenizer_config.json", "bundle.json", "report.json", "report.md"])
+        ["model.pte", "model.ptd", "tokenizer.json", "tokenizer_config.json", "bundle.json", "report.json",
+         "report.md"])
     m = json.loads((d / "bundle.json").read_text())
+    assert m["generation"]["data_file"] == "model.ptd"
+    # The tied embedding/head is stored once: the files are smaller than the fp32 parameters plus a
+    # second copy of the 512x64 table (131 KB); what remains is the program, RoPE tables (~50 KB).
+    cfg = PRESETS["tiny-llama"]
+    weights = (d / "model.pte").stat().st_size + (d / "model.ptd").stat().st_size
+    assert cfg.param_count() * 4 < weights < (cfg.param_count() + cfg.vocab_size * cfg.dim) * 4, weights
     assert all(k in m for k in REQUIRED_KEYS) and m["schema_version"] == SCHEMA_VERSION
     for name, info in m["files"].items():
         assert sha256(d / name) == info["sha256"]
@@ -72,13 +80,16 @@ def test_run_generates_through_text_llm_runner(fp32_bundle):
     assert ours and ours in r.stdout
 
 
-def test_4bit_lowering_is_faithful(tiny_tokenizer, tmp_path):
-    r = run_cli("--model", "tiny-llama", "--tokenizer", str(tiny_tokenizer), "--quant", "4bit", "--out",
+@pytest.mark.parametrize("recipe", ["4bit", "4bit-fast"])
+def test_quantized_lowering_is_faithful_and_stores_tied_table_once(tiny_tokenizer, tmp_path, recipe):
+    r = run_cli("--model", "tiny-llama", "--tokenizer", str(tiny_tokenizer), "--quant", recipe, "--out",
                 str(tmp_path), "--eval-tokens", "96", "--json", "--quiet", *COMMON,
                 "--threshold", "top1_min=0")  # random weights: near-uniform logits make top-1 noise
     assert r.returncode == 0, r.stderr
-    low = json.loads(r.stdout)["parity"]["quant_vs_artifact"]
+    rep = json.loads(r.stdout)
+    low = rep["parity"]["quant_vs_artifact"]
     assert low["kl_mean"] <= 0.03 and low["top1"] >= 0.85
+    assert rep["quantization"]["tied_stored"] == "once" and "model.ptd" in rep["size_mb"]
 
 
 @pytest.mark.parametrize("body,needle", [

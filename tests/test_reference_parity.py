@@ -84,16 +84,18 @@ def test_decode_through_kv_cache_matches_transformers(case):
 
 def test_qk_norm_and_interleaving_matter():
     """Guard against a reference that is wrong the same way as the model: flags change the output."""
+    import dataclasses
+
     hf, ours = CASES["llama4-r1"]()
     tokens = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         base = ours(tokens, torch.tensor([0]))
         for layer in ours.layers:
-            layer.self_attn.qk_norm = False
+            layer.self_attn.qk_norm = None
         assert (ours(tokens, torch.tensor([0])) - base).abs().max() > 1e-2
-        for layer in ours.layers:
-            layer.self_attn.qk_norm, layer.self_attn.interleaved = True, False
-        assert (ours(tokens, torch.tensor([0])) - base).abs().max() > 1e-2
+        half = Transformer(dataclasses.replace(ours.cfg, rope_interleaved=False), max_context=128).eval()
+        half.load_weights(ours.state_dict())  # same weights read in the rotate_half layout
+        assert (half(tokens, torch.tensor([0])) - base).abs().max() > 1e-2
 
 
 def _independent_layer_share_forward(sd, cfg, tokens):
@@ -148,3 +150,24 @@ def test_mobilellm_layer_sharing_matches_independent_reference():
         steps = [ours(tokens[:, i:i + 1], torch.tensor([i])) for i in range(33, 40)]
     got = torch.cat([prefill] + steps, dim=1)
     assert (ref - got).abs().max().item() <= TOL
+
+
+def test_rotate_half_conversion_of_interleaved_checkpoint_is_exact():
+    """R1 weights permuted to rotate_half (what every export runs) give the same logits as HF layout."""
+    from mobilellm_export.config import PRESETS
+    from mobilellm_export.model import random_weights, to_rotate_half
+
+    cfg = PRESETS["tiny-r1"]
+    sd = random_weights(cfg, seed=3)
+    ref = Transformer(cfg, max_context=64).eval()
+    ref.load_weights(sd)
+    cfg2, sd2 = to_rotate_half(cfg, sd)
+    assert cfg.rope_interleaved and not cfg2.rope_interleaved
+    conv = Transformer(cfg2, max_context=64).eval()
+    conv.load_weights(sd2)
+    tokens = torch.randint(0, cfg.vocab_size, (1, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a = torch.cat([ref(tokens[:, :30], torch.tensor([0])), ref(tokens[:, 30:], torch.tensor([30]))], 1)
+        b = torch.cat([conv(tokens[:, :30], torch.tensor([0])), conv(tokens[:, 30:], torch.tensor([30]))], 1)
+    assert (a - b).abs().max().item() <= 1e-5
+    assert not torch.equal(sd["layers.0.self_attn.q_proj.weight"], sd2["layers.0.self_attn.q_proj.weight"])

@@ -29,6 +29,39 @@ def _linear_config(w: WeightQuant, group: int):
     return IntxWeightOnlyConfig(weight_dtype=dtype, granularity=gran, scale_dtype=scale_dtype)
 
 
+class TiedQuantEmbedding(nn.Module):
+    """Embedding lookup that reads the quantized lm_head's own integers and scales.
+
+    With a tied matrix and one quantization grid for both uses, the integers are stored once:
+    row t of the embedding is row t of the head's weight, dequantized. (A separate embedding
+    quantizer would store a second, identical copy.) Targets swap this for their runtime's op.
+    """
+
+    def __init__(self, head: nn.Linear):
+        super().__init__()
+        self._head = [head]  # a plain list: the head stays registered once, under lm_head
+
+    @property
+    def weight(self):
+        return self._head[0].weight  # torchao IntxUnpackedToInt8Tensor: qdata int8 [V, D], scale [V, D/g]
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        rows, scale = w.qdata[tokens].float(), w.scale[tokens].float()
+        group = w.block_size[-1]
+        return (rows.unflatten(-1, (-1, group)) * scale.unsqueeze(-1)).flatten(-2)
+
+
+def same_grid(a: WeightQuant, b: WeightQuant) -> bool:
+    """Can one set of integers and scales serve both the embedding `a` and the head `b`?
+
+    The runtimes read a shared table as int8 per channel or int4 groupwise (bf16 scales).
+    """
+    if a.bits != b.bits or a.group_size != b.group_size:
+        return False
+    return (a.bits == 8 and a.group_size == 0) or (a.bits == 4 and a.group_size > 0 and b.scale_dtype == "bf16")
+
+
 def effective_group(w: WeightQuant, in_features: int) -> int:
     """The recipe's group if it divides in_features, else the largest smaller power of two that does
     (>= 32), else per channel (0)."""
@@ -49,8 +82,10 @@ def quantize(model: Transformer, recipe: Recipe) -> dict:
     facts = {"fallbacks": [], "quantized_linears": 0, "tied_stored": "once"}
     if recipe.is_float:
         return facts
-    if model.cfg.tie_embeddings and (recipe.head.quantized or recipe.embedding.quantized):
-        # The lookup table and the delegated head are serialised separately by the runtime.
+    tied = model.cfg.tie_embeddings
+    share = tied and recipe.head.quantized and same_grid(recipe.embedding, recipe.head)
+    if tied and not share and (recipe.head.quantized or recipe.embedding.quantized):
+        # Different grids for lookup and head: two matrices, stored separately.
         model.lm_head.weight = nn.Parameter(model.embed_tokens.weight.detach().clone())
         facts["tied_stored"] = "twice"
     by_config: dict[tuple, list[str]] = {}
@@ -71,7 +106,9 @@ def quantize(model: Transformer, recipe: Recipe) -> dict:
             quantize_(model, _linear_config(w, g), filter_fn=lambda mod, fqn, names=names: fqn in names)
             facts["quantized_linears"] += len(fqns)
         e = recipe.embedding
-        if e.quantized:
+        if share:
+            model.embed_tokens = TiedQuantEmbedding(model.lm_head)
+        elif e.quantized:
             g = effective_group(e, model.cfg.dim)
             cfg = IntxWeightOnlyConfig(weight_dtype=torch.int4 if e.bits == 4 else torch.int8,
                                        granularity=PerGroup(g) if g else PerAxis(0),

@@ -36,8 +36,17 @@ def _register_kernels() -> None:
     import executorch.kernels.quantized  # noqa: F401
 
 
+def default_data_path(pte_path: str | Path, data_path: str | Path | None) -> str | None:
+    """The .ptd holding a program's external weights: as given, else `<stem>.ptd` beside it if present."""
+    if data_path is not None:
+        return str(data_path)
+    sibling = Path(pte_path).with_suffix(".ptd")
+    return str(sibling) if sibling.is_file() else None
+
+
 class ExecuTorchRunner(Runner):
-    def __init__(self, pte_path: str | Path, name: str = "executorch", threads: int | None = None):
+    def __init__(self, pte_path: str | Path, name: str = "executorch", threads: int | None = None,
+                 data_path: str | Path | None = None):
         super().__init__()
         _register_kernels()
         from executorch.runtime import Runtime
@@ -45,7 +54,8 @@ class ExecuTorchRunner(Runner):
         if threads is not None:
             set_threads(threads)
         self.name, self.path = name, str(pte_path)
-        self.program = Runtime.get().load_program(self.path)
+        self.data_path = default_data_path(pte_path, data_path)  # .ptd with external weights
+        self.program = Runtime.get().load_program(self.path, data_path=self.data_path)
         # Read every constant method before loading `forward`: the runtime may let host-only methods
         # of one program share planned arenas, and forward's KV caches live in its arena.
         self.constants = {}
@@ -77,7 +87,8 @@ class ExecuTorchRunner(Runner):
 
 
 def generate_text(pte_path: str | Path, tokenizer_path: str | Path, prompt: str, max_new_tokens: int,
-                  temperature: float = 0.0, echo: bool = False, num_bos: int = 0) -> tuple[str, dict]:
+                  temperature: float = 0.0, echo: bool = False, num_bos: int = 0,
+                  data_path: str | Path | None = None) -> tuple[str, dict]:
     """Generate with ExecuTorch's C++ TextLLMRunner; return (generated text, stats dict).
 
     stats holds the runner's Stats fields plus `pieces` (the decoded pieces, one per callback: the
@@ -87,7 +98,7 @@ def generate_text(pte_path: str | Path, tokenizer_path: str | Path, prompt: str,
     _register_kernels()
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
-    runner = TextLLMRunner(str(pte_path), str(tokenizer_path))
+    runner = TextLLMRunner(str(pte_path), str(tokenizer_path), default_data_path(pte_path, data_path))
     pieces: list[str] = []
     stats_seen: list = []
     config = GenerationConfig(echo=echo, max_new_tokens=max_new_tokens, temperature=temperature, num_bos=num_bos)

@@ -29,8 +29,43 @@ from ..model import KVCacheAttention, Transformer
 
 
 def _register_ops() -> None:
+    import executorch.exir.passes._quant_patterns_and_replacements  # noqa: F401  (embedding_byte/4bit defs)
     import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (llama::custom_sdpa, update_cache)
     import executorch.kernels.quantized  # noqa: F401  (quantized_decomposed::embedding_4bit, ...)
+
+
+class TiedEmbeddingLookup(nn.Module):
+    """The tied embedding on ExecuTorch's quantized embedding kernels, over the very bytes that
+    XNNPACK serialises for the quantized lm_head, so the two uses dedupe to one copy in the .ptd.
+
+    int8 per channel: int8 [V, D] + fp32 [V] scales (XNNPACK qc8w). int4 groupwise: XNNPACK's
+    qb4w packing (value + 8, even column in the low nibble) + bf16 [V, D/g] scales. The 4-bit
+    kernel reads the even column from the high nibble, so each output pair is swapped back.
+    """
+
+    def __init__(self, tied):
+        super().__init__()
+        _register_ops()
+        w = tied.weight
+        q, scale = w.qdata, w.scale
+        V, D = q.shape
+        self.four_bit = w.target_dtype == torch.int4
+        if self.four_bit:
+            u = (q.to(torch.int16) + 8).to(torch.uint8)
+            self.register_buffer("packed", ((u[:, 1::2] << 4) | u[:, 0::2]).contiguous())
+            self.register_buffer("scales", scale.to(torch.bfloat16).contiguous())
+        else:
+            if scale.shape[-1] != 1:
+                raise UserError("a shared 8-bit embedding/head needs per-channel scales (group_size = 0)")
+            self.register_buffer("packed", q.contiguous().clone())
+            self.register_buffer("scales", scale.float().reshape(V).contiguous())
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        ops = torch.ops.quantized_decomposed
+        if not self.four_bit:
+            return ops.embedding_byte.default(self.packed, self.scales, None, -128, 127, tokens)
+        h = ops.embedding_4bit.dtype(self.packed, self.scales, None, -8, 7, tokens, dtype=torch.float32)
+        return torch.stack((h[..., 1::2], h[..., 0::2]), dim=-1).flatten(-2)
 
 
 class CustomKVCacheAttention(nn.Module):
@@ -66,7 +101,7 @@ class CustomKVCacheAttention(nn.Module):
         torch.ops.llama.update_cache(v.to(dt).contiguous(), self.v_cache, p0)
         out = torch.ops.llama.custom_sdpa(q.to(dt).contiguous(), self.k_cache, self.v_cache, p0, None, 0.0, True,
                                           self.scale)
-        return out.to(q.dtype).reshape(B, S, H * D)
+        return out.to(q.dtype).reshape(B, -1, H * D)
 
 
 def prepare(model: Transformer) -> Transformer:
@@ -74,13 +109,31 @@ def prepare(model: Transformer) -> Transformer:
 
     Works on float or torchao-quantized models: only `model.caches` is touched.
     """
+    from ..quant.apply import TiedQuantEmbedding
+
     _register_ops()
+    if isinstance(model.embed_tokens, TiedQuantEmbedding):
+        model.embed_tokens = TiedEmbeddingLookup(model.embed_tokens)
     n_heads = model.cfg.n_heads
     for i, c in enumerate(model.caches):
         if isinstance(c, KVCacheAttention):
             model.caches[i] = CustomKVCacheAttention.from_reference(c, n_heads)
     model.full_logits = False
     return model.eval()
+
+
+def _tag_constants_pass(keep: set[str], tag: str):
+    """Mark every weight placeholder (not user inputs, not KV caches) for the external data file,
+    including those XNNPACK consumes (`delegate_constant_tag`)."""
+    from executorch.exir.pass_base import PassResult
+
+    def tag_pass(gm):
+        for n in gm.graph.nodes:
+            if n.op == "placeholder" and n.name not in keep:
+                n.meta.setdefault("custom", {})["delegate_constant_tag"] = tag
+        return PassResult(gm, True)
+
+    return tag_pass
 
 
 def _op_name(node) -> str:
@@ -133,7 +186,8 @@ def _check_quantized_linears(model: nn.Module) -> None:
 
 
 def export_pte(model: Transformer, cfg: ModelConfig, path: str | Path, *, max_seq_len: int = 128,
-               max_context: int = 2048, eos_ids: tuple[int, ...] | None = None, bos_id: int | None = None) -> dict:
+               max_context: int = 2048, eos_ids: tuple[int, ...] | None = None, bos_id: int | None = None,
+               data_file: str | None = None) -> dict:
     """Export a (prepared or not) Transformer to an XNNPACK .pte at `path`; return facts about it.
 
     `max_context` must equal the model's cache length (the caches are built with the model).
@@ -179,8 +233,20 @@ def export_pte(model: Transformer, cfg: ModelConfig, path: str | Path, *, max_se
         constant_methods["get_bos_id"] = bos_id
 
     t0 = time.perf_counter()
+    passes = []
+    if data_file:
+        # All weights, the program's and XNNPACK's, go to one named-data file, where identical bytes
+        # are stored once: a tied embedding/head (fp32, or quantized on one grid) then costs one copy.
+        # (A single .pte cannot share them: program constants and delegate data live apart.)
+        from torch.export.graph_signature import InputKind
+
+        sig = ep.graph_signature
+        mutated = set(sig.buffers_to_mutate.values())
+        keep = {s.arg.name for s in sig.input_specs
+                if s.kind == InputKind.USER_INPUT or (s.kind == InputKind.BUFFER and s.target in mutated)}
+        passes.append(_tag_constants_pass(keep, Path(data_file).stem))
     edge = to_edge_transform_and_lower(
-        ep, partitioner=[XnnpackPartitioner()],
+        ep, transform_passes=passes, partitioner=[XnnpackPartitioner()],
         compile_config=EdgeCompileConfig(_check_ir_validity=False),
         constant_methods=constant_methods)
     facts["lower_s"] = time.perf_counter() - t0
@@ -199,6 +265,7 @@ def export_pte(model: Transformer, cfg: ModelConfig, path: str | Path, *, max_se
             memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
             # Size dynamic activations from the S <= max_seq_len bound, not from the example input.
             sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass(),
+            external_constants=(lambda node: Path(data_file).stem) if data_file else False,
         ))
     facts["to_executorch_s"] = time.perf_counter() - t0
     plan = et.executorch_program.execution_plan
@@ -210,5 +277,11 @@ def export_pte(model: Transformer, cfg: ModelConfig, path: str | Path, *, max_se
     data = et.buffer
     path.write_bytes(data)
     facts["pte_bytes"] = len(data)
+    if data_file:
+        et.write_tensor_data_to_file(str(path.parent))
+        ptd = path.parent / data_file
+        if not ptd.is_file():
+            raise RuntimeError(f"ExecuTorch did not write {ptd}")
+        facts["ptd_bytes"] = ptd.stat().st_size
     facts["constant_methods"] = constant_methods
     return facts

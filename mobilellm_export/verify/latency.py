@@ -1,7 +1,7 @@
 """Latency of any runner: prefill tok/s, decode tok/s, time to first token, peak RSS.
 
 Each measurement runs in a fresh child process so peak RSS belongs to that runner alone:
-    python -m mobilellm_export.verify.latency pte model.pte
+    python -m mobilellm_export.verify.latency pte model.pte [--data model.ptd]
     python -m mobilellm_export.verify.latency eager SOURCE [--tokenizer T]
 """
 
@@ -49,10 +49,13 @@ def _prompt(vocab: int, n: int) -> list[int]:
 
 
 def run_child(kind: str, target: str, prompt_len: int = 128, decode_tokens: int = 64, threads: int = 2,
-              extra: list[str] | None = None) -> dict:
-    """Measure in a child process; returns the child's JSON (with peak_rss_mb)."""
+              extra: list[str] | None = None, data_path: str | None = None) -> dict:
+    """Measure in a child process; returns the child's JSON (with peak_rss_mb).
+    `data_path`: the .ptd file holding a .pte's external weights, if it has one."""
     cmd = [sys.executable, "-m", "mobilellm_export.verify.latency", kind, target, "--prompt-len", str(prompt_len),
            "--decode-tokens", str(decode_tokens), "--threads", str(threads), *(extra or [])]
+    if data_path is not None:
+        cmd += ["--data", str(data_path)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
@@ -71,12 +74,13 @@ def _main(argv: list[str]) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokenizer")
     ap.add_argument("--max-context", type=int, default=2048)
+    ap.add_argument("--data", help="pte only: .ptd file with the program's external weights")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     if a.kind == "pte":
         from ..runners.executorch import ExecuTorchRunner
 
-        runner = ExecuTorchRunner(a.target)
+        runner = ExecuTorchRunner(a.target, threads=a.threads, data_path=a.data)
         vocab = int(runner.constant("get_vocab_size"))
     else:
         from ..float_chat import build_model
