@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, load_json
 
 SCHEMA_VERSION = 1
 MANIFEST = "bundle.json"
@@ -89,10 +89,7 @@ def read_manifest(d: Path) -> dict:
     p = Path(d) / MANIFEST
     if not p.is_file():
         raise UserError(f"{d} is not a bundle (no {MANIFEST})")
-    try:
-        m = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"corrupt {p}: {e}") from None
+    m = load_json(p)
     missing = [k for k in REQUIRED_KEYS if k not in m]
     if missing:
         raise UserError(f"{p} lacks {missing[0]!r}")

@@ -276,12 +276,18 @@ def check_state_dict(cfg: ModelConfig, state_dict: dict[str, torch.Tensor]) -> d
 
 
 def random_weights(cfg: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Seeded random weights, scaled so activations stay O(1) through depth (presets, tests)."""
+    """Seeded random weights for presets and tests.
+
+    Linears are scaled by 1/sqrt(fan_in) so activations stay O(1) through depth; the (tied)
+    embedding by 4/sqrt(dim) so logits spread like a trained model's (std ~4) instead of being
+    near-uniform, which would make top-1 and greedy agreement meaningless.
+    """
     g = torch.Generator().manual_seed(seed)
     sd = {}
     for name, shape in expected_shapes(cfg).items():
         if name.endswith("norm.weight"):
             sd[name] = 1.0 + 0.1 * torch.randn(shape, generator=g)
         else:
-            sd[name] = torch.randn(shape, generator=g) * (0.02 if "embed" in name else shape[-1] ** -0.5)
+            scale = 4.0 * cfg.dim ** -0.5 if name in ("embed_tokens.weight", "lm_head.weight") else shape[-1] ** -0.5
+            sd[name] = torch.randn(shape, generator=g) * scale
     return sd

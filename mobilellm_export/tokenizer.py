@@ -14,7 +14,7 @@ from pathlib import Path
 import jinja2.sandbox
 from tokenizers import Tokenizer as HFTokenizer
 
-from .errors import UserError
+from .errors import UserError, load_json
 
 # MobileLLM-R1 README system prompts (MODEL_FACTS.md).
 SYSTEM_PROMPTS = {
@@ -50,10 +50,7 @@ class Tokenizer:
         cfg = {}
         cfg_path = tj.parent / "tokenizer_config.json"
         if cfg_path.is_file():
-            try:
-                cfg = json.loads(cfg_path.read_text())
-            except json.JSONDecodeError as e:
-                raise UserError(f"corrupt {cfg_path}: {e}") from None
+            cfg = load_json(cfg_path)
         jinja = tj.parent / "chat_template.jinja"
         if "chat_template" not in cfg and jinja.is_file():
             cfg["chat_template"] = jinja.read_text()

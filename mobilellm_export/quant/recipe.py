@@ -128,9 +128,11 @@ def load_recipe(name_or_path: str) -> Recipe:
 def estimate_bytes(cfg, recipe: Recipe) -> int:
     """Rough artifact size: weights at their bit widths plus block scales (bf16/fp32).
 
-    A tied matrix counts once when float (one parameter) and twice when quantized, since the
-    embedding lookup and the delegated head each keep their own copy in the .pte.
+    A tied matrix counts once when float or when lookup and head share one quantized grid (the
+    bundle stores it once, in model.ptd), and twice otherwise.
     """
+    from .apply import same_grid
+
 
     def cost(n_rows: int, n_cols: int, w: WeightQuant) -> float:
         if not w.quantized:
@@ -143,6 +145,7 @@ def estimate_bytes(cfg, recipe: Recipe) -> int:
                  + cost(cfg.hidden_dim, d, recipe.linear) * 2 + cost(d, cfg.hidden_dim, recipe.linear) + 2 * d * 4)
     emb = cost(cfg.vocab_size, d, recipe.embedding)
     head = cost(cfg.vocab_size, d, recipe.head)
-    if cfg.tie_embeddings and not recipe.embedding.quantized and not recipe.head.quantized:
+    float_tied = not recipe.embedding.quantized and not recipe.head.quantized
+    if cfg.tie_embeddings and (float_tied or (recipe.head.quantized and same_grid(recipe.embedding, recipe.head))):
         head = 0
     return int(cfg.n_layers * per_block + emb + head + d * 4)

@@ -6,13 +6,12 @@ is known, only tensors are read.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from ..config import ModelConfig, from_hf_config
-from ..errors import UserError
+from ..errors import UserError, load_json
 from ..tokenizer import Tokenizer
 
 
@@ -43,31 +42,28 @@ def _load_bin(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
+def _merge(files: list[Path], loader) -> dict[str, torch.Tensor]:
+    sd = {}
+    for f in files:
+        sd.update(loader(f))
+    return sd
+
+
 def load_weights(d: Path) -> dict[str, torch.Tensor]:
     index = d / "model.safetensors.index.json"
     if index.is_file():
         try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError) as e:
-            raise UserError(f"corrupt {index}: {e}") from None
-        sd = {}
-        for shard in shards:
-            if not (d / shard).is_file():
-                raise UserError(f"{index} names missing shard {shard}")
-            sd.update(_load_safetensors(d / shard))
-        return sd
-    files = sorted(d.glob("*.safetensors"))
-    if files:
-        sd = {}
-        for f in files:
-            sd.update(_load_safetensors(f))
-        return sd
-    bins = sorted(d.glob("pytorch_model*.bin"))
-    if bins:
-        sd = {}
-        for f in bins:
-            sd.update(_load_bin(f))
-        return sd
+            shards = sorted(set(load_json(index)["weight_map"].values()))
+        except KeyError:
+            raise UserError(f"corrupt {index}: no weight_map") from None
+        missing = [s for s in shards if not (d / s).is_file()]
+        if missing:
+            raise UserError(f"{index} names missing shard {missing[0]}")
+        return _merge([d / s for s in shards], _load_safetensors)
+    for pattern, loader in (("*.safetensors", _load_safetensors), ("pytorch_model*.bin", _load_bin)):
+        files = sorted(d.glob(pattern))
+        if files:
+            return _merge(files, loader)
     raise UserError(f"no weights in {d} (expected *.safetensors or pytorch_model*.bin)")
 
 
@@ -75,11 +71,7 @@ def read_config(d: Path) -> ModelConfig:
     cfg_path = d / "config.json"
     if not cfg_path.is_file():
         raise UserError(f"{d} has no config.json")
-    try:
-        raw = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"corrupt {cfg_path}: {e}") from None
-    return from_hf_config(raw)
+    return from_hf_config(load_json(cfg_path))
 
 
 def load_hf_dir(d: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer | None]:

@@ -1,0 +1,124 @@
+"""Real-size Android exports (minutes each; `pytest -m slow`, run by `make test` and CI).
+
+SmolLM2-135M (real weights) against the bounds of the Android issue, measured on the first
+4,096 novel tokens of Botchan in windows of 512; MobileLLM-R1-140M shapes (random weights,
+QK-norm, Llama 3 tokenizer) through fp32 and 4bit, and through ExecuTorch's C++ LLM runner.
+"""
+
+import json
+
+import pytest
+
+from conftest import BOTCHAN, LLAMA3_TOKENIZER
+from test_sources import run_cli, write_r1_dir
+
+pytestmark = pytest.mark.slow
+
+
+def export(tmp_path, *args):
+    r = run_cli(*args, "--out", str(tmp_path), "--json", "--quiet")
+    assert r.returncode in (0, 1), r.stderr  # 1 = a threshold failed: the assertions below say which
+    return json.loads(r.stdout)
+
+
+@pytest.fixture(scope="module")
+def smollm2_4bit(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smol4")
+    return out, export(out, "--model", "smollm2-135m", "--quant", "4bit", "--eval-text", str(BOTCHAN),
+                       "--eval-tokens", "4096")
+
+
+def test_smollm2_4bit_lowering_parity(smollm2_4bit):
+    _, rep = smollm2_4bit
+    low = rep["parity"]["quant_vs_artifact"]
+    assert rep["eval"]["positions"] == 4096 and rep["eval"]["window"] == 512
+    assert low["kl_mean"] <= 0.03 and low["top1"] >= 0.85, low
+
+
+def test_smollm2_4bit_quality_against_float(smollm2_4bit):
+    _, rep = smollm2_4bit
+    e2e = rep["parity"]["float_vs_artifact"]
+    assert abs(e2e["ppl_ref"] - 30.50) <= 1.0  # independent figure (MODEL_FACTS): float ppl over 4,096 tokens
+    assert e2e["kl_mean"] <= 0.42 and e2e["top1"] >= 0.60 and e2e["ppl_delta"] <= 0.35, e2e
+    assert rep["passed"]
+
+
+def test_smollm2_4bit_bundle_stores_tied_table_once(smollm2_4bit):
+    out, rep = smollm2_4bit
+    # 49152x576 int8 table + fp32 scales, once; two copies would add another 28.5 MB
+    total = sum(v for k, v in rep["size_mb"].items() if k.startswith("model."))
+    assert rep["quantization"]["tied_stored"] == "once" and total < 95, rep["size_mb"]
+
+
+def test_smollm2_8bit(tmp_path):
+    rep = export(tmp_path, "--model", "smollm2-135m", "--quant", "8bit", "--eval-text", str(BOTCHAN),
+                 "--eval-tokens", "4096")
+    low, e2e = rep["parity"]["quant_vs_artifact"], rep["parity"]["float_vs_artifact"]
+    assert e2e["kl_mean"] <= 0.03 and e2e["top1"] >= 0.88, e2e
+    # Lowering: the issue asks KL <= 0.01, top-1 >= 0.93 (see the issue note for what was measured)
+    assert low["kl_mean"] <= 0.01 and low["top1"] >= 0.93, low
+
+
+@pytest.fixture(scope="module")
+def r1_fp32(tmp_path_factory):
+    out = tmp_path_factory.mktemp("r1fp32")
+    rep = export(out, "--model", "r1-140m", "--tokenizer", str(LLAMA3_TOKENIZER), "--quant", "fp32",
+                 "--max-context", "512", "--eval-tokens", "256")
+    return out / "r1-140m-android-fp32", rep
+
+
+def test_r1_140m_fp32_matches_float(r1_fp32):
+    _, rep = r1_fp32
+    assert rep["parity"]["float_vs_artifact"]["max_abs_logit"] <= 1e-3
+    assert rep["greedy"]["common_prefix"] >= 32  # same 32 (here 64) greedy tokens as the float model
+    assert rep["passed"]
+
+
+def test_r1_140m_text_llm_runner_generates(r1_fp32):
+    from mobilellm_export.generate import generate
+    from mobilellm_export.runners.executorch import ExecuTorchRunner
+    from mobilellm_export.tokenizer import Tokenizer
+
+    d, _ = r1_fp32
+    r = run_cli("run", str(d), "--prompt", "What is 2+2?", "--max-new-tokens", "12", "--temperature", "0")
+    tok = Tokenizer.from_dir(d)
+    ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": "What is 2+2?"}]), add_special_tokens=False)
+    ours = list(generate(ExecuTorchRunner(d / "model.pte"), ids, 12, eos_ids=(128001, 128008, 128009)))
+    if r.returncode == 0:
+        assert "[12 tokens" in r.stderr and tok.decode(ours) in r.stdout
+    else:  # random weights may emit a byte piece the Python binding cannot pass (see runners/executorch.py)
+        assert "not valid UTF-8" in r.stderr, r.stderr
+
+
+def test_r1_140m_4bit_lowering(tmp_path):
+    rep = export(tmp_path, "--model", "r1-140m", "--tokenizer", str(LLAMA3_TOKENIZER), "--quant", "4bit",
+                 "--max-context", "512", "--eval-tokens", "512")
+    low = rep["parity"]["quant_vs_artifact"]
+    assert low["kl_mean"] <= 0.03 and low["top1"] >= 0.85, low
+
+
+def test_r1_layout_hf_directory_exports(tmp_path):
+    """A MobileLLM-R1-layout HF directory (transformers 5.x config, safetensors) goes all the way."""
+    src = tmp_path / "MobileLLM-R1-tiny"
+    write_r1_dir(src, generation=5)
+    import shutil
+
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(LLAMA3_TOKENIZER / f, src / f)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["vocab_size"] = 128256
+    (src / "config.json").write_text(json.dumps(cfg))
+    write_r1_dir_vocab(src, cfg)
+    rep = export(tmp_path / "out", "--model", str(src), "--quant", "fp32", "--max-context", "128",
+                 "--max-seq-len", "32", "--eval-tokens", "128")
+    assert rep["parity"]["float_vs_artifact"]["max_abs_logit"] <= 1e-3 and rep["passed"]
+
+
+def write_r1_dir_vocab(src, cfg):
+    """Rewrite the weights for the full Llama 3 vocabulary (the tokenizer has 128,256 ids)."""
+    from safetensors.torch import save_file
+
+    from mobilellm_export.config import from_hf_config
+    from test_sources import r1_tensors
+
+    save_file(r1_tensors(from_hf_config(cfg)), str(src / "model.safetensors"))
