@@ -115,8 +115,12 @@ def verify(ck: Checkpoint, recipe: Recipe, target: str, artifact: Path, *, max_c
                    "float_vs_artifact": parity.compare(lf, la, wins)},
         "quantization": quant_facts or {},
     }
-    progress.step("greedy agreement: 64 tokens, float vs artifact")
-    rep["greedy"] = parity.greedy_agreement(rf, ra, ids[:16], 64)
+    progress.step("greedy agreement: 64 tokens from float, quantized and artifact")
+    g = {r.name: parity.greedy_tokens(r, ids[:16], 64) for r in (rf, rq, ra)}
+    rep["greedy"] = {key: parity.agreement(g[a], g[b]) for key, (a, b) in
+                     {"float_vs_quant": ("float", "quantized"), "quant_vs_artifact": ("quantized", ra.name),
+                      "float_vs_artifact": ("float", ra.name)}.items()}
+    rep["greedy"]["tokens"] = g
     if with_latency:
         progress.step("latency: float eager and artifact (fresh processes, 2 threads)")
         # 128-token prompt and 64 decode steps, as long as they fit the context

@@ -42,7 +42,7 @@ def test_fp32_bundle_is_complete_and_verified(fp32_bundle):
     assert m["generation"]["eos_ids"] == [2] and m["generation"]["max_context"] == 128
     # fp32 artifact reproduces the float model: logits and 64 greedy tokens
     assert rep["parity"]["float_vs_artifact"]["max_abs_logit"] <= 1e-3
-    assert rep["greedy"]["common_prefix"] == 64
+    assert rep["greedy"]["float_vs_artifact"]["common_prefix"] == 64
     assert rep["passed"] and {"float eager", "model.pte"} <= set(rep["latency"])
     assert json.loads((d / "report.json").read_text())["parity"] == rep["parity"]
 

@@ -37,10 +37,12 @@ def compare(ref: list[torch.Tensor], test: list[torch.Tensor], wins: list[list[i
     }
 
 
-def greedy_agreement(ref_runner, test_runner, prompt: list[int], n: int = 64) -> dict:
-    """Greedy-generate n tokens with each; report the shared prefix length and positionwise match."""
-    a = list(generate(ref_runner, prompt, n))
-    b = list(generate(test_runner, prompt, n))
+def greedy_tokens(runner, prompt: list[int], n: int = 64) -> list[int]:
+    return list(generate(runner, prompt, n))
+
+
+def agreement(a: list[int], b: list[int]) -> dict:
+    """Shared prefix length and positionwise match of two greedy continuations."""
     prefix = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    same = sum(x == y for x, y in zip(a, b)) / max(len(a), 1)
-    return {"tokens": n, "common_prefix": prefix, "match": same, "ref_tokens": a, "test_tokens": b}
+    return {"tokens": max(len(a), len(b)), "common_prefix": prefix,
+            "match": sum(x == y for x, y in zip(a, b)) / max(len(a), len(b), 1)}

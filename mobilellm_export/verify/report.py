@@ -86,13 +86,14 @@ def print_summary(report: dict, console) -> None:
 
     if "parity" in report:
         t = Table(title=f"parity ({report['eval']['positions']} positions)")
-        for col in ("pair", "mean KL", "p99 KL", "top-1", "ppl ref", "ppl test", "max|Δ|"):
+        for col in ("pair", "mean KL", "p99 KL", "top-1", "ppl ref", "ppl test", "max|Δ|", "greedy"):
             t.add_column(col, no_wrap=True)
         for key, label in SHORT.items():
-            p = report["parity"].get(key)
+            p, g = report["parity"].get(key), report.get("greedy", {}).get(key)
             if p:
                 t.add_row(label, f"{p['kl_mean']:.4f}", f"{p['kl_p99']:.4f}", f"{p['top1']:.3f}",
-                          f"{p['ppl_ref']:.2f}", f"{p['ppl_test']:.2f}", f"{p['max_abs_logit']:.3g}")
+                          f"{p['ppl_ref']:.2f}", f"{p['ppl_test']:.2f}", f"{p['max_abs_logit']:.3g}",
+                          f"{g['common_prefix']}/{g['tokens']}" if g else "-")
         console.print(t)
     if "latency" in report:
         t = Table(title="latency (2 threads)")
