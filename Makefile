@@ -23,8 +23,11 @@ demo: setup
 	$(BIN)/mobilellm-export --model smollm2-135m --target android --quant 4bit --out out
 
 test: setup
-	$(BIN)/python -m pytest -q -m "not slow"
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m "not slow and not extra"
+	$(BIN)/python -m pytest -q -m "slow and not extra"
+
+test-all: setup
+	$(BIN)/python -m pytest -q
 
 bench: setup
 	$(BIN)/python benchmarks/bench_android.py

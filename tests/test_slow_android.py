@@ -50,6 +50,7 @@ def test_smollm2_4bit_bundle_stores_tied_table_once(smollm2_4bit):
     assert rep["quantization"]["tied_stored"] == "once" and total < 95, rep["size_mb"]
 
 
+@pytest.mark.extra  # a third 135M lowering (~10 min): `make test-all`, not the CI budget
 def test_smollm2_8bit(tmp_path):
     rep = export(tmp_path, "--model", "smollm2-135m", "--quant", "8bit", "--eval-text", str(BOTCHAN),
                  "--eval-tokens", "4096")
