@@ -47,18 +47,15 @@ def markdown(report: dict) -> str:
     if "parity" in report:
         lines += [f"Parity on {report['eval']['positions']} positions of {report['eval']['text']} "
                   f"(windows of {report['eval']['window']}).", "",
-                  "| pair | mean KL | p99 KL | top-1 | ppl ref | ppl test | Δppl | max abs Δlogit |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| pair | mean KL | p99 KL | top-1 | ppl ref | ppl test | Δppl | max abs Δlogit "
+                  "| greedy prefix / match |", "|---|---|---|---|---|---|---|---|---|"]
         for key, label in PAIRS.items():
-            p = report["parity"].get(key)
+            p, g = report["parity"].get(key), report.get("greedy", {}).get(key)
             if p:
+                greedy = f"{g['common_prefix']}/{g['tokens']}, {g['match']:.2f}" if g else "-"
                 lines.append(f"| {label} | {p['kl_mean']:.4f} | {p['kl_p99']:.4f} | {p['top1']:.3f} | "
                              f"{p['ppl_ref']:.2f} | {p['ppl_test']:.2f} | {100 * p['ppl_delta']:+.1f} % | "
-                             f"{p['max_abs_logit']:.3g} |")
-        g = report.get("greedy")
-        if g:
-            lines += ["", f"Greedy, {g['tokens']} tokens, float vs artifact: common prefix {g['common_prefix']}, "
-                          f"positionwise match {g['match']:.2f}."]
+                             f"{p['max_abs_logit']:.3g} | {greedy} |")
     if "latency" in report:
         lines += ["", "| runner | prefill tok/s | decode tok/s | TTFT ms | peak RSS MB | file MB |", "|---|---|---|---|---|---|"]
         for name, lat in report["latency"].items():
