@@ -244,11 +244,6 @@ class Transformer(nn.Module):
         sd = check_state_dict(self.cfg, state_dict)
         self.load_state_dict(sd, strict=False)
 
-    def reset_caches(self) -> None:
-        for c in self.caches:
-            for b in c.buffers():
-                b.zero_()
-
 
 def expected_shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
     with torch.device("meta"):  # shapes only, no memory

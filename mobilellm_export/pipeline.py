@@ -120,7 +120,7 @@ def verify(ck: Checkpoint, recipe: Recipe, target: str, artifact: Path, *, max_c
     rep["greedy"] = {key: parity.agreement(g[a], g[b]) for key, (a, b) in
                      {"float_vs_quant": ("float", "quantized"), "quant_vs_artifact": ("quantized", ra.name),
                       "float_vs_artifact": ("float", ra.name)}.items()}
-    rep["greedy"]["tokens"] = g
+    rep["greedy_tokens"] = g  # the continuations themselves, per runner
     if with_latency:
         progress.step("latency: float eager and artifact (fresh processes, 2 threads)")
         # 128-token prompt and 64 decode steps, as long as they fit the context

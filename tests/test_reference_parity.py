@@ -169,5 +169,6 @@ def test_rotate_half_conversion_of_interleaved_checkpoint_is_exact():
     with torch.no_grad():
         a = torch.cat([ref(tokens[:, :30], torch.tensor([0])), ref(tokens[:, 30:], torch.tensor([30]))], 1)
         b = torch.cat([conv(tokens[:, :30], torch.tensor([0])), conv(tokens[:, 30:], torch.tensor([30]))], 1)
-    assert (a - b).abs().max().item() <= 1e-5
+    # exact up to fp32 rounding: relative to the logit range (|logits| ~ 10 with random_weights)
+    assert (a - b).abs().max().item() <= 1e-6 * a.abs().max().item()
     assert not torch.equal(sd["layers.0.self_attn.q_proj.weight"], sd2["layers.0.self_attn.q_proj.weight"])

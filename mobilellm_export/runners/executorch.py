@@ -22,12 +22,6 @@ def set_threads(n: int) -> None:
     portable_lib._unsafe_reset_threadpool(int(n))
 
 
-def thread_count() -> int:
-    from executorch.extension.pybindings import portable_lib
-
-    return int(portable_lib._threadpool_get_thread_count())
-
-
 def _register_kernels() -> None:
     """Load the runtime kernels the exported graph needs outside XNNPACK (llama::custom_sdpa.out,
     llama::update_cache.out, quantized_decomposed::*). Without them, loading `forward` fails with
