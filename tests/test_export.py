@@ -43,6 +43,8 @@ def test_fp32_bundle_is_complete_and_verified(fp32_bundle):
     # fp32 artifact reproduces the float model: logits and 64 greedy tokens
     assert rep["parity"]["float_vs_artifact"]["max_abs_logit"] <= 1e-3
     assert rep["greedy"]["float_vs_artifact"]["common_prefix"] == 64
+    # without activation quantization, 1-ulp input noise changes nothing measurable
+    assert rep["parity"]["quant_noise_floor"]["kl_mean"] <= 1e-6
     assert rep["passed"] and {"float eager", "model.pte"} <= set(rep["latency"])
     assert json.loads((d / "report.json").read_text())["parity"] == rep["parity"]
 
