@@ -18,16 +18,18 @@ def run_bundle(bundle: str, prompt: str, *, max_new_tokens: int, temperature: fl
         raise UserError(f"`run` drives ExecuTorch bundles; this one targets {m['target']}")
     gen = m["generation"]
     tok = Tokenizer.from_dir(d)
+    # BOS comes from the text (chat templates render it) or from tokenizer.json's own post-processor,
+    # never from the runner (num_bos = 0): then the runner sees exactly the ids our eager path scores.
     if raw or not tok.chat_template:
-        text, num_bos = prompt, int(gen["add_bos"])  # the runner adds BOS itself, as the apps configure it
+        text = prompt
     else:
         msgs = ([{"role": "system", "content": gen["system_prompts"].get(system, system)}] if system else [])
-        text, num_bos = tok.apply_chat_template(msgs + [{"role": "user", "content": prompt}]), 0
+        text = tok.apply_chat_template(msgs + [{"role": "user", "content": prompt}])
     from .runners.executorch import generate_text
 
     out, stats = generate_text(d / "model.pte", d / "tokenizer.json", text, max_new_tokens,
                                temperature=gen["temperature"] if temperature is None else temperature,
-                               num_bos=num_bos, data_path=d / gen["data_file"] if gen.get("data_file") else None)
+                               num_bos=0, data_path=d / gen["data_file"] if gen.get("data_file") else None)
     write(out)
     stats["generated_tokens"] = len(stats["pieces"])  # the runner's own count leaves out the first token
     stats["decode_tok_s"] = stats.get("tokens_per_s") or 0.0

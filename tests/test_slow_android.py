@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def export(tmp_path, *args):
-    r = run_cli(*args, "--out", str(tmp_path), "--json", "--quiet")
+    r = run_cli(*args, "--out", str(tmp_path), "--json", "--quiet", timeout=3600)  # a 135M export: minutes
     assert r.returncode in (0, 1), r.stderr  # 1 = a threshold failed: the assertions below say which
     return json.loads(r.stdout)
 

@@ -153,9 +153,9 @@ def test_preset_parameter_counts_match_model_facts():
 
 # ---- CLI errors: one line, exit code 2, no traceback ----------------------------------------------
 
-def run_cli(*args):
+def run_cli(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "mobilellm_export.cli", *args], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=timeout)
 
 
 def assert_one_line_error(r, needle):
