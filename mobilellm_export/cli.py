@@ -54,7 +54,8 @@ def friendly(fn):
 @click.option("--max-seq-len", default=128, show_default=True, type=click.IntRange(1, 4096),
               help="Longest prefill chunk the artifact takes in one call.")
 @click.option("--eval-text", type=click.Path(exists=True, dir_okay=False), help="Text for parity (default: built-in).")
-@click.option("--eval-tokens", default=1024, show_default=True, type=click.IntRange(16))
+@click.option("--eval-tokens", default=4096, show_default=True, type=click.IntRange(16),
+              help="Tokens of the eval text scored (windows of 512). The recipe thresholds are set on 4096.")
 @click.option("--no-verify", is_flag=True, help="Skip parity and latency checks.")
 @click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE",
               help="Override a recipe threshold, e.g. --threshold kl_mean=0.3")
@@ -115,7 +116,8 @@ def generate(source, prompt, tokenizer, max_new_tokens, temperature, top_p, seed
 @main.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--eval-text", type=click.Path(exists=True, dir_okay=False), help="Text for parity (default: built-in).")
-@click.option("--eval-tokens", default=1024, show_default=True, type=click.IntRange(16))
+@click.option("--eval-tokens", default=4096, show_default=True, type=click.IntRange(16),
+              help="Tokens of the eval text scored (windows of 512). The recipe thresholds are set on 4096.")
 @click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE")
 @click.option("--no-latency", is_flag=True)
 @click.option("--quiet", is_flag=True)
