@@ -2,8 +2,11 @@
 
 This is the only module that imports ExecuTorch's exporter.
 
-    prepare(model)                       swap model.caches for ExecuTorch custom-op caches
-    export_pte(model, cfg, path, ...)    torch.export -> XNNPACK lowering -> .pte (+ facts dict)
+    prepare(model)                       swap model.caches for ExecuTorch custom-op caches, and a
+                                         shared quantized embedding for ExecuTorch's embedding ops
+    export_pte(model, cfg, path, ...)    torch.export -> XNNPACK lowering -> .pte (+ facts dict);
+                                         with data_file, all weights go to one .ptd beside it,
+                                         where a tied embedding/head is stored once
 
 The graph follows what ExecuTorch's own LLM exporter produces with
 `use_kv_cache=True, use_sdpa_with_kv_cache=True, enable_dynamic_shape=True`: inputs
