@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import json
-import os
 import sys
 
 import click
