@@ -177,6 +177,13 @@ def export(ck: Checkpoint, recipe: Recipe, *, target: str, out: str, max_context
     return final, rep
 
 
+def _emit(rep: dict, progress: Progress, quiet: bool, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rep, indent=2))
+    elif not quiet:
+        report_mod.print_summary(rep, progress.console)
+
+
 def export_command(model: str, *, target: str, quant: str, tokenizer: str | None, out: str, max_context: int,
                    max_seq_len: int, eval_text: str | None, eval_tokens: int, no_verify: bool,
                    thresholds: tuple[str, ...], quiet: bool, as_json: bool) -> int:
@@ -187,10 +194,7 @@ def export_command(model: str, *, target: str, quant: str, tokenizer: str | None
     torch.set_num_threads(2)
     path, rep = export(ck, recipe, target=target, out=out, max_context=max_context, max_seq_len=max_seq_len,
                        eval_text=eval_text, eval_tokens=eval_tokens, do_verify=not no_verify, progress=progress)
-    if as_json:
-        print(json.dumps(rep, indent=2))
-    elif not quiet:
-        report_mod.print_summary(rep, progress.console)
+    _emit(rep, progress, quiet, as_json)
     if not rep.get("passed", True):
         progress.console.print(f"[red]parity thresholds failed[/] (see {path / 'report.md'})", style="bold")
         return 1
@@ -204,23 +208,11 @@ def verify_command(bundle_dir: str, *, eval_text: str | None, eval_tokens: int, 
     bundle_mod.check_files(d, m)
     progress = Progress(quiet or as_json)
     progress.step(f"{d.name}: all {len(m['files'])} files match their sha256")
-    recipe = with_overrides(load_recipe_from_manifest(m), thresholds)
+    recipe = with_overrides(Recipe.from_dict(m["recipe"]), thresholds)
     ck = load(m["source"]["id"], tokenizer=str(d / "tokenizer.json"))
     torch.set_num_threads(2)
     rep = verify(ck, recipe, m["target"], d / ARTIFACT[m["target"]], max_context=m["generation"]["max_context"],
                  eval_text=eval_text, eval_tokens=eval_tokens, progress=progress, with_latency=with_latency)
     rep.update(model=m["model"], target=m["target"], recipe=recipe.name)
-    if as_json:
-        print(json.dumps(rep, indent=2))
-    elif not quiet:
-        report_mod.print_summary(rep, progress.console)
+    _emit(rep, progress, quiet, as_json)
     return 0 if rep["passed"] else 1
-
-
-def load_recipe_from_manifest(m: dict) -> Recipe:
-    from .quant.recipe import WeightQuant
-
-    r = m["recipe"]
-    return Recipe(name=r["name"], description=r.get("description", ""), linear=WeightQuant(**r["linear"]),
-                  embedding=WeightQuant(**r["embedding"]), head=WeightQuant(**r["head"]),
-                  thresholds=Thresholds(**r["thresholds"]), path=r.get("path", ""))

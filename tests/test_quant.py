@@ -76,3 +76,11 @@ def test_size_estimate_orders_recipes():
     sizes = {n: estimate_bytes(cfg, load_recipe(n)) for n in ("fp32", "8bit", "4bit", "4bit-fast")}
     assert sizes["fp32"] > sizes["8bit"] > sizes["4bit"] > sizes["4bit-fast"]
     assert abs(sizes["fp32"] - cfg.param_count() * 4) < 1e6  # tied float table counted once
+
+
+def test_recipe_round_trips_through_the_manifest_dict():
+    from mobilellm_export.quant.recipe import Recipe
+
+    for name in available():
+        r = load_recipe(name)
+        assert Recipe.from_dict(r.to_dict()) == r

@@ -57,6 +57,13 @@ class Recipe:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, r: dict) -> Recipe:
+        """Inverse of to_dict (a bundle's manifest records the recipe it was built with)."""
+        return cls(name=r["name"], description=r.get("description", ""), linear=WeightQuant(**r["linear"]),
+                   embedding=WeightQuant(**r["embedding"]), head=WeightQuant(**r["head"]),
+                   thresholds=Thresholds(**r["thresholds"]), path=r.get("path", ""))
+
 
 _GROUPS = (0, 16, 32, 64, 128, 256)
 
