@@ -7,8 +7,14 @@ Rows, all measured in one run with 2 threads, prompt 128 tokens, greedy decode:
   executorch           `python -m executorch.extension.llm.export.export_llm` (8da4w g32, embedding 4,32)
                        on a params.json of the same shape, random weights
 
-Every measurement is a fresh child process (`mobilellm_export.verify.latency.run_child`); rows are
-interleaved (a, b, c, d, a, b, c, d, ...) `--repeats` times and the median of each metric is reported.
+Two measurements, both with 2 threads, a 128-token prompt prefilled in one call and greedy decode:
+  per process   each row in a fresh child process (`mobilellm_export.verify.latency.run_child`, our
+                Python loop over `forward`), rows interleaved `--repeats` times, medians: gives peak
+                RSS and the eager row.
+  paired        the .pte rows loaded in one process and run by ExecuTorch's C++ TextLLMRunner, one
+                generation each per round, order rotated (`paired.py`): the ours / ExecuTorch speed
+                ratios and the targets come from here, because separate processes on a shared VM
+                swing by +-30 % while back-to-back runs in one process see the same machine.
 
     python benchmarks/bench_android.py                 # R1-140M (slow: ~3 exports of a 140M model)
     python benchmarks/bench_android.py --quick         # tiny-r1, for development
@@ -137,6 +143,8 @@ def _shell_join(argv: list[str]) -> str:
 def _float_linears(log: Path) -> int | None:
     """Linears export_llm left in fp32, from its "Model after source transforms" print (repeated blocks
     are collapsed there, so this counts distinct entries); None if the print was not found."""
+    if not log.is_file():
+        return None
     lines = [ln for ln in log.read_text(errors="replace").splitlines() if "Linear(in_features=" in ln]
     return sum("IntxUnpacked" not in ln for ln in lines) if lines else None
 
@@ -165,6 +173,24 @@ def _fmt(v, spec=".1f"):
     return "-" if v is None else format(v, spec)
 
 
+def run_paired(rows: list[dict], tokenizer: str, rounds: int, decode_tokens: int, json_path: Path) -> dict:
+    """benchmarks/paired.py in a child process over these .pte rows (the first is the reference)."""
+    cmd = [sys.executable, str(Path(__file__).with_name("paired.py")), "--json", str(json_path), "--tokenizer",
+           str(Path(tokenizer) / "tokenizer.json") if Path(tokenizer).is_dir() else tokenizer,
+           "--rounds", str(rounds), "--decode-tokens", str(decode_tokens), "--prompt-len", str(PROMPT_LEN),
+           "--threads", str(THREADS)]
+    for row in rows:
+        cmd.append(row["target"])
+        if row["data"]:
+            cmd += ["--data", row["data"]]
+    r = subprocess.run(cmd, capture_output=True, text=True, errors="replace",
+                       env=dict(os.environ, OMP_NUM_THREADS=str(THREADS)))
+    if r.returncode != 0:
+        tail = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else str(r.returncode)
+        raise SystemExit(f"error: paired measurement failed: {tail}")
+    return json.loads(json_path.read_text())
+
+
 # ---- main ----------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help=f"JSON results path (default {DEFAULT_OUT.relative_to(REPO)}; "
                                   f"{DEFAULT_OUT_QUICK.name} with --quick)")
     ap.add_argument("--keep", metavar="DIR", help="build artifacts here and keep them (default: temp dir, removed)")
+    ap.add_argument("--rounds", type=int, default=15, help="paired rounds (one generation per program each)")
+    ap.add_argument("--reuse", action="store_true", help="with --keep: skip exports whose artifacts are already there")
     ap.add_argument("--quick", action="store_true", help="development: tiny-r1, max context 256")
     a = ap.parse_args(argv)
 
@@ -184,8 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         model = str(Path(model).resolve())
     tokenizer = str(Path(a.tokenizer).resolve())
     max_context = 256 if a.quick else 2048
-    if a.repeats < 1 or a.decode_tokens < 1:
-        ap.error("--repeats and --decode-tokens must be >= 1")
+    if a.repeats < 1 or a.decode_tokens < 1 or a.rounds < 1:
+        ap.error("--repeats, --rounds and --decode-tokens must be >= 1")
+    if a.reuse and not a.keep:
+        ap.error("--reuse needs --keep DIR")
     if PROMPT_LEN + a.decode_tokens > max_context:
         ap.error(f"prompt {PROMPT_LEN} + --decode-tokens {a.decode_tokens} exceeds max context {max_context}")
 
@@ -215,9 +245,13 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [*_ours_cli(), "--model", model, "--tokenizer", tokenizer, "--quant", recipe, "--out",
                    str(out_dir), "--no-verify", "--max-context", str(max_context), "--max-seq-len", str(MAX_SEQ_LEN)]
             commands[f"ours-{recipe}"] = _shell_join(cmd)
-            print(f"export ours {recipe} ...", flush=True)
-            secs = _run_logged(cmd, build / f"export-ours-{recipe}.log", cwd=REPO)
             bundle = out_dir / f"{model}-android-{recipe}"
+            if a.reuse and (bundle / "model.pte").is_file():
+                print(f"reuse ours {recipe} ({bundle})", flush=True)
+                secs = None
+            else:
+                print(f"export ours {recipe} ...", flush=True)
+                secs = _run_logged(cmd, build / f"export-ours-{recipe}.log", cwd=REPO)
             if not bundle.is_dir():
                 found = sorted(out_dir.glob(f"*-android-{recipe}"))
                 if not found:
@@ -242,9 +276,13 @@ def main(argv: list[str] | None = None) -> int:
         et_name = f"{model}-8da4w-g{GROUP_SIZE}.pte"
         et_cmd = export_llm_command(params_path, et_dir, et_name, max_context)
         commands["executorch"] = _shell_join(et_cmd)
-        print("export ExecuTorch export_llm ...", flush=True)
-        secs = _run_logged(et_cmd, build / "export-executorch.log", cwd=et_dir)
         et_pte = et_dir / et_name
+        if a.reuse and et_pte.is_file():
+            print(f"reuse ExecuTorch export_llm ({et_pte})", flush=True)
+            secs = None
+        else:
+            print("export ExecuTorch export_llm ...", flush=True)
+            secs = _run_logged(et_cmd, build / "export-executorch.log", cwd=et_dir)
         if not et_pte.is_file():
             raise SystemExit(f"error: export_llm wrote no {et_pte}")
         et_ptds = sorted(et_dir.glob("*.ptd"))
@@ -275,17 +313,31 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows.values():
             row["median"] = _median(row["runs"])
 
+        # paired: ExecuTorch's program first (the reference), then ours, in one process
+        paired_keys = ["executorch", *(f"ours-{r}" for r in RECIPES)]
+        print(f"measure paired, TextLLMRunner, {a.rounds} rounds ...", flush=True)
+        paired = run_paired([rows[k] for k in paired_keys], tokenizer, a.rounds, a.decode_tokens,
+                            build / "paired.json")
+        for key, prog in zip(paired_keys, paired["programs"]):
+            rows[key]["paired"] = prog
+
         # ratios ours / ExecuTorch and targets
         et = rows["executorch"]
         ratios = {}
         for recipe in RECIPES:
             o = rows[f"ours-{recipe}"]
-            ratios[recipe] = {"decode_tok_s": _ratio(o["median"]["decode_tok_s"], et["median"]["decode_tok_s"]),
-                              "prefill_tok_s": _ratio(o["median"]["prefill_tok_s"], et["median"]["prefill_tok_s"]),
-                              "size": _ratio(o["size_bytes"], et["size_bytes"])}
+            ratios[recipe] = {"decode_tok_s": o["paired"]["decode_ratio"]["median"],
+                              "decode_tok_s_iqr": [o["paired"]["decode_ratio"]["q1"], o["paired"]["decode_ratio"]["q3"]],
+                              "prefill_tok_s": o["paired"]["prefill_ratio"]["median"],
+                              "size": _ratio(o["size_bytes"], et["size_bytes"]),
+                              "per_process_decode_tok_s": _ratio(o["median"]["decode_tok_s"],
+                                                                 et["median"]["decode_tok_s"]),
+                              "per_process_prefill_tok_s": _ratio(o["median"]["prefill_tok_s"],
+                                                                  et["median"]["prefill_tok_s"])}
         fast = ratios["4bit-fast"]
         checks = [
-            {"name": f"4bit-fast decode >= {TARGETS['decode_ratio_min']:.1f}x ExecuTorch",
+            {"name": f"4bit-fast decode >= {TARGETS['decode_ratio_min']:.1f}x ExecuTorch (paired median; "
+                     f"IQR {fast['decode_tok_s_iqr'][0]:.3f}-{fast['decode_tok_s_iqr'][1]:.3f})",
              "value": fast["decode_tok_s"],
              "ok": fast["decode_tok_s"] is not None and fast["decode_tok_s"] >= TARGETS["decode_ratio_min"]},
             {"name": f"4bit-fast size <= {TARGETS['size_ratio_max']:.1f}x ExecuTorch (all model files)",
@@ -295,20 +347,31 @@ def main(argv: list[str] | None = None) -> int:
 
         # table
         print()
-        print(f"{model}, {THREADS} threads, prompt {PROMPT_LEN}, decode {a.decode_tokens}, "
-              f"median of {a.repeats} (load avg {load_start[0]:.2f} -> {load_end[0]:.2f})")
-        head = (f"{'row':<34} {'size MB':>8} {'prefill tok/s':>13} {'decode tok/s':>12} {'TTFT ms':>8} "
-                f"{'RSS MB':>7} {'decode/ET':>9} {'prefill/ET':>10} {'size/ET':>7}")
+        print(f"{model}, {THREADS} threads, prompt {PROMPT_LEN}, decode {a.decode_tokens} "
+              f"(load avg {load_start[0]:.2f} -> {load_end[0]:.2f})")
+        print(f"paired: TextLLMRunner, all .pte in one process, {a.rounds} rounds; medians, ratios are medians "
+              f"of per-round ratios [interquartile range]")
+        head = (f"{'row':<34} {'size MB':>8} {'prefill tok/s':>13} {'decode tok/s':>12} "
+                f"{'decode/ET [IQR]':>21} {'prefill/ET':>10} {'size/ET':>7}")
+        print(head)
+        print("-" * len(head))
+        for key in paired_keys:
+            row, rt = rows[key], ratios.get(key.removeprefix("ours-"), {})
+            p = row["paired"]
+            iqr = (f"{rt['decode_tok_s']:.3f} [{rt['decode_tok_s_iqr'][0]:.2f}-{rt['decode_tok_s_iqr'][1]:.2f}]"
+                   if rt else "1")
+            print(f"{row['label']:<34} {row['size_bytes'] / 1e6:>8.2f} {p['prefill_tokens_per_s']:>13.1f} "
+                  f"{p['decode_tokens_per_s']:>12.1f} {iqr:>21} {_fmt(rt.get('prefill_tok_s'), '.3f'):>10} "
+                  f"{_fmt(rt.get('size'), '.2f'):>7}")
+        print()
+        print(f"per process: our Python loop over forward, a fresh process per run, median of {a.repeats}")
+        head = (f"{'row':<34} {'prefill tok/s':>13} {'decode tok/s':>12} {'TTFT ms':>8} {'RSS MB':>7}")
         print(head)
         print("-" * len(head))
         for key, row in rows.items():
             m = row["median"]
-            rt = ratios.get(key.removeprefix("ours-"), {}) if key.startswith("ours-") else {}
-            size = row["size_bytes"] / 1e6 if row["size_bytes"] is not None else None
-            print(f"{row['label']:<34} {_fmt(size, '.2f'):>8} {_fmt(m['prefill_tok_s']):>13} "
-                  f"{_fmt(m['decode_tok_s']):>12} {_fmt(m['ttft_ms']):>8} {_fmt(m['peak_rss_mb'], '.0f'):>7} "
-                  f"{_fmt(rt.get('decode_tok_s'), '.2f'):>9} {_fmt(rt.get('prefill_tok_s'), '.2f'):>10} "
-                  f"{_fmt(rt.get('size'), '.2f'):>7}")
+            print(f"{row['label']:<34} {_fmt(m['prefill_tok_s']):>13} {_fmt(m['decode_tok_s']):>12} "
+                  f"{_fmt(m['ttft_ms']):>8} {_fmt(m['peak_rss_mb'], '.0f'):>7}")
         print()
         for c in checks:
             print(f"{'PASS' if c['ok'] else 'FAIL'}  {c['name']}: {_fmt(c['value'], '.3f')}x")
@@ -324,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                         "loadavg_start": load_start, "loadavg_end": load_end},
             "settings": {"threads": THREADS, "prompt_len": PROMPT_LEN, "decode_tokens": a.decode_tokens,
-                         "repeats": a.repeats, "statistic": "median", "order": "interleaved",
+                         "repeats": a.repeats, "paired_rounds": a.rounds, "statistic": "median", "order": "interleaved",
+                         "ratios_from": "paired (benchmarks/paired.py, TextLLMRunner)",
                          "max_context": max_context, "max_seq_len": MAX_SEQ_LEN},
             "commands": commands,
             "export_llm_command": commands["executorch"],

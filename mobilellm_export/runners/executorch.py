@@ -80,6 +80,14 @@ class ExecuTorchRunner(Runner):
         return logits.reshape(-1, logits.shape[-1])[-1:].float().clone()
 
 
+def open_text_runner(pte_path: str | Path, tokenizer_path: str | Path, data_path: str | Path | None = None):
+    """ExecuTorch's C++ TextLLMRunner on a .pte (+ its .ptd), with the kernels it needs registered."""
+    _register_kernels()
+    from executorch.extension.llm.runner import TextLLMRunner
+
+    return TextLLMRunner(str(pte_path), str(tokenizer_path), default_data_path(pte_path, data_path))
+
+
 def generate_text(pte_path: str | Path, tokenizer_path: str | Path, prompt: str, max_new_tokens: int,
                   temperature: float = 0.0, echo: bool = False, num_bos: int = 0,
                   data_path: str | Path | None = None) -> tuple[str, dict]:
@@ -89,10 +97,9 @@ def generate_text(pte_path: str | Path, tokenizer_path: str | Path, prompt: str,
     first comes from prefill, so len(pieces) == num_generated_tokens + 1 when no EOS was hit) and the
     runner's prefill/decode rates. BOS is whatever the tokenizer adds (tokenizer.json post-processor).
     """
-    _register_kernels()
-    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+    from executorch.extension.llm.runner import GenerationConfig
 
-    runner = TextLLMRunner(str(pte_path), str(tokenizer_path), default_data_path(pte_path, data_path))
+    runner = open_text_runner(pte_path, tokenizer_path, data_path)
     pieces: list[str] = []
     stats_seen: list = []
     config = GenerationConfig(echo=echo, max_new_tokens=max_new_tokens, temperature=temperature, num_bos=num_bos)
@@ -105,16 +112,22 @@ def generate_text(pte_path: str | Path, tokenizer_path: str | Path, prompt: str,
                            "valid UTF-8 on its own (upstream binding limitation)") from None
     stats: dict = {"pieces": pieces}
     if stats_seen:
-        s = stats_seen[-1]
-        for field in ("num_prompt_tokens", "num_generated_tokens", "model_load_start_ms", "model_load_end_ms",
-                      "inference_start_ms", "token_encode_end_ms", "prompt_eval_end_ms", "first_token_ms",
-                      "inference_end_ms", "aggregate_sampling_time_ms"):
-            stats[field] = getattr(s, field)
-        # The runner's own definitions (its "PyTorchObserver" line): decode rate excludes the first
-        # token, which comes out of prefill and is not counted in num_generated_tokens.
-        gen_ms = s.inference_end_ms - s.prompt_eval_end_ms
-        prefill_ms = s.prompt_eval_end_ms - s.inference_start_ms
-        stats["decode_tokens_per_s"] = s.num_generated_tokens * 1000.0 / gen_ms if gen_ms > 0 else None
-        stats["prefill_tokens_per_s"] = s.num_prompt_tokens * 1000.0 / prefill_ms if prefill_ms > 0 else None
-        stats["prefill_ms"] = prefill_ms
+        stats.update(runner_stats(stats_seen[-1]))
     return "".join(pieces), stats
+
+
+def runner_stats(s) -> dict:
+    """A TextLLMRunner Stats object as a dict, with the runner's own rates added."""
+    stats = {}
+    for field in ("num_prompt_tokens", "num_generated_tokens", "model_load_start_ms", "model_load_end_ms",
+                  "inference_start_ms", "token_encode_end_ms", "prompt_eval_end_ms", "first_token_ms",
+                  "inference_end_ms", "aggregate_sampling_time_ms"):
+        stats[field] = getattr(s, field)
+    # The runner's own definitions (its "PyTorchObserver" line): decode rate excludes the first
+    # token, which comes out of prefill and is not counted in num_generated_tokens.
+    gen_ms = s.inference_end_ms - s.prompt_eval_end_ms
+    prefill_ms = s.prompt_eval_end_ms - s.inference_start_ms
+    stats["decode_tokens_per_s"] = s.num_generated_tokens * 1000.0 / gen_ms if gen_ms > 0 else None
+    stats["prefill_tokens_per_s"] = s.num_prompt_tokens * 1000.0 / prefill_ms if prefill_ms > 0 else None
+    stats["prefill_ms"] = prefill_ms
+    return stats
