@@ -9,8 +9,8 @@ Rows, all measured in one run with 2 threads, prompt 128 tokens, greedy decode:
 
 Two measurements, both with 2 threads, a 128-token prompt prefilled in one call and greedy decode:
   per process   each row in a fresh child process (`mobilellm_export.verify.latency.run_child`, our
-                Python loop over `forward`), rows interleaved `--repeats` times, medians: gives peak
-                RSS and the eager row.
+                Python loop over `forward`), rows interleaved `--repeats` times in rotated order,
+                medians: gives peak RSS and the eager row.
   paired        the .pte rows loaded in one process and run by ExecuTorch's C++ TextLLMRunner, one
                 generation each per round, order rotated (`paired.py`): the ours / ExecuTorch speed
                 ratios and the targets come from here, because separate processes on a shared VM
@@ -299,8 +299,12 @@ def main(argv: list[str] | None = None) -> int:
         # measure, interleaved
         for row in rows.values():
             row["runs"] = []
+        keys = list(rows)
         for rep in range(a.repeats):
-            for key, row in rows.items():
+            # Rotate the order every repeat: a fixed order gives each row the same predecessor every
+            # time, so any carry-over (e.g. from the 1.7 GB eager process) would bias one row.
+            for key in keys[rep % len(keys):] + keys[:rep % len(keys)]:
+                row = rows[key]
                 print(f"measure [{rep + 1}/{a.repeats}] {key} ...", end=" ", flush=True)
                 try:
                     r = run_child(row["kind"], row["target"], prompt_len=PROMPT_LEN, decode_tokens=a.decode_tokens,
@@ -387,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                         "loadavg_start": load_start, "loadavg_end": load_end},
             "settings": {"threads": THREADS, "prompt_len": PROMPT_LEN, "decode_tokens": a.decode_tokens,
-                         "repeats": a.repeats, "paired_rounds": a.rounds, "statistic": "median", "order": "interleaved",
+                         "repeats": a.repeats, "paired_rounds": a.rounds, "statistic": "median", "order": "interleaved, rotated each repeat",
                          "ratios_from": "paired (benchmarks/paired.py, TextLLMRunner)",
                          "max_context": max_context, "max_seq_len": MAX_SEQ_LEN},
             "commands": commands,

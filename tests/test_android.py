@@ -164,6 +164,31 @@ def test_text_llm_runner_generates(fp32_exports):
     assert stats["decode_tokens_per_s"] is None or stats["decode_tokens_per_s"] > 0
 
 
+@pytest.mark.skipif(not LLAMA3_TOKENIZER.is_file(), reason="Llama 3 tokenizer.json not on this machine")
+def test_paired_benchmark_runs_each_program_on_the_same_prompt(fp32_exports):
+    """benchmarks/paired.py: the C++ runner counts exactly --prompt-len prompt tokens for every
+    program, runs every round, and reports ratios to the first program."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paired", Path(__file__).resolve().parents[1] / "benchmarks/paired.py")
+    paired = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paired)
+    from mobilellm_export.verify.text import SAMPLE
+
+    _, _, path, _ = fp32_exports("tiny-r1")
+    n = MAX_SEQ_LEN - 4
+    prompt = paired.prompt_prefix(str(LLAMA3_TOKENIZER), SAMPLE.read_text(encoding="utf-8"), n)
+    res = paired.measure([(str(path), None), (str(path), None)], str(LLAMA3_TOKENIZER), prompt, rounds=3,
+                         decode_tokens=4, threads=1)
+    for prog in res["programs"]:
+        assert prog["prompt_tokens"] == [n]
+        assert len(prog["decode_tokens_per_s_runs"]) == 3 and all(r > 0 for r in prog["decode_tokens_per_s_runs"])
+    assert res["programs"][0]["decode_ratio"]["median"] == 1.0
+    assert res["programs"][1]["decode_ratio"]["median"] > 0
+    with pytest.raises(SystemExit):
+        paired._parse(["--tokenizer", str(LLAMA3_TOKENIZER), "--json", "x.json", "--data", "a.ptd", str(path)])
+
+
 # ---- quantized (torchao 8da4w) --------------------------------------------------------------------
 
 def test_quantized_linears_all_delegated(quantized):
