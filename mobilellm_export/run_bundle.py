@@ -32,5 +32,5 @@ def run_bundle(bundle: str, prompt: str, *, max_new_tokens: int, temperature: fl
                                num_bos=0, data_path=d / gen["data_file"] if gen.get("data_file") else None)
     write(out)
     stats["generated_tokens"] = len(stats["pieces"])  # the runner's own count leaves out the first token
-    stats["decode_tok_s"] = stats.get("tokens_per_s") or 0.0
+    stats["decode_tok_s"] = stats.get("decode_tokens_per_s") or 0.0  # None when the runner timed 0 ms
     return stats

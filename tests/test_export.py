@@ -82,6 +82,17 @@ def test_run_generates_through_text_llm_runner(fp32_bundle):
     assert ours and ours in r.stdout
 
 
+def test_run_reports_the_runners_decode_rate(fp32_bundle):
+    """`run` passes on TextLLMRunner's own decode rate (it printed 0.0 tok/s while it read a key the
+    runner stats never had)."""
+    from mobilellm_export.run_bundle import run_bundle
+
+    d, _ = fp32_bundle
+    stats = run_bundle(str(d), "Because of an hereditary", max_new_tokens=64, raw=True, write=lambda s: None)
+    # 63 timed decode steps take well over the runner's 1 ms clock resolution
+    assert stats["decode_tokens_per_s"] is not None and stats["decode_tok_s"] == stats["decode_tokens_per_s"] > 0
+
+
 @pytest.mark.parametrize("recipe", ["4bit", "4bit-fast"])
 def test_quantized_lowering_is_faithful_and_stores_tied_table_once(tiny_tokenizer, tmp_path, recipe):
     r = run_cli("--model", "tiny-llama", "--tokenizer", str(tiny_tokenizer), "--quant", recipe, "--out",
