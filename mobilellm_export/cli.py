@@ -1,33 +1,46 @@
 """Command line: options -> one library call -> progress and a summary. No logic lives here.
 
-    mobilellm-export --model SOURCE --target android --quant 4bit [--out DIR]
+    mobilellm-export export --model SOURCE --target android --quant 4bit [--out DIR]
+    mobilellm-export --model SOURCE ...            (the same: `export` is the default command)
     mobilellm-export inspect SOURCE
     mobilellm-export generate SOURCE --prompt "..."
+    mobilellm-export verify BUNDLE
+    mobilellm-export run BUNDLE --prompt "..."
 """
 
 from __future__ import annotations
 
 import errno
 import functools
+import json
 import sys
 
 import click
 
+from . import __version__
 from .errors import UserError
+from .targets import Names
 
 
 def _fail(msg: str, code: int = 2):
-    click.echo(f"error: {msg}", err=True)
+    from .console import err
+
+    click.echo(f"error: {msg}", err=True, file=err())
     sys.exit(code)
 
 
 def friendly(fn):
-    """User-caused failures end in one line and exit 2; Ctrl-C in one line and exit 130."""
+    """User-caused failures end in one line and exit 2; Ctrl-C in one line and exit 130.
+
+    Inside, a console Session hides third-party output unless --verbose (see console.py)."""
 
     @functools.wraps(fn)
-    def wrapper(*a, **kw):
+    def wrapper(*a, verbose=False, **kw):
+        from .console import Session
+
         try:
-            return fn(*a, **kw)
+            with Session(verbose):
+                return fn(*a, **kw)
         except UserError as e:
             _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
         except KeyboardInterrupt:
@@ -39,38 +52,77 @@ def friendly(fn):
                 _fail(f"{e.strerror}: {e.filename}")
             raise
 
-    return wrapper
+    return click.option("--verbose", is_flag=True, help="Show third-party warnings and native log lines.")(wrapper)
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", "model", help="Preset, smollm2-135m, HF directory, .gguf file or hub id.")
-@click.option("--target", type=click.Choice(["android"]), default="android", show_default=True)
-@click.option("--quant", default="4bit", show_default=True, help="Recipe name (quant_recipes/) or .toml path.")
+class DefaultToExport(click.Group):
+    """`mobilellm-export --model X ...` is `mobilellm-export export --model X ...`."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help", "--version"):
+            args = ["export", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=DefaultToExport, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mobilellm-export")
+def main():
+    """Export small LLMs (MobileLLM-R1, MobileLLM, Llama, SmolLM2) to verified on-device bundles."""
+
+
+def _emit(rep: dict, progress, as_json: bool) -> None:
+    from .console import out
+    from .verify.report import print_summary
+
+    if as_json:
+        print(json.dumps(rep, indent=2), file=out())
+    elif not progress.quiet:
+        print_summary(rep, progress.console)
+
+
+def _progress(quiet: bool):
+    from .console import Progress
+    from .memory import TreeWatch
+
+    return Progress(quiet=quiet, watch=TreeWatch().__enter__())  # a daemon sampler for the command's life
+
+
+THREADS = click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 256),
+                       help="CPU threads for eager models and the runtime (recorded in the report).")
+EVAL_TEXT = click.option("--eval-text", type=click.Path(exists=True, dir_okay=False),
+                         help="Text for parity (default: built-in).")
+EVAL_TOKENS = click.option("--eval-tokens", default=4096, show_default=True, type=click.IntRange(16),
+                           help="Tokens of the eval text scored (windows of 512). The recipe thresholds are set on 4096.")
+
+
+@main.command()
+@click.option("--model", "model", required=True, help="Preset, smollm2-135m, HF directory, .gguf file or hub id.")
+@click.option("--target", type=click.Choice(Names()), default="android", show_default=True)
+@click.option("--quant", default="4bit", show_default=True, help="Shipped recipe name or a .toml path.")
 @click.option("--tokenizer", help="tokenizer.json (or its folder) when the source has none.")
 @click.option("--out", default="out", show_default=True, type=click.Path(file_okay=False))
 @click.option("--max-context", default=2048, show_default=True, type=click.IntRange(16, 1 << 17))
 @click.option("--max-seq-len", default=128, show_default=True, type=click.IntRange(1, 4096),
               help="Longest prefill chunk the artifact takes in one call.")
-@click.option("--eval-text", type=click.Path(exists=True, dir_okay=False), help="Text for parity (default: built-in).")
-@click.option("--eval-tokens", default=4096, show_default=True, type=click.IntRange(16),
-              help="Tokens of the eval text scored (windows of 512). The recipe thresholds are set on 4096.")
+@EVAL_TEXT
+@EVAL_TOKENS
 @click.option("--no-verify", is_flag=True, help="Skip parity and latency checks.")
 @click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE",
               help="Override a recipe threshold, e.g. --threshold kl_mean=0.3")
+@THREADS
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.pass_context
 @friendly
-def main(ctx, model, **opts):
-    """Export small LLMs (MobileLLM-R1, MobileLLM, Llama, SmolLM2) to verified on-device bundles."""
-    if ctx.invoked_subcommand is not None:
-        return
-    if not model:
-        click.echo(ctx.get_help())
-        return
+def export(model, quiet, as_json, **opts):
+    """Export SOURCE to a verified bundle (the default command)."""
     from .pipeline import export_command
 
-    sys.exit(export_command(model, **opts))
+    progress = _progress(quiet or as_json)
+    path, rep = export_command(model, progress=progress, **opts)
+    _emit(rep, progress, as_json)
+    if rep.get("passed") is False:
+        progress.console.print(f"[red]parity thresholds failed[/] (see {path / 'report.md'})", style="bold")
+        sys.exit(1)
 
 
 @main.command()
@@ -79,10 +131,11 @@ def main(ctx, model, **opts):
 @friendly
 def inspect(source, tokenizer):
     """Architecture, parameter count, tokenizer, context and estimated artifact sizes."""
+    from .console import out
     from .describe import describe
     from .sources import load
 
-    click.echo(describe(load(source, tokenizer=tokenizer, weights=False)))
+    click.echo(describe(load(source, tokenizer=tokenizer, weights=False)), file=out())
 
 
 @main.command()
@@ -96,37 +149,46 @@ def inspect(source, tokenizer):
 @click.option("--system", help="System prompt, or 'math' / 'code' for the MobileLLM-R1 prompts.")
 @click.option("--raw", is_flag=True, help="Do not apply the chat template.")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@THREADS
 @friendly
-def generate(source, prompt, tokenizer, max_new_tokens, temperature, top_p, seed, system, raw, dtype):
+def generate(source, prompt, tokenizer, max_new_tokens, temperature, top_p, seed, system, raw, dtype, threads):
     """Float generation with the reference model (streams text, prints tok/s)."""
+    import torch
+
+    from .console import err, out
     from .float_chat import stream_generate
     from .generate import Sampling
     from .sources import load
 
+    torch.set_num_threads(threads)
+    o, e = out(), err()
     stats = stream_generate(load(source, tokenizer=tokenizer), prompt, max_new_tokens,
                             Sampling(temperature, top_p, seed), system=system, raw=raw, dtype=dtype,
-                            write=lambda s: click.echo(s, nl=False))
-    click.echo()
+                            write=lambda s: (o.write(s), o.flush()), warn=lambda s: click.echo(s, file=e))
+    click.echo(file=o)
     click.echo(f"[{stats['new_tokens']} tokens, prefill {stats['prefill_tok_s']:.1f} tok/s, "
-               f"decode {stats['decode_tok_s']:.1f} tok/s]", err=True)
+               f"decode {stats['decode_tok_s']:.1f} tok/s]", file=e)
 
 
 @main.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
-@click.option("--eval-text", type=click.Path(exists=True, dir_okay=False), help="Text for parity (default: built-in).")
-@click.option("--eval-tokens", default=4096, show_default=True, type=click.IntRange(16),
-              help="Tokens of the eval text scored (windows of 512). The recipe thresholds are set on 4096.")
+@EVAL_TEXT
+@EVAL_TOKENS
 @click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE")
 @click.option("--no-latency", is_flag=True)
+@THREADS
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @friendly
-def verify(bundle, eval_text, eval_tokens, thresholds, no_latency, quiet, as_json):
+def verify(bundle, eval_text, eval_tokens, thresholds, no_latency, threads, quiet, as_json):
     """Re-check an existing bundle: sha256 of every file, then parity and latency."""
     from .pipeline import verify_command
 
-    sys.exit(verify_command(bundle, eval_text=eval_text, eval_tokens=eval_tokens, thresholds=thresholds,
-                            quiet=quiet, as_json=as_json, with_latency=not no_latency))
+    progress = _progress(quiet or as_json)
+    rep = verify_command(bundle, eval_text=eval_text, eval_tokens=eval_tokens, thresholds=thresholds,
+                         threads=threads, with_latency=not no_latency, progress=progress)
+    _emit(rep, progress, as_json)
+    sys.exit(0 if rep["passed"] else 1)
 
 
 @main.command()
@@ -136,16 +198,21 @@ def verify(bundle, eval_text, eval_tokens, thresholds, no_latency, quiet, as_jso
 @click.option("--temperature", type=click.FloatRange(0), help="Default: the bundle's generation default.")
 @click.option("--system", help="System prompt, or 'math' / 'code' for the MobileLLM-R1 prompts.")
 @click.option("--raw", is_flag=True, help="Do not apply the chat template.")
+@THREADS
 @friendly
-def run(bundle, prompt, max_new_tokens, temperature, system, raw):
-    """Generate through the ExecuTorch LLM runner, exactly as the apps do."""
+def run(bundle, prompt, max_new_tokens, temperature, system, raw, threads):
+    """Generate through the target runtime's own loop (ExecuTorch's C++ runner), as the apps do."""
+    from .console import err, out
     from .run_bundle import run_bundle
 
+    o, e = out(), err()
     stats = run_bundle(bundle, prompt, max_new_tokens=max_new_tokens, temperature=temperature, system=system,
-                       raw=raw, write=lambda s: click.echo(s, nl=False))
-    click.echo()
-    click.echo(f"[{stats.get('generated_tokens', '?')} tokens, {stats.get('decode_tok_s', 0):.1f} tok/s decode]",
-               err=True)
+                       raw=raw, threads=threads, write=lambda s: (o.write(s), o.flush()),
+                       warn=lambda s: click.echo(s, file=e))
+    click.echo(file=o)
+    rate = stats.get("decode_tok_s")
+    click.echo(f"[{stats['generated_tokens']} tokens, {rate or 0:.1f} tok/s decode, "
+               f"{stats['prompt_tokens']} prompt tokens]", file=e)
 
 
 if __name__ == "__main__":

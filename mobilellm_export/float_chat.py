@@ -14,34 +14,43 @@ from .sources import Checkpoint
 
 
 def build_model(ck: Checkpoint, max_context: int, dtype: torch.dtype = torch.float32) -> Transformer:
-    """The float reference for a checkpoint, in rotate_half RoPE layout (exact; see to_rotate_half)."""
-    cfg, sd = to_rotate_half(ck.config, ck.state_dict)
-    model = Transformer(cfg, max_context=max_context)
-    model.load_weights(sd)
-    return model.to(dtype).eval()
+    """The float reference for a checkpoint, in rotate_half RoPE layout (exact; see to_rotate_half).
+
+    Its parameters are the checkpoint's own tensors (no copy): quantizing it in place and then
+    dropping the checkpoint's weights leaves one copy of anything, never two.
+    """
+    cfg, sd = to_rotate_half(ck.config, ck.weights())
+    return Transformer.from_weights(cfg, sd, max_context=max_context, dtype=dtype)
 
 
-def prompt_ids(ck: Checkpoint, prompt: str, system: str | None = None, raw: bool = False) -> list[int]:
-    tok = ck.tokenizer
-    if tok is None:
-        raise UserError(f"{ck.source} has no tokenizer; pass --tokenizer path/to/tokenizer.json")
-    if raw or not tok.chat_template:
-        return tok.encode(prompt)
-    return tok.chat_prompt_ids(prompt, system)
+def clamp_new_tokens(prompt_len: int, max_new_tokens: int, context: int, warn) -> int:
+    """Fit prompt + new tokens in the context, saying so in one line; an overlong prompt is an error."""
+    if prompt_len >= context:
+        raise UserError(f"the prompt has {prompt_len} tokens; the context holds {context}")
+    if prompt_len + max_new_tokens > context:
+        room = context - prompt_len
+        warn(f"note: --max-new-tokens {max_new_tokens} clamped to {room} (prompt {prompt_len} + new tokens "
+             f"must fit the context of {context})")
+        return room
+    return max_new_tokens
 
 
 def stream_generate(ck: Checkpoint, prompt: str, max_new_tokens: int, sampling: Sampling, *, system=None,
-                    raw=False, dtype="fp32", write=print) -> dict:
-    ids = prompt_ids(ck, prompt, system, raw)
-    ctx = min(ck.config.max_position_embeddings, len(ids) + max_new_tokens)
-    model = build_model(ck, ctx, torch.bfloat16 if dtype == "bf16" else torch.float32)
+                    raw=False, dtype="fp32", write=print, warn=print) -> dict:
+    tok = ck.tokenizer
+    if tok is None:
+        raise UserError(f"{ck.source} has no tokenizer; pass --tokenizer path/to/tokenizer.json")
+    policy = tok.bos_policy(ck.config.bos_token_id)
+    ids = tok.encode(tok.prompt_text(prompt, policy, system=system, raw=raw), add_special_tokens=False)
+    max_new_tokens = clamp_new_tokens(len(ids), max_new_tokens, ck.config.max_position_embeddings, warn)
+    model = build_model(ck, len(ids) + max_new_tokens, torch.bfloat16 if dtype == "bf16" else torch.float32)
     runner = EagerRunner(model, max_seq_len=512)
     new, shown, t0, t_first = [], "", time.perf_counter(), None
-    eos = tuple(ck.config.eos_token_ids) + ((ck.tokenizer.eos_id,) if ck.tokenizer.eos_id is not None else ())
-    for tok in generate(runner, ids, max_new_tokens, sampling, eos):
+    eos = tuple(ck.config.eos_token_ids) + ((tok.eos_id,) if tok.eos_id is not None else ())
+    for t in generate(runner, ids, max_new_tokens, sampling, eos):
         t_first = t_first or time.perf_counter()
-        new.append(tok)
-        text = ck.tokenizer.decode(new)
+        new.append(t)
+        text = tok.decode(new)
         if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
             write(text[len(shown):])
             shown = text

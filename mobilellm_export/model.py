@@ -4,9 +4,9 @@ One model, driven by ModelConfig flags. State-dict names are HF Llama names with
 `model.` prefix (`layers.N.self_attn.q_proj.weight`, `layers.N.mlp.gate_proj.weight`, ...).
 
 The KV cache and attention kernel live together in `KVCacheAttention` modules held in
-`Transformer.caches` (one per block application). Targets swap those modules for their own
-runtime's version (ExecuTorch custom ops, Core ML state slices, ONNX past/present) instead of
-adding target branches here.
+`Transformer.caches` (one per block application), RoPE in one `Rotary` module and norms in
+`RMS`/`RMSNorm` modules. Targets swap those modules for their own runtime's version (ExecuTorch
+custom ops, Core ML state slices, ONNX past/present) instead of adding target branches here.
 """
 
 from __future__ import annotations
@@ -25,20 +25,17 @@ from .errors import UserError
 class RMS(nn.Module):
     """Weightless RMS normalisation over the last dim (Llama-4 QK-norm; RMSNorm without weight).
 
-    Computed in fp32 whatever the model dtype (as HF does), written as explicit ops so every
-    backend lowers it the same way (Core ML's fused rms_norm rescales and loses precision). The
-    mean of squares is a linear against a constant 1/D row: XNNPACK delegates linears of any
-    rank, but mean(-1) only on 4-D inputs and no reshape of a dynamic-length tensor.
+    Computed in fp32 whatever the model dtype, as HF does, and written as explicit ops (Core ML's
+    fused rms_norm rescales and loses precision). Targets may swap it for an equivalent form.
     """
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
-        self.eps = eps
-        self.register_buffer("mean_row", torch.full((1, dim), 1.0 / dim), persistent=False)
+        self.dim, self.eps = dim, eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
-        return (xf * torch.rsqrt(F.linear(xf * xf, self.mean_row.float()) + self.eps)).to(x.dtype)
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
 
 
 class RMSNorm(RMS):
@@ -66,29 +63,36 @@ def rope_frequencies(cfg: ModelConfig, max_context: int) -> tuple[torch.Tensor, 
     return angles.cos().float(), angles.sin().float()
 
 
-def rotate_half_matrix(head_dim: int) -> torch.Tensor:
-    """R with x @ R == cat(-x[D/2:], x[:D/2]): a signed permutation, so the product is exact."""
-    half = head_dim // 2
-    r = torch.zeros(head_dim, head_dim)
-    r[torch.arange(half) + half, torch.arange(half)] = -1.0
-    r[torch.arange(half), torch.arange(half) + half] = 1.0
-    return r
+class Rotary(nn.Module):
+    """RoPE: cos/sin tables at full head width, and the rotation itself.
 
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rot: torch.Tensor | None) -> torch.Tensor:
-    """x: [B, S, H, D]; cos/sin: [1, S, 1, D], built once per forward.
-
-    rot=None: interleaved pairs (0,1), (2,3)... (Llama-4 / Meta's complex form; cos/sin repeated
-    per pair). Else rotate_half (HF Llama layout; cos/sin repeated per half): written as a matmul
-    with `rot` rather than slices, because XNNPACK cannot slice tensors of dynamic length.
+    interleaved: pairs (0,1), (2,3)... (Llama-4 / Meta's complex form; tables repeated per pair).
+    Else rotate_half (HF Llama layout; tables repeated per half). `tables(positions)` is computed
+    once per forward; `forward(x, cos, sin)` rotates q or k, x: [B, S, H, D] -> same, in x's dtype.
     """
-    xf = x.float()
-    if rot is None:
-        xr = xf.unflatten(-1, (-1, 2))
-        swapped = torch.stack((-xr[..., 1], xr[..., 0]), dim=-1).flatten(-2)
-    else:
-        swapped = xf @ rot
-    return (xf * cos + swapped * sin).to(x.dtype)
+
+    def __init__(self, cfg: ModelConfig, max_context: int):
+        super().__init__()
+        self.interleaved = cfg.rope_interleaved
+        cos, sin = rope_frequencies(cfg, max_context)
+        cos, sin = (t.repeat_interleave(2, -1) if self.interleaved else torch.cat((t, t), -1) for t in (cos, sin))
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cos[positions][None, :, None, :], self.sin[positions][None, :, None, :]
+
+    def swapped(self, x: torch.Tensor) -> torch.Tensor:
+        """The partner of each element with its sign: (-x1, x0, ...) or cat(-x[D/2:], x[:D/2])."""
+        if self.interleaved:
+            xr = x.unflatten(-1, (-1, 2))
+            return torch.stack((-xr[..., 1], xr[..., 0]), dim=-1).flatten(-2)
+        half = x.shape[-1] // 2
+        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * cos + self.swapped(xf) * sin).to(x.dtype)
 
 
 def to_rotate_half(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
@@ -153,13 +157,13 @@ class Attention(nn.Module):
         self.temperature_tuning = cfg.attn_temperature_tuning and not self.use_rope
         self.floor_scale, self.attn_scale = cfg.floor_scale, cfg.attn_scale
 
-    def forward(self, x, cos, sin, rot, positions, start_pos, cache: KVCacheAttention):
+    def forward(self, x, rope: Rotary, cos, sin, positions, start_pos, cache: KVCacheAttention):
         B = x.shape[0]
         q = self.q_proj(x).view(B, -1, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(B, -1, self.n_kv_heads, self.head_dim)
         v = self.v_proj(x).view(B, -1, self.n_kv_heads, self.head_dim)
         if self.use_rope:
-            q, k = apply_rope(q, cos, sin, rot), apply_rope(k, cos, sin, rot)
+            q, k = rope(q, cos, sin), rope(k, cos, sin)
         if self.qk_norm is not None:
             q, k = self.qk_norm(q), self.qk_norm(k)
         if self.temperature_tuning:  # Llama-4 NoPE layers: longer context -> sharper queries
@@ -187,8 +191,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MLP(cfg.dim, cfg.hidden_dim)
 
-    def forward(self, x, cos, sin, rot, positions, start_pos, cache):
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, rot, positions, start_pos, cache)
+    def forward(self, x, rope, cos, sin, positions, start_pos, cache):
+        h = x + self.self_attn(self.input_layernorm(x), rope, cos, sin, positions, start_pos, cache)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -200,7 +204,7 @@ class Transformer(nn.Module):
             # Chunked attention (Llama-4 RoPE layers) is not implemented; below the chunk it is plain causal.
             raise UserError(f"max context {max_context} exceeds the model's attention chunk "
                             f"{cfg.attention_chunk_size}; use --max-context <= {cfg.attention_chunk_size}")
-        self.cfg, self.max_context = cfg, max_context
+        self.cfg, self.max_context, self.max_batch, self.dtype = cfg, max_context, max_batch, dtype
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
@@ -209,40 +213,51 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         # MobileLLM layer sharing repeats each block immediately; each application has its own cache.
         self.schedule = [i for i in range(cfg.n_layers) for _ in range(2 if cfg.layer_sharing else 1)]
-        self.caches = nn.ModuleList(
-            KVCacheAttention(max_batch, max_context, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, dtype)
-            for _ in self.schedule)
-        cos, sin = rope_frequencies(cfg, max_context)
-        # Tables are stored at full head width in the layout's order, so RoPE is two multiplies.
-        cos, sin = (t.repeat_interleave(2, -1) if cfg.rope_interleaved else torch.cat((t, t), -1) for t in (cos, sin))
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
-        self.register_buffer("rope_rot", None if cfg.rope_interleaved else rotate_half_matrix(cfg.head_dim),
-                             persistent=False)
         # Exported decoders return only the last position's logits (what a runner samples from);
         # verification and perplexity use all of them.
         self.full_logits = True
         self.to(dtype)
-        self.rope_cos, self.rope_sin = cos, sin  # keep fp32 under .to(dtype)
-        if self.rope_rot is not None:
-            self.rope_rot = self.rope_rot.float()
+        self.make_state()
+
+    def make_state(self) -> None:
+        """(Re)build what is not a weight: KV caches and RoPE tables (fp32 whatever the model dtype)."""
+        cfg = self.cfg
+        self.caches = nn.ModuleList(
+            KVCacheAttention(self.max_batch, self.max_context, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, self.dtype)
+            for _ in self.schedule)
+        self.rope = Rotary(cfg, self.max_context)
+
+    @classmethod
+    def from_weights(cls, cfg: ModelConfig, state_dict: dict[str, torch.Tensor], max_context: int = 2048,
+                     dtype: torch.dtype = torch.float32) -> Transformer:
+        """A model whose parameters *are* the given tensors (no copy, no random init): what keeps a
+        950M export from holding the weights twice."""
+        with torch.device("meta"):
+            model = cls(cfg, max_context=max_context, dtype=torch.float32)
+        model.load_weights(state_dict, assign=True)
+        model.to(dtype)
+        model.dtype = dtype
+        model.make_state()
+        return model.eval()
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         """tokens [B, S] int64, input_pos [1] int64 (start position) -> logits [B, S or 1, vocab] fp32."""
         S = tokens.shape[1]
         positions = input_pos[0] + torch.arange(S, device=tokens.device)
-        cos, sin = self.rope_cos[positions][None, :, None, :], self.rope_sin[positions][None, :, None, :]
+        cos, sin = self.rope.tables(positions)
         h = self.embed_tokens(tokens)
         for block_idx, cache in zip(self.schedule, self.caches):
-            h = self.layers[block_idx](h, cos, sin, self.rope_rot, positions, input_pos, cache)
+            h = self.layers[block_idx](h, self.rope, cos, sin, positions, input_pos, cache)
         if not self.full_logits:
             h = h[:, -1:, :]
         return self.lm_head(self.norm(h)).float()
 
-    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+    def load_weights(self, state_dict: dict[str, torch.Tensor], assign: bool = False) -> None:
         """Strict load with one-line errors for missing/extra/misshapen tensors."""
         sd = check_state_dict(self.cfg, state_dict)
-        self.load_state_dict(sd, strict=False)
+        self.load_state_dict(sd, strict=False, assign=assign)
+        if self.cfg.tie_embeddings:  # assign replaces the Parameter objects: tie them again
+            self.lm_head.weight = self.embed_tokens.weight
 
 
 def expected_shapes(cfg: ModelConfig) -> dict[str, torch.Size]:

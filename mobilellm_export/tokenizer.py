@@ -79,8 +79,47 @@ class Tokenizer:
         return self.token_id("eos_token")
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """add_special_tokens lets tokenizer.json's post-processor add BOS (Llama 3 does; SmolLM2 does not)."""
+        """add_special_tokens lets tokenizer.json's post-processor add BOS. Prompts use `prompt_ids`,
+        which applies the bundle's BOS policy instead."""
         return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    # ---- BOS policy ------------------------------------------------------------------------
+    def bos_policy(self, fallback_id: int | None = None) -> dict:
+        """Does a prompt start with BOS? Decided once, recorded in bundle.json, applied everywhere.
+
+        In order: tokenizer_config.json's `add_bos_token`; else whether tokenizer.json's
+        post-processor adds BOS (what Python `tokenizers` does; ExecuTorch's C++ tokenizer runs
+        that post-processor only when asked for BOS); else whether the chat template starts its
+        prompts with `bos_token` (Llama 3's does while its post-processor does not).
+        """
+        text = _token_str(self.config.get("bos_token"))
+        bos = self.tok.token_to_id(text) if text else None
+        if bos is None and fallback_id is not None and self.tok.id_to_token(fallback_id) is not None:
+            bos, text = fallback_id, self.tok.id_to_token(fallback_id)
+        template = self.chat_template or ""
+        renders = bool(text) and ("bos_token" in template or text in template)
+        policy = {"id": bos, "text": text if bos is not None else None, "template_renders_bos": renders}
+        flag = self.config.get("add_bos_token")
+        if bos is None:
+            return {**policy, "add": False, "reason": "the tokenizer has no BOS token"}
+        if isinstance(flag, bool):
+            return {**policy, "add": flag, "reason": f"tokenizer_config.json add_bos_token = {str(flag).lower()}"}
+        if self.tok.encode("a", add_special_tokens=True).ids[:1] == [bos]:
+            return {**policy, "add": True, "reason": "tokenizer.json's post-processor adds BOS"}
+        if renders:
+            return {**policy, "add": True, "reason": "the chat template starts prompts with bos_token"}
+        return {**policy, "add": False, "reason": "no add_bos_token, post-processor or chat template asks for BOS"}
+
+    @staticmethod
+    def with_bos(text: str, policy: dict) -> str:
+        """The prompt text with BOS in front where the policy wants one and it is not there yet:
+        what every runtime is given (none is asked to add BOS itself)."""
+        if policy["add"] and not text.startswith(policy["text"]):
+            return policy["text"] + text
+        return text
+
+    def prompt_ids(self, text: str, policy: dict) -> list[int]:
+        return self.encode(self.with_bos(text, policy), add_special_tokens=False)
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=False)
@@ -111,8 +150,16 @@ class Tokenizer:
             bos_token=_token_str(self.config.get("bos_token")) or "",
             eos_token=_token_str(self.config.get("eos_token")) or "")
 
-    def chat_prompt_ids(self, user: str, system: str | None = None) -> list[int]:
-        msgs = ([{"role": "system", "content": SYSTEM_PROMPTS.get(system, system)}] if system else [])
-        msgs.append({"role": "user", "content": user})
-        # The rendered template already contains BOS where the model wants it.
-        return self.encode(self.apply_chat_template(msgs), add_special_tokens=False)
+    def prompt_text(self, prompt: str, policy: dict, system: str | None = None, raw: bool = False,
+                    system_prompts: dict | None = None) -> str:
+        """What a user's prompt becomes before tokenization: the chat template applied (unless raw
+        or there is none), then BOS by the policy."""
+        if not prompt:
+            raise UserError("the prompt is empty")
+        if raw or not self.chat_template:
+            text = prompt
+        else:
+            prompts = SYSTEM_PROMPTS if system_prompts is None else system_prompts
+            msgs = ([{"role": "system", "content": prompts.get(system, system)}] if system else [])
+            text = self.apply_chat_template(msgs + [{"role": "user", "content": prompt}])
+        return self.with_bos(text, policy)

@@ -1,7 +1,13 @@
 """Quantization recipes: TOML files as data (torchao's `quantize_(model, config)` spirit).
 
 A recipe says what happens to the decoder linears, the embedding and the (tied) lm_head, plus
-the parity thresholds its artifacts must meet. Unknown keys and impossible values are errors.
+the parity thresholds its artifacts must meet: `[thresholds]` for every target, and
+`[thresholds.<target>]` to override some of them for one target (lowering bounds are calibrated
+per runtime). Each target's `check()` decides whether it can honour the recipe's arithmetic.
+Unknown keys and impossible values are errors.
+
+The shipped recipes are package data (`quant_recipes/` in the source tree, installed as
+`mobilellm_export.quant_recipes`); `--quant path/to/recipe.toml` reads any other file.
 """
 
 from __future__ import annotations
@@ -9,11 +15,14 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from ..errors import UserError
 
-RECIPE_DIR = Path(__file__).resolve().parents[2] / "quant_recipes"
+
+def _shipped():
+    return resources.files("mobilellm_export.quant_recipes")
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,11 @@ class Recipe:
     embedding: WeightQuant = WeightQuant(activations="none")
     head: WeightQuant = WeightQuant()
     thresholds: Thresholds = field(default_factory=Thresholds)
+    target_thresholds: dict = field(default_factory=dict)  # target -> {field: bound} overriding `thresholds`
     path: str = ""
+
+    def thresholds_for(self, target: str) -> Thresholds:
+        return dataclasses.replace(self.thresholds, **self.target_thresholds.get(target, {}))
 
     @property
     def is_float(self) -> bool:
@@ -62,7 +75,8 @@ class Recipe:
         """Inverse of to_dict (a bundle's manifest records the recipe it was built with)."""
         return cls(name=r["name"], description=r.get("description", ""), linear=WeightQuant(**r["linear"]),
                    embedding=WeightQuant(**r["embedding"]), head=WeightQuant(**r["head"]),
-                   thresholds=Thresholds(**r["thresholds"]), path=r.get("path", ""))
+                   thresholds=Thresholds(**r["thresholds"]), target_thresholds=r.get("target_thresholds", {}),
+                   path=r.get("path", ""))
 
 
 _GROUPS = (0, 16, 32, 64, 128, 256)
@@ -107,29 +121,38 @@ def parse_recipe(text: str, name: str, path: str = "") -> Recipe:
     linear = _section(WeightQuant, raw.get("linear", {}), f"recipe {where} [linear]")
     emb = _section(WeightQuant, {"activations": "none", **raw.get("embedding", {})}, f"recipe {where} [embedding]")
     head = _section(WeightQuant, raw.get("head", {}), f"recipe {where} [head]")
-    th = _section(Thresholds, raw.get("thresholds", {}), f"recipe {where} [thresholds]")
+    th_raw = dict(raw.get("thresholds", {}))
+    per_target = {k: th_raw.pop(k) for k in list(th_raw) if isinstance(th_raw[k], dict)}
+    th = _section(Thresholds, th_raw, f"recipe {where} [thresholds]")
+    from ..targets import names
+
+    for target, over in per_target.items():
+        if target not in names():
+            raise UserError(f"recipe {where} [thresholds.{target}]: unknown target (known: {', '.join(names())})")
+        _section(Thresholds, over, f"recipe {where} [thresholds.{target}]")  # validates the keys
     _check_weight(linear, f"recipe {where} linear", True)
     _check_weight(emb, f"recipe {where} embedding", False)
     _check_weight(head, f"recipe {where} head", True)
     return Recipe(name=raw.get("name", name), description=raw.get("description", ""), linear=linear,
-                  embedding=emb, head=head, thresholds=th, path=path)
+                  embedding=emb, head=head, thresholds=th, target_thresholds=per_target, path=path)
 
 
 def available() -> list[str]:
-    return sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
+    return sorted(p.name[:-5] for p in _shipped().iterdir() if p.name.endswith(".toml"))
 
 
 def load_recipe(name_or_path: str) -> Recipe:
-    """A recipe name from quant_recipes/ (e.g. '4bit') or a path to a TOML file."""
+    """A shipped recipe by name (e.g. '4bit') or a path to a TOML file."""
     p = Path(name_or_path)
     if p.suffix != ".toml":
-        p = RECIPE_DIR / f"{name_or_path}.toml"
-        if not p.is_file():
+        res = _shipped() / f"{name_or_path}.toml"
+        if not res.is_file():
             raise UserError(f"unknown recipe {name_or_path!r}: choose one of {', '.join(available())} "
                             f"or give a .toml path")
-    elif not p.is_file():
+        return parse_recipe(res.read_text(encoding="utf-8"), name_or_path, "")
+    if not p.is_file():
         raise UserError(f"recipe file {name_or_path} does not exist")
-    return parse_recipe(p.read_text(), p.stem, str(p))
+    return parse_recipe(p.read_text(encoding="utf-8"), p.stem, str(p))
 
 
 def estimate_bytes(cfg, recipe: Recipe) -> int:

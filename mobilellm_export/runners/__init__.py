@@ -5,7 +5,9 @@
     decode(token) -> logits       one more token; logits [vocab] fp32
     score(tokens) -> logits       all positions [S, vocab] for a fresh sequence (parity, perplexity)
 
-Parity and latency are computed once, for any pair of runners.
+Parity and latency are computed once, for any pair of runners. An `AppRunner` is the other kind:
+a runtime's own generation loop (its tokenizer, prefill, sampling), the code the mobile apps wrap;
+`run` and the app-side latency use it.
 """
 
 from __future__ import annotations
@@ -44,3 +46,22 @@ class Runner:
         """Logits for every position. Default: token by token (works for last-logits-only artifacts)."""
         self.reset()
         return torch.stack([self.decode(t) for t in tokens])
+
+
+class AppRunner:
+    """A runtime's own text-in, text-out generation loop (e.g. ExecuTorch's C++ TextLLMRunner).
+
+    generate() returns stats with the keys `text`, `prompt_tokens`, `generated_tokens` (all new
+    tokens, the first one from prefill included), `prefill_tok_s`, `decode_tok_s` and `ttft_ms`
+    (None where the runtime's clock could not time a phase). The prompt is passed as text, BOS
+    included where the bundle's BOS policy wants one: the runtime is never asked to add BOS.
+    """
+
+    max_context: int
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def generate(self, prompt: str, max_new_tokens: int, temperature: float = 0.0, on_text=None,
+                 quiet: bool = False) -> dict:
+        raise NotImplementedError

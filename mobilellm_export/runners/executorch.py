@@ -2,17 +2,24 @@
 
 `ExecuTorchRunner` drives the program's `forward` method through `executorch.runtime` (the
 pybindings runtime, same kernels and XNNPACK delegate as on device) behind the Runner interface.
-`generate_text` runs the C++ `TextLLMRunner`: the code the Android `LlmModule` and iOS
+`TextRunner` runs the C++ `TextLLMRunner`: the code the Android `LlmModule` and iOS
 `TextRunner` wrap (tokenizer, chunked prefill, sampling, EOS from `get_eos_ids`).
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import os
+import sys
+import threading
+import types
 from pathlib import Path
 
 import torch
 
-from . import Runner
+from ..errors import UserError
+from . import AppRunner, Runner
 
 
 def set_threads(n: int) -> None:
@@ -88,32 +95,108 @@ def open_text_runner(pte_path: str | Path, tokenizer_path: str | Path, data_path
     return TextLLMRunner(str(pte_path), str(tokenizer_path), default_data_path(pte_path, data_path))
 
 
-def generate_text(pte_path: str | Path, tokenizer_path: str | Path, prompt: str, max_new_tokens: int,
-                  temperature: float = 0.0, echo: bool = False, num_bos: int = 0,
-                  data_path: str | Path | None = None) -> tuple[str, dict]:
-    """Generate with ExecuTorch's C++ TextLLMRunner; return (generated text, stats dict).
+_REPORT = b"PyTorchObserver "  # the runner's stats line, printed to stdout after the text
 
-    stats holds the runner's Stats fields plus `pieces` (the decoded pieces, one per callback: the
-    first comes from prefill, so len(pieces) == num_generated_tokens + 1 when no EOS was hit) and the
-    runner's prefill/decode rates. BOS is whatever the tokenizer adds (tokenizer.json post-processor).
+
+@contextlib.contextmanager
+def _runner_stdout(on_text=None):
+    """Read what the C++ runner prints on file descriptor 1: its generated text.
+
+    The Python binding's token callback cannot be used: it decodes each piece strictly as UTF-8,
+    and a byte-level BPE piece can be part of a character (UnicodeDecodeError aborts generation).
+    The runner also prints every piece to stdout, so fd 1 goes to a pipe for the call and the text
+    is decoded incrementally (a split character waits for its other bytes); the stats line the
+    runner prints after the text is cut off. Yields a namespace whose `.text` is set on exit.
     """
-    from executorch.extension.llm.runner import GenerationConfig
+    from ..console import _flush_c_stdio
 
-    runner = open_text_runner(pte_path, tokenizer_path, data_path)
-    pieces: list[str] = []
-    stats_seen: list = []
-    config = GenerationConfig(echo=echo, max_new_tokens=max_new_tokens, temperature=temperature, num_bos=num_bos)
+    sys.stdout.flush()
+    _flush_c_stdio()
+    r, w = os.pipe()
+    saved = os.dup(1)
+    os.dup2(w, 1)
+    os.close(w)
+    raw = bytearray()
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    shown = [0]
+
+    def emit(upto: int) -> None:
+        if on_text is not None and upto > shown[0]:
+            piece = decoder.decode(bytes(raw[shown[0]:upto]))
+            shown[0] = upto
+            if piece:
+                on_text(piece)
+
+    def reader() -> None:
+        while chunk := os.read(r, 1 << 16):
+            raw.extend(chunk)
+            emit(len(raw) - len(_REPORT) - 1)  # hold back what may be the start of "\nPyTorchObserver"
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    box = types.SimpleNamespace(text="")
     try:
-        runner.generate(prompt, config, pieces.append, stats_seen.append)
-    except UnicodeDecodeError:
-        # Upstream: the pybind token callback decodes each piece strictly, and a byte-level BPE
-        # piece can be part of a multi-byte character. The C++ runner itself is fine.
-        raise RuntimeError("ExecuTorch's Python TextLLMRunner binding failed on a token piece that is not "
-                           "valid UTF-8 on its own (upstream binding limitation)") from None
-    stats: dict = {"pieces": pieces}
-    if stats_seen:
-        stats.update(runner_stats(stats_seen[-1]))
-    return "".join(pieces), stats
+        yield box
+    finally:
+        _flush_c_stdio()
+        os.dup2(saved, 1)  # closes the pipe's last write end: the reader sees EOF
+        os.close(saved)
+        thread.join()
+        os.close(r)
+        cut = raw.find(_REPORT)
+        end = len(raw) if cut < 0 else cut
+        if end and raw[end - 1:end] == b"\n":  # the runner ends the text with one newline
+            end -= 1
+        emit(end)
+        if on_text is not None:
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                on_text(tail)
+        box.text = bytes(raw[:end]).decode("utf-8", "replace")
+
+
+class TextRunner(AppRunner):
+    """ExecuTorch's C++ `TextLLMRunner`: the loop the Android `LlmModule` and iOS `TextRunner`
+    wrap (tokenizer, chunked prefill, sampling, EOS from `get_eos_ids`)."""
+
+    def __init__(self, pte_path: str | Path, tokenizer_path: str | Path, data_path: str | Path | None = None,
+                 max_context: int | None = None, threads: int | None = None):
+        if threads is not None:
+            set_threads(threads)
+        self.runner = open_text_runner(pte_path, tokenizer_path, data_path)
+        self.max_context = max_context
+
+    def reset(self) -> None:
+        self.runner.reset()
+
+    def generate(self, prompt: str, max_new_tokens: int, temperature: float = 0.0, on_text=None,
+                 quiet: bool = False) -> dict:
+        """One generation from a fresh KV cache. quiet=True: the runner prints nothing (timing runs).
+
+        BOS is part of `prompt` when the bundle wants one (num_bos = 0: the C++ tokenizer adds BOS
+        only through a TemplateProcessing post-processor, unlike Python `tokenizers`)."""
+        from executorch.extension.llm.runner import GenerationConfig
+
+        if not prompt:
+            raise UserError("the prompt is empty")
+        self.runner.reset()
+        config = GenerationConfig(echo=False, max_new_tokens=max_new_tokens, temperature=temperature, num_bos=0,
+                                  num_eos=0, warming=quiet)
+        seen: list = []
+        capture = contextlib.nullcontext(types.SimpleNamespace(text=None)) if quiet else _runner_stdout(on_text)
+        try:
+            with capture as box:
+                self.runner.generate(prompt, config, None, seen.append)
+        except RuntimeError as e:
+            raise RuntimeError(f"ExecuTorch's TextLLMRunner failed: {e} (run with --verbose for its log)") from None
+        if not seen:
+            raise RuntimeError("ExecuTorch's TextLLMRunner returned no statistics")
+        stats = runner_stats(seen[-1])
+        return {"text": box.text, "prompt_tokens": stats["num_prompt_tokens"],
+                # the runner counts only the tokens of its decode loop; the first comes from prefill
+                "generated_tokens": stats["num_generated_tokens"] + 1,
+                "prefill_tok_s": stats["prefill_tokens_per_s"], "decode_tok_s": stats["decode_tokens_per_s"],
+                "ttft_ms": stats["ttft_ms"], "runner_stats": stats}
 
 
 def runner_stats(s) -> dict:
@@ -130,4 +213,5 @@ def runner_stats(s) -> dict:
     stats["decode_tokens_per_s"] = s.num_generated_tokens * 1000.0 / gen_ms if gen_ms > 0 else None
     stats["prefill_tokens_per_s"] = s.num_prompt_tokens * 1000.0 / prefill_ms if prefill_ms > 0 else None
     stats["prefill_ms"] = prefill_ms
+    stats["ttft_ms"] = s.first_token_ms - s.inference_start_ms
     return stats

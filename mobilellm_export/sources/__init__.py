@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,8 +27,23 @@ class Checkpoint:
     source: str  # what the user gave
     kind: str  # preset | gguf | hf | hub
     config: ModelConfig
-    state_dict: dict[str, torch.Tensor]
+    state_dict: dict[str, torch.Tensor] | None
     tokenizer: Tokenizer | None
+    reload: Callable[[], dict[str, torch.Tensor]] | None = field(default=None, repr=False)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The float weights, read again from the source if they were dropped."""
+        if self.state_dict is None:
+            if self.reload is None:
+                raise RuntimeError(f"{self.source}: weights were dropped and cannot be reloaded")
+            from ..model import check_state_dict
+
+            self.state_dict = check_state_dict(self.config, self.reload())
+        return self.state_dict
+
+    def drop_weights(self) -> None:
+        """Forget the float weights (e.g. before lowering); `weights()` reloads them."""
+        self.state_dict = None
 
 
 def smollm2_gguf_path() -> Path:
@@ -62,29 +78,33 @@ def load(source: str, tokenizer: str | None = None, seed: int = 0, weights: bool
 
     if source in PRESETS:
         cfg = PRESETS[source]
-        ck = Checkpoint(source, source, "preset", cfg, random_weights(cfg, seed) if weights else {}, None)
+        ck = Checkpoint(source, source, "preset", cfg, random_weights(cfg, seed) if weights else None, None,
+                        reload=lambda: random_weights(cfg, seed))
     elif source == OFFLINE_DEFAULT:
         from .gguf import load_gguf
 
-        cfg, sd, tok = load_gguf(smollm2_gguf_path())
-        ck = Checkpoint(source, source, "gguf", cfg, sd, tok)
+        path = smollm2_gguf_path()
+        ck = Checkpoint(source, source, "gguf", *load_gguf(path), reload=lambda: load_gguf(path)[1])
     else:
         p = Path(os.path.expanduser(source))
         if p.is_dir():
             from .hf import load_hf_dir
 
-            ck = Checkpoint(_name_of(source), str(p.resolve()), "hf", *load_hf_dir(p))
+            ck = Checkpoint(_name_of(source), str(p.resolve()), "hf", *load_hf_dir(p),
+                            reload=lambda: load_hf_dir(p)[1])
         elif p.is_file():
             if p.suffix != ".gguf":
                 raise UserError(f"{source}: expected a .gguf file or a HF model directory")
             from .gguf import load_gguf
 
-            ck = Checkpoint(_name_of(source), str(p.resolve()), "gguf", *load_gguf(p))
+            ck = Checkpoint(_name_of(source), str(p.resolve()), "gguf", *load_gguf(p),
+                            reload=lambda: load_gguf(p)[1])
         elif _HUB_ID.match(source) and not source.startswith((".", "~")):
             from .hf import load_hf_dir
             from .hub import download
 
-            ck = Checkpoint(_name_of(source), source, "hub", *load_hf_dir(download(source)))
+            local = download(source)
+            ck = Checkpoint(_name_of(source), source, "hub", *load_hf_dir(local), reload=lambda: load_hf_dir(local)[1])
         else:
             known = ", ".join(k for k in PRESETS if not k.endswith("-layer-share"))
             raise UserError(f"{source}: no such file or directory, and not a preset ({OFFLINE_DEFAULT}, {known}, ...-layer-share)")

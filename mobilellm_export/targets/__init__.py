@@ -1,1 +1,155 @@
-"""Lowering targets: one module per runtime, the only place that imports its backend."""
+"""Targets: one module per runtime, the only place that imports its backend, plus one runner.
+
+The pipeline, the bundle, verification and the CLI know a target only through `Target` and the
+registry below, so a new runtime is one new file here (and one in `runners/`):
+
+    check(recipe, spec)        UserError before any work if the recipe cannot be honoured;
+                               returns notes for the report where the target reinterprets it
+    reference(quantized)       the eager model this artifact must match (it may be `quantized` itself)
+    prepare(model, spec)       module swaps (own KV cache, attention, norms); still runs eagerly;
+                               works on a structural copy, so the reference stays untouched
+    export(model, spec, dir)   writes the artifact files into the bundle folder -> Artifact
+    runner(bundle, manifest)   a Runner over the artifact, or None where the runtime cannot run here
+    app_runner(bundle, ...)    the runtime's own text-in/text-out loop (what the apps wrap), or None:
+                               `run` and the app-side latency use it
+
+Registered targets: `TARGETS` (name -> "module:Class"), `register()` at run time, and the
+`mobilellm_export.targets` entry-point group for targets that live in other packages.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+    from ..model import Transformer
+    from ..quant.recipe import Recipe
+    from ..runners import AppRunner, Runner
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What every target needs to know, decided once by the pipeline."""
+    config: ModelConfig
+    max_context: int
+    max_seq_len: int
+    eos_ids: tuple[int, ...]
+    bos_id: int | None
+    threads: int = 2
+
+
+@dataclass
+class Artifact:
+    """What `Target.export` wrote into the bundle folder."""
+    files: list[str]  # relative paths of every file written (a folder artifact lists its files)
+    entry: str  # the file or folder runners and apps open
+    manifest: dict = field(default_factory=dict)  # -> bundle.json["target"] (data file, runtime facts)
+    facts: dict = field(default_factory=dict)  # -> report["export"] (timings, delegate / op counts)
+
+
+class Target:
+    """Base class with the defaults; a target overrides what it needs (see the module docstring)."""
+    name: ClassVar[str]
+    runtime: ClassVar[str]  # human name of the runtime, for reports
+    tools: ClassVar[tuple[str, ...]] = ()  # pip packages whose versions the bundle records
+
+    def check(self, recipe: Recipe, spec: ExportSpec) -> list[str]:
+        return []
+
+    def reference(self, quantized: Transformer) -> Transformer:
+        return quantized
+
+    def prepare(self, model: Transformer, spec: ExportSpec) -> Transformer:
+        return model
+
+    def export(self, model: Transformer, spec: ExportSpec, out_dir: Path,
+               status: Callable[[str], None] = lambda msg: None) -> Artifact:
+        raise NotImplementedError
+
+    def runner(self, bundle_dir: Path, manifest: dict, threads: int | None = None) -> Runner | None:
+        return None
+
+    def app_runner(self, bundle_dir: Path, manifest: dict, threads: int | None = None) -> AppRunner | None:
+        return None
+
+
+def structural_copy(model):
+    """A copy of the module tree that shares every parameter and buffer tensor with `model`.
+
+    `prepare()` swaps modules in this copy, so the reference model stays as it was without a
+    second copy of the weights (a deep copy of a 950M model costs gigabytes).
+    """
+    memo = {}
+
+    def clone(mod):
+        if id(mod) in memo:
+            return memo[id(mod)]
+        new = copy.copy(mod)
+        memo[id(mod)] = new
+        new.__dict__ = dict(mod.__dict__)
+        new._parameters, new._buffers = dict(mod._parameters), dict(mod._buffers)
+        new._modules = {k: (clone(m) if m is not None else None) for k, m in mod._modules.items()}
+        return new
+
+    return clone(model)
+
+
+def replace_modules(root, fn) -> None:
+    """Replace, in place, every submodule m of `root` for which fn(m) returns a module."""
+    for mod in list(root.modules()):
+        for key, child in list(mod._modules.items()):
+            new = fn(child) if child is not None else None
+            if new is not None:
+                mod._modules[key] = new
+
+
+# ---- registry -----------------------------------------------------------------------------------
+
+TARGETS: dict[str, str | type[Target]] = {
+    "android": "mobilellm_export.targets.android:Android",
+}
+_ENTRY_POINTS = "mobilellm_export.targets"
+
+
+def register(name: str, target: str | type[Target]) -> None:
+    """Add a target: a class, or "module:Class" imported on first use."""
+    TARGETS[name] = target
+
+
+def _all() -> dict[str, str | type[Target]]:
+    found = {ep.name: ep.value for ep in metadata.entry_points(group=_ENTRY_POINTS)}
+    return {**found, **TARGETS}
+
+
+def names() -> list[str]:
+    return sorted(_all())
+
+
+class Names(Sequence):
+    """The registered target names, read when used (click.Choice iterates it at parse time, so a
+    target registered after import is still a valid --target)."""
+
+    def __getitem__(self, i):
+        return names()[i]
+
+    def __len__(self):
+        return len(names())
+
+
+def get(name: str) -> Target:
+    spec = _all().get(name)
+    if spec is None:
+        raise UserError(f"unknown target {name!r}: choose one of {', '.join(names())}")
+    if isinstance(spec, str):
+        module, _, cls = spec.partition(":")
+        spec = getattr(importlib.import_module(module), cls)
+    return spec()

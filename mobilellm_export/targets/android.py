@@ -1,9 +1,10 @@
-"""ExecuTorch (.pte, XNNPACK) target: the artifact the Android `LlmModule` / iOS `TextRunner` run.
+"""Android target: an ExecuTorch `.pte` (XNNPACK) for the Android `LlmModule` / iOS `TextRunner`.
 
 This is the only module that imports ExecuTorch's exporter.
 
-    prepare(model)                       swap model.caches for ExecuTorch custom-op caches, and a
-                                         shared quantized embedding for ExecuTorch's embedding ops
+    prepare(model)                       a structural copy with ExecuTorch custom-op KV caches, a
+                                         shared quantized embedding on ExecuTorch's embedding ops,
+                                         and XNNPACK-friendly forms of RMS and RoPE
     export_pte(model, cfg, path, ...)    torch.export -> XNNPACK lowering -> .pte (+ facts dict);
                                          with data_file, all weights go to one .ptd beside it,
                                          where a tied embedding/head is stored once
@@ -13,7 +14,9 @@ The graph follows what ExecuTorch's own LLM exporter produces with
 `tokens [1, S] int64` (1 <= S <= max_seq_len) and `input_pos [1] int64`, output the last
 position's logits `[1, 1, vocab]` fp32, KV caches as mutable buffers `[B, max_context, n_kv, D]`
 written by `llama::update_cache` and read by `llama::custom_sdpa` (causal from start_pos, GQA
-handled inside the kernel). Linears (float or torchao 8da4w) are delegated to XNNPACK.
+handled inside the kernel). Linears (float or torchao 8da4w / 8da8w) are delegated to XNNPACK,
+which runs exactly the recipe's arithmetic (int8 dynamic per-token activations): the reference is
+the quantized model itself.
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+import torch.nn.functional as F
+
 from ..config import ModelConfig
 from ..errors import UserError
-from ..model import KVCacheAttention, Transformer
+from ..model import RMS, KVCacheAttention, RMSNorm, Rotary, Transformer
+from . import Artifact, ExportSpec, Target, replace_modules, structural_copy
 
 
 def _register_ops() -> None:
@@ -107,20 +113,62 @@ class CustomKVCacheAttention(nn.Module):
         return out.to(q.dtype).reshape(B, -1, H * D)
 
 
-def prepare(model: Transformer) -> Transformer:
-    """Replace every reference cache with a CustomKVCacheAttention; return only last logits.
+class LinearMeanRMS(nn.Module):
+    """RMS / RMSNorm with the mean of squares as a linear against a constant 1/D row: XNNPACK
+    delegates linears of any rank, but mean(-1) only on 4-D inputs (one partition per layer)."""
 
-    Works on float or torchao-quantized models: only `model.caches` is touched.
+    def __init__(self, norm: RMS):
+        super().__init__()
+        self.eps = norm.eps
+        self.register_buffer("mean_row", torch.full((1, norm.dim), 1.0 / norm.dim), persistent=False)
+        self.weight = norm.weight if isinstance(norm, RMSNorm) else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        y = (xf * torch.rsqrt(F.linear(xf * xf, self.mean_row) + self.eps)).to(x.dtype)
+        return y * self.weight if self.weight is not None else y
+
+
+class MatmulRotary(Rotary):
+    """RoPE whose partner-swap is a matmul with a signed permutation (exact: one nonzero +-1 per
+    column) instead of slices: XNNPACK cannot slice tensors of dynamic length."""
+
+    def __init__(self, rope: Rotary):
+        nn.Module.__init__(self)
+        self.interleaved = rope.interleaved
+        self.register_buffer("cos", rope.cos, persistent=False)
+        self.register_buffer("sin", rope.sin, persistent=False)
+        D = rope.cos.shape[-1]
+        self.register_buffer("rot", rope.swapped(torch.eye(D)), persistent=False)  # x @ rot == swapped(x)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * cos + (xf @ self.rot) * sin).to(x.dtype)
+
+
+def prepare(model: Transformer) -> Transformer:
+    """A copy of `model` (sharing its weights) on ExecuTorch's ops; `model` itself is not changed.
+
+    Works on float or torchao-quantized models. Returns only the last position's logits.
     """
     from ..quant.apply import TiedQuantEmbedding
 
     _register_ops()
-    if isinstance(model.embed_tokens, TiedQuantEmbedding):
-        model.embed_tokens = TiedEmbeddingLookup(model.embed_tokens)
+    model = structural_copy(model)
     n_heads = model.cfg.n_heads
-    for i, c in enumerate(model.caches):
-        if isinstance(c, KVCacheAttention):
-            model.caches[i] = CustomKVCacheAttention.from_reference(c, n_heads)
+
+    def swap(m):
+        if isinstance(m, TiedQuantEmbedding):
+            return TiedEmbeddingLookup(m)
+        if isinstance(m, KVCacheAttention):
+            return CustomKVCacheAttention.from_reference(m, n_heads)
+        if isinstance(m, RMS):
+            return LinearMeanRMS(m)
+        if isinstance(m, Rotary) and not isinstance(m, MatmulRotary):
+            return MatmulRotary(m)
+        return None
+
+    replace_modules(model, swap)
     model.full_logits = False
     return model.eval()
 
@@ -217,7 +265,7 @@ def _check_quantized_linears(model: nn.Module) -> None:
 
 def export_pte(model: Transformer, cfg: ModelConfig, path: str | Path, *, max_seq_len: int = 128,
                max_context: int = 2048, eos_ids: tuple[int, ...] | None = None, bos_id: int | None = None,
-               data_file: str | None = None) -> dict:
+               data_file: str | None = None, status=lambda msg: None) -> dict:
     """Export a (prepared or not) Transformer to an XNNPACK .pte at `path`; return facts about it.
 
     `max_context` must equal the model's cache length (the caches are built with the model).
@@ -234,12 +282,12 @@ def export_pte(model: Transformer, cfg: ModelConfig, path: str | Path, *, max_se
         raise UserError(f"max_seq_len {max_seq_len} must be in [1, max_context={max_context}]")
     _check_quantized_linears(model)
     if not isinstance(model.caches[0], CustomKVCacheAttention):
-        prepare(model)
-    model.full_logits = False
+        model = prepare(model)
     eos = list(cfg.eos_token_ids if eos_ids is None else eos_ids)
     facts: dict = {}
 
     t0 = time.perf_counter()
+    status("torch.export")
     tokens = torch.tensor([[1, 2]], dtype=torch.long)
     input_pos = torch.tensor([0], dtype=torch.long)
     seq = torch.export.Dim("seq_len", min=1, max=max_seq_len)
@@ -263,6 +311,7 @@ def export_pte(model: Transformer, cfg: ModelConfig, path: str | Path, *, max_se
         constant_methods["get_bos_id"] = bos_id
 
     t0 = time.perf_counter()
+    status("XNNPACK partition + lowering")
     passes = [_inferred_view_pass]
     if data_file:
         # All weights, the program's and XNNPACK's, go to one named-data file, where identical bytes
@@ -283,6 +332,7 @@ def export_pte(model: Transformer, cfg: ModelConfig, path: str | Path, *, max_se
     facts.update(_delegation_facts(edge.exported_program().graph_module))
 
     t0 = time.perf_counter()
+    status("to_executorch + serialize")
     with warnings.catch_warnings():
         # Expected: the KV caches are mutable buffers whose initial contents are not serialized
         # (custom_sdpa never reads past start_pos + S, so their initial state is irrelevant).
@@ -315,3 +365,66 @@ def export_pte(model: Transformer, cfg: ModelConfig, path: str | Path, *, max_se
         facts["ptd_bytes"] = ptd.stat().st_size
     facts["constant_methods"] = constant_methods
     return facts
+
+
+def _shares_tied_table(model: Transformer) -> bool:
+    """One matrix serves lookup and head: float tied, or one quantized grid (a shared lookup)."""
+    from ..quant.apply import TiedQuantEmbedding
+
+    emb = model.embed_tokens
+    return model.cfg.tie_embeddings and (isinstance(emb, (TiedQuantEmbedding, TiedEmbeddingLookup))
+                                         or model.lm_head.weight is getattr(emb, "weight", None))
+
+
+class Android(Target):
+    name = "android"
+    runtime = "ExecuTorch (XNNPACK)"
+    tools = ("executorch",)
+    ENTRY, DATA = "model.pte", "model.ptd"  # .ptd: external weights, so a tied table is stored once
+
+    def check(self, recipe, spec: ExportSpec) -> list[str]:
+        notes = []
+        for part in ("linear", "head"):
+            w = getattr(recipe, part)
+            if w.quantized and w.activations != "int8_dynamic":
+                raise UserError(f"target android cannot honour recipe {recipe.name!r}: [{part}] asks for "
+                                f"weight-only int{w.bits} linears; XNNPACK runs quantized linears with int8 "
+                                f"dynamic activations only (activations = 'int8_dynamic')")
+            if w.quantized and w.group_size % 32:
+                raise UserError(f"target android cannot honour recipe {recipe.name!r}: [{part}] group_size "
+                                f"{w.group_size}; XNNPACK needs a multiple of 32 (or 0, per channel)")
+            if w.quantized and w.group_size and w.scale_dtype != "bf16":
+                notes.append(f"[{part}] asks for {w.scale_dtype} block scales; XNNPACK stores 4-bit block "
+                             f"scales in bf16, so the artifact rounds them")
+        return notes
+
+    def prepare(self, model: Transformer, spec: ExportSpec) -> Transformer:
+        return prepare(model)
+
+    def export(self, model: Transformer, spec: ExportSpec, out_dir: Path, status=lambda msg: None) -> Artifact:
+        data = self.DATA if _shares_tied_table(model) else None
+        facts = export_pte(model, spec.config, Path(out_dir) / self.ENTRY, max_seq_len=spec.max_seq_len,
+                           max_context=spec.max_context, eos_ids=spec.eos_ids, bos_id=spec.bos_id, data_file=data,
+                           status=status)
+        manifest = {"data_file": data, "constant_methods": facts["constant_methods"]}
+        return Artifact(files=[self.ENTRY] + ([data] if data else []), entry=self.ENTRY, manifest=manifest,
+                        facts=facts)
+
+    @staticmethod
+    def _data(bundle_dir: Path, manifest: dict) -> Path | None:
+        data = manifest["target"].get("data_file")
+        return Path(bundle_dir) / data if data else None
+
+    def runner(self, bundle_dir: Path, manifest: dict, threads: int | None = None):
+        from ..runners.executorch import ExecuTorchRunner
+
+        return ExecuTorchRunner(Path(bundle_dir) / manifest["target"]["entry"], threads=threads,
+                                data_path=self._data(bundle_dir, manifest))
+
+    def app_runner(self, bundle_dir: Path, manifest: dict, threads: int | None = None):
+        from ..runners.executorch import TextRunner
+
+        d = Path(bundle_dir)
+        return TextRunner(d / manifest["target"]["entry"], d / manifest["tokenizer"]["file"],
+                          data_path=self._data(d, manifest), max_context=manifest["generation"]["max_context"],
+                          threads=threads)

@@ -1,26 +1,51 @@
-"""Latency of any runner: prefill tok/s, decode tok/s, time to first token, peak RSS.
+"""Latency: prefill tok/s, decode tok/s, time to first token and peak RSS, as medians of rounds.
 
-Each measurement runs in a fresh child process so peak RSS belongs to that runner alone:
-    python -m mobilellm_export.verify.latency pte model.pte [--data model.ptd]
-    python -m mobilellm_export.verify.latency eager SOURCE [--tokenizer T]
+Each measurement runs in a fresh child process, so its peak RSS belongs to that runner alone:
+
+    python -m mobilellm_export.verify.latency app BUNDLE      the runtime's own loop (TextLLMRunner
+                                                              for a .pte): what the apps see
+    python -m mobilellm_export.verify.latency loop BUNDLE     our Python loop over the artifact's Runner
+    python -m mobilellm_export.verify.latency eager SOURCE    the float reference, same Python loop
+
+Every kind first runs one warm-up generation at exactly the measured shapes (first calls allocate
+and pack weights), then `rounds` timed generations in the same process; the report gives the
+median and the interquartile range of each rate.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import resource
+import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-import torch
+from ..errors import UserError
 
 
-def measure(runner, prompt: list[int], decode_tokens: int = 64) -> dict:
-    runner.reset()  # warm-up: first calls allocate and pack weights
-    runner.prefill(prompt[:8])
-    runner.decode(prompt[8])
+def quartiles(v: list[float]) -> dict:
+    v = [x for x in v if x is not None]
+    if not v:
+        return {"median": None, "q1": None, "q3": None}
+    if len(v) < 2:
+        return {"median": v[0], "q1": v[0], "q3": v[0]}
+    q1, q2, q3 = statistics.quantiles(v, n=4, method="inclusive")
+    return {"median": q2, "q1": q1, "q3": q3}
+
+
+def summarize(runs: list[dict]) -> dict:
+    out = {"rounds": len(runs), "prompt_tokens": runs[0]["prompt_tokens"],
+           "decode_tokens": runs[0]["decode_tokens"]}
+    for key in ("prefill_tok_s", "decode_tok_s", "ttft_ms"):
+        q = quartiles([r[key] for r in runs])
+        out[key], out[f"{key}_iqr"] = q["median"], [q["q1"], q["q3"]]
+    return out
+
+
+def loop_round(runner, prompt: list[int], decode_tokens: int) -> dict:
+    """One generation with our Python loop: greedy prefill, then single-token decode steps."""
     runner.reset()
     t0 = time.perf_counter()
     tok = int(runner.prefill(prompt).argmax())
@@ -28,61 +53,75 @@ def measure(runner, prompt: list[int], decode_tokens: int = 64) -> dict:
     for _ in range(decode_tokens):
         tok = int(runner.decode(tok).argmax())
     t2 = time.perf_counter()
-    return {"prompt_tokens": len(prompt), "decode_tokens": decode_tokens,
-            "ttft_ms": 1e3 * (t1 - t0), "prefill_tok_s": len(prompt) / (t1 - t0),
-            "decode_tok_s": decode_tokens / (t2 - t1)}
+    return {"prompt_tokens": len(prompt), "decode_tokens": decode_tokens, "ttft_ms": 1e3 * (t1 - t0),
+            "prefill_tok_s": len(prompt) / (t1 - t0), "decode_tok_s": decode_tokens / (t2 - t1)}
+
+
+def app_round(app, prompt: str, n_prompt: int, decode_tokens: int) -> dict:
+    s = app.generate(prompt, decode_tokens + 1, temperature=0.0, quiet=True)
+    if s["prompt_tokens"] != n_prompt:
+        raise RuntimeError(f"the runtime tokenized the prompt to {s['prompt_tokens']} tokens, expected {n_prompt}")
+    return {"prompt_tokens": s["prompt_tokens"], "decode_tokens": s["generated_tokens"] - 1,
+            "ttft_ms": s["ttft_ms"], "prefill_tok_s": s["prefill_tok_s"], "decode_tok_s": s["decode_tok_s"]}
+
+
+def measure(round_fn, rounds: int) -> dict:
+    round_fn()  # warm-up at the measured shapes
+    return summarize([round_fn() for _ in range(rounds)])
+
+
+def prompt_prefix(tokenizer, text: str, n: int) -> str:
+    """The shortest prefix of `text` that `tokenizer` (a tokenizers.Tokenizer) turns into exactly n
+    tokens, without special tokens: a prompt of a known length for a text-in runtime."""
+    enc = tokenizer.encode(text, add_special_tokens=False)
+    if len(enc.ids) < n:
+        raise UserError(f"the text has only {len(enc.ids)} tokens, fewer than the {n} asked for")
+    prefix = text[:enc.offsets[n - 1][1]]
+    got = len(tokenizer.encode(prefix, add_special_tokens=False).ids)
+    if got != n:  # a merge across the cut; never seen with byte-level BPE on plain prose
+        raise UserError(f"could not cut the text at exactly {n} tokens (got {got})")
+    return prefix
 
 
 def peak_rss_mb() -> float:
-    """This process's own high-water RSS. (ru_maxrss is not used: Linux carries it over from the
-    parent across fork/exec, so a child would report its parent's peak.)"""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from ..memory import self_peak_mb
+
+    return self_peak_mb()
 
 
-def _prompt(vocab: int, n: int) -> list[int]:
-    g = torch.Generator().manual_seed(0)
-    return torch.randint(0, vocab, (n,), generator=g).tolist()
-
-
-def run_child(kind: str, target: str, prompt_len: int = 128, decode_tokens: int = 64, threads: int = 2,
-              extra: list[str] | None = None, data_path: str | None = None) -> dict:
-    """Measure in a child process; returns the child's JSON (with peak_rss_mb).
-    `data_path`: the .ptd file holding a .pte's external weights, if it has one."""
+def run_child(kind: str, target: str, prompt_len: int, decode_tokens: int, rounds: int = 5, threads: int = 2,
+              extra: list[str] | None = None) -> dict:
+    """Measure in a child process; returns its JSON (with peak_rss_mb)."""
     cmd = [sys.executable, "-m", "mobilellm_export.verify.latency", kind, target, "--prompt-len", str(prompt_len),
-           "--decode-tokens", str(decode_tokens), "--threads", str(threads), *(extra or [])]
-    if data_path is not None:
-        cmd += ["--data", str(data_path)]
+           "--decode-tokens", str(decode_tokens), "--rounds", str(rounds), "--threads", str(threads), *(extra or [])]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
-        raise RuntimeError(f"latency child failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
+        last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
+        raise RuntimeError(f"latency child ({kind}) failed: {last}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def _main(argv: list[str]) -> None:
     import argparse
 
+    import torch
+
     ap = argparse.ArgumentParser()
-    ap.add_argument("kind", choices=["pte", "eager"])
-    ap.add_argument("target")
+    ap.add_argument("kind", choices=["app", "loop", "eager"])
+    ap.add_argument("target", help="a bundle folder (app, loop) or a source (eager)")
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--decode-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokenizer")
     ap.add_argument("--max-context", type=int, default=2048)
-    ap.add_argument("--data", help="pte only: .ptd file with the program's external weights")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    if a.kind == "pte":
-        from ..runners.executorch import ExecuTorchRunner
-
-        runner = ExecuTorchRunner(a.target, threads=a.threads, data_path=a.data)
-        vocab = int(runner.constant("get_vocab_size"))
-    else:
+    # stdout carries the result line only: the C++ runner and libraries write to fd 1 too
+    result_fd = os.dup(1)
+    os.dup2(2, 1)
+    if a.kind == "eager":
         from ..float_chat import build_model
         from ..runners.eager import EagerRunner
         from ..sources import load
@@ -90,11 +129,43 @@ def _main(argv: list[str]) -> None:
         ck = load(a.target, tokenizer=a.tokenizer)
         runner = EagerRunner(build_model(ck, a.max_context), "float", max_seq_len=a.prompt_len)
         runner.model.full_logits = False  # as deployed: only the last position's logits
-        vocab = ck.config.vocab_size
-    out = measure(runner, _prompt(vocab, a.prompt_len), a.decode_tokens)
+        prompt = _prompt(ck.config.vocab_size, a.prompt_len)
+        out = measure(lambda: loop_round(runner, prompt, a.decode_tokens), a.rounds)
+    else:
+        from .. import targets
+        from ..bundle import read_manifest
+
+        d = Path(a.target)
+        m = read_manifest(d)
+        target = targets.get(m["target"]["name"])
+        runtime = target.runner(d, m, threads=a.threads) if a.kind == "loop" else target.app_runner(d, m, threads=a.threads)
+        if runtime is None:
+            what = "runner" if a.kind == "loop" else "app runner"
+            os.write(result_fd, (json.dumps({"unavailable": f"target {target.name} has no {what} on this machine"})
+                                 + "\n").encode())
+            return
+        if a.kind == "loop":
+            runner = runtime
+            prompt = _prompt(m["config"]["vocab_size"], a.prompt_len)
+            out = measure(lambda: loop_round(runner, prompt, a.decode_tokens), a.rounds)
+        else:
+            from tokenizers import Tokenizer
+
+            from .text import load_text
+
+            app = runtime
+            text = prompt_prefix(Tokenizer.from_file(str(d / m["tokenizer"]["file"])), load_text(None), a.prompt_len)
+            out = measure(lambda: app_round(app, text, a.prompt_len, a.decode_tokens), a.rounds)
     out["peak_rss_mb"] = peak_rss_mb()
     out["threads"] = a.threads
-    print(json.dumps(out))
+    os.write(result_fd, (json.dumps(out) + "\n").encode())
+
+
+def _prompt(vocab: int, n: int) -> list[int]:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, vocab, (n,), generator=g).tolist()
 
 
 if __name__ == "__main__":

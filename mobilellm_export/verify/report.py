@@ -1,4 +1,8 @@
-"""Threshold checks and the report: report.json, report.md and the terminal table."""
+"""Threshold checks and the report: report.json, report.md and the terminal summary.
+
+The terminal summary is laid out to read fully in 80 columns (a CI log is not a terminal, and rich
+then cuts wider tables); report.md carries every figure.
+"""
 
 from __future__ import annotations
 
@@ -38,18 +42,45 @@ def checks(parity: dict, th: Thresholds) -> list[dict]:
     return out
 
 
-def _fmt(v) -> str:
+def _fmt(v, spec: str = ".1f") -> str:
+    if v is None:
+        return "-"
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return format(v, spec)
     return str(v)
+
+
+def _short(v: float) -> str:
+    """At most ~7 characters: random-weight perplexities reach 1e8."""
+    return f"{v:.1f}" if abs(v) < 10000 else f"{v:.2g}"
+
+
+def _iqr(row: dict, key: str) -> str:
+    q = row.get(f"{key}_iqr")
+    return f"{_fmt(row.get(key))} [{_fmt(q[0])}–{_fmt(q[1])}]" if q and q[0] is not None else _fmt(row.get(key))
+
+
+def latency_rows(report: dict) -> list[tuple[str, dict]]:
+    return [(k, v) for k, v in report.get("latency", {}).items() if "rounds" in v]
+
+
+def result_line(report: dict) -> str:
+    if report.get("passed") is None:
+        return "not verified (exported with --no-verify)"
+    if not report.get("artifact_runs_here", True):
+        return ("PASS (quantized reference only: the artifact's runtime cannot run on this machine)"
+                if report["passed"] else "FAIL")
+    return "PASS" if report["passed"] else "FAIL"
 
 
 def markdown(report: dict) -> str:
     lines = [f"# {report['model']} · {report['target']} · {report['recipe']}", ""]
+    for note in report.get("target_notes", []):
+        lines.append(f"- target note: {note}")
     if "parity" in report:
         lines += [f"Parity on {report['eval']['positions']} positions of {report['eval']['text']} "
-                  f"(windows of {report['eval']['window']}).", "",
-                  "| pair | mean KL | p99 KL | top-1 | ppl ref | ppl test | Δppl | max abs Δlogit "
+                  f"(windows of {report['eval']['window']}{', each starting with BOS' if report['eval'].get('bos') else ''}).",
+                  "", "| pair | mean KL | p99 KL | top-1 | ppl ref | ppl test | Δppl | max abs Δlogit "
                   "| greedy prefix / match |", "|---|---|---|---|---|---|---|---|---|"]
         for key, label in PAIRS.items():
             p, g = report["parity"].get(key), report.get("greedy", {}).get(key)
@@ -58,11 +89,19 @@ def markdown(report: dict) -> str:
                 lines.append(f"| {label} | {p['kl_mean']:.4f} | {p['kl_p99']:.4f} | {p['top1']:.3f} | "
                              f"{p['ppl_ref']:.2f} | {p['ppl_test']:.2f} | {100 * p['ppl_delta']:+.1f} % | "
                              f"{p['max_abs_logit']:.3g} | {greedy} |")
-    if "latency" in report:
-        lines += ["", "| runner | prefill tok/s | decode tok/s | TTFT ms | peak RSS MB | file MB |", "|---|---|---|---|---|---|"]
-        for name, lat in report["latency"].items():
-            lines.append(f"| {name} | {lat['prefill_tok_s']:.1f} | {lat['decode_tok_s']:.1f} | {lat['ttft_ms']:.1f} | "
-                         f"{lat['peak_rss_mb']:.0f} | {_fmt(lat.get('file_mb', '-'))} |")
+    rows = latency_rows(report)
+    if rows:
+        lines += ["", f"Latency, {report.get('threads', 2)} threads: medians of "
+                  f"{rows[0][1].get('rounds', 1)} rounds after a warm-up at the same shapes, [interquartile range].",
+                  "", "| runner | prefill tok/s | decode tok/s | TTFT ms | peak RSS MB | file MB |",
+                  "|---|---|---|---|---|---|"]
+        for name, lat in rows:
+            lines.append(f"| {name} | {_iqr(lat, 'prefill_tok_s')} | {_iqr(lat, 'decode_tok_s')} | "
+                         f"{_iqr(lat, 'ttft_ms')} | {_fmt(lat.get('peak_rss_mb'), '.0f')} | {_fmt(lat.get('file_mb'))} |")
+        ratio = report["latency"].get("app_vs_python_loop")
+        if ratio:
+            lines += ["", f"The runtime's own loop against our Python loop over the same artifact: decode "
+                          f"{_fmt(ratio['decode_tok_s'], '.2f')}×, prefill {_fmt(ratio['prefill_tok_s'], '.2f')}×."]
     if report.get("checks"):
         lines += ["", "| check | value | bound | result |", "|---|---|---|---|"]
         for c in report["checks"]:
@@ -71,7 +110,12 @@ def markdown(report: dict) -> str:
     if fb:
         lines += ["", "Group-size fallbacks: " + ", ".join(f"{f['layer']} (in {f['in_features']}: g{f['group_size']})"
                                                           for f in fb)]
-    lines += ["", f"Result: **{'PASS' if report.get('passed', True) else 'FAIL'}**", ""]
+    if report.get("steps"):
+        lines += ["", "| step | seconds | peak RSS MB (process tree) |", "|---|---|---|"]
+        for s in report["steps"]:
+            name = f"{s['step']} ({s['detail']})" if s.get("detail") else s["step"]
+            lines.append(f"| {name} | {s['seconds']:.1f} | {_fmt(s.get('tree_peak_mb'), '.0f')} |")
+    lines += ["", f"Result: **{result_line(report)}**", ""]
     return "\n".join(lines)
 
 
@@ -81,27 +125,33 @@ def write(report: dict, d: Path) -> None:
 
 
 def print_summary(report: dict, console) -> None:
+    from rich import box
     from rich.table import Table
 
+    def table(title):
+        return Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+
     if "parity" in report:
-        t = Table(title=f"parity ({report['eval']['positions']} positions)")
-        for col in ("pair", "mean KL", "p99 KL", "top-1", "ppl ref", "ppl test", "max|Δ|", "greedy"):
-            t.add_column(col, no_wrap=True)
+        t = table(f"parity: {report['eval']['positions']} positions")
+        for col in ("pair", "KL", "p99 KL", "top-1", "ppl ref→test", "max|Δ|", "greedy"):
+            t.add_column(col, no_wrap=True, justify="left" if col == "pair" else "right")
         for key, label in SHORT.items():
             p, g = report["parity"].get(key), report.get("greedy", {}).get(key)
             if p:
-                t.add_row(label, f"{p['kl_mean']:.4f}", f"{p['kl_p99']:.4f}", f"{p['top1']:.3f}",
-                          f"{p['ppl_ref']:.2f}", f"{p['ppl_test']:.2f}", f"{p['max_abs_logit']:.3g}",
+                t.add_row(label, f"{p['kl_mean']:.4f}", f"{p['kl_p99']:.3f}", f"{p['top1']:.3f}",
+                          f"{_short(p['ppl_ref'])}→{_short(p['ppl_test'])}", f"{p['max_abs_logit']:.3g}",
                           f"{g['common_prefix']}/{g['tokens']}" if g else "-")
         console.print(t)
-    if "latency" in report:
-        t = Table(title="latency (2 threads)")
-        for col in ("runner", "prefill tok/s", "decode tok/s", "TTFT ms", "RSS MB", "file MB"):
-            t.add_column(col, no_wrap=True)
-        for name, lat in report["latency"].items():
-            t.add_row(name, f"{lat['prefill_tok_s']:.1f}", f"{lat['decode_tok_s']:.1f}", f"{lat['ttft_ms']:.1f}",
-                      f"{lat['peak_rss_mb']:.0f}", _fmt(lat.get("file_mb", "-")))
+    rows = latency_rows(report)
+    if rows:
+        t = table(f"latency: {report.get('threads', 2)} threads, median of {rows[0][1].get('rounds', 1)}")
+        for col in ("runner", "prefill/s", "decode/s", "TTFT ms", "RSS MB", "file MB"):
+            t.add_column(col, no_wrap=True, justify="left" if col == "runner" else "right")
+        for name, lat in rows:
+            t.add_row(name, _fmt(lat["prefill_tok_s"]), _fmt(lat["decode_tok_s"]), _fmt(lat["ttft_ms"]),
+                      _fmt(lat.get("peak_rss_mb"), ".0f"), _fmt(lat.get("file_mb")))
         console.print(t)
     for c in report.get("checks", []):
         mark = "[green]pass[/]" if c["ok"] else "[red]FAIL[/]"
         console.print(f"  {mark} {c['name']} = {c['value']:.4g} (bound {c['op']} {c['bound']:g})")
+    console.print(f"  result: {result_line(report)}")

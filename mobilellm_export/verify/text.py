@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 from ..errors import UserError
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample.txt"
+SAMPLE = resources.files("mobilellm_export") / "data" / "sample.txt"
 
 
 def novel_text(raw: str) -> str:
@@ -27,9 +28,15 @@ def load_text(path: str | None) -> str:
         raise UserError(f"cannot read evaluation text {p}: {e}") from None
 
 
-def windows(ids: list[int], n_tokens: int, window: int) -> list[list[int]]:
-    """Non-overlapping windows over the first n_tokens ids (each scores window-1 predictions)."""
+def windows(ids: list[int], n_tokens: int, window: int, bos: int | None = None) -> list[list[int]]:
+    """Non-overlapping windows over the first n_tokens ids (each scores len-1 predictions).
+
+    With `bos` (the bundle's BOS policy says prompts start with one), every window starts with
+    BOS followed by window-1 text tokens: each window is scored as the model is used.
+    """
     ids = ids[:n_tokens]
     if len(ids) < 2:
         raise UserError("evaluation text is too short (fewer than 2 tokens)")
-    return [ids[i:i + window] for i in range(0, len(ids), window) if len(ids[i:i + window]) >= 2]
+    step = window - (bos is not None)
+    head = [bos] if bos is not None else []
+    return [head + ids[i:i + step] for i in range(0, len(ids), step) if len(head + ids[i:i + step]) >= 2]

@@ -1,0 +1,148 @@
+"""What the user sees: our own output intact, third-party noise hidden, progress on long steps.
+
+`Session` (one per CLI command) captures file descriptors 1 and 2 into a temporary log unless
+`--verbose`: torch/torchao warnings and ExecuTorch's native log lines (written straight to the
+descriptors by C++) land there, not on the terminal. Our own output goes through `out()` and
+`err()`, duplicates of the real descriptors. When a command fails unexpectedly, the tail of the
+captured log is replayed before the traceback, so a native "Missing operator" is never lost.
+
+`Progress` shows one live line per step (a bar where the step has a known size, else a spinner,
+with elapsed time), and records each step's wall time and peak memory for the report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+
+from .errors import UserError
+from .memory import TreeWatch
+
+_OUT: io.TextIOBase | None = None
+_ERR: io.TextIOBase | None = None
+REPLAY_LINES = 60
+
+
+def out():
+    return _OUT or sys.stdout
+
+
+def err():
+    return _ERR or sys.stderr
+
+
+class Session:
+    def __init__(self, verbose: bool = False):
+        self.verbose = verbose
+        self.log = None
+        self._saved: dict[int, int] = {}
+
+    def __enter__(self) -> Session:
+        global _OUT, _ERR
+        if self.verbose:
+            return self
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.log = tempfile.TemporaryFile()
+        for fd in (1, 2):
+            self._saved[fd] = os.dup(fd)
+            os.dup2(self.log.fileno(), fd)
+        _OUT = open(self._saved[1], "w", encoding="utf-8", errors="replace", closefd=False, buffering=1)
+        _ERR = open(self._saved[2], "w", encoding="utf-8", errors="replace", closefd=False, buffering=1)
+        return self
+
+    def __exit__(self, etype, exc, tb) -> None:
+        global _OUT, _ERR
+        if self.verbose:
+            return
+        for stream in (sys.stdout, sys.stderr, _OUT, _ERR):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        _flush_c_stdio()
+        for fd, saved in self._saved.items():
+            os.dup2(saved, fd)
+            os.close(saved)
+        _OUT = _ERR = None
+        expected = etype is None or issubclass(etype, (UserError, KeyboardInterrupt, SystemExit))
+        if not expected:
+            self.replay()
+        self.log.close()
+
+    def replay(self) -> None:
+        """Print the tail of what third-party code wrote while the command ran."""
+        self.log.seek(0)
+        lines = self.log.read().decode("utf-8", "replace").splitlines()
+        if lines:
+            tail = lines[-REPLAY_LINES:]
+            sys.stderr.write(f"--- last {len(tail)} of {len(lines)} lines of native/library output ---\n")
+            sys.stderr.write("\n".join(tail) + "\n---\n")
+            sys.stderr.flush()
+
+
+def _flush_c_stdio() -> None:
+    """C code (ExecuTorch's runner) buffers printf output; flush it before moving descriptors."""
+    import ctypes
+
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).fflush(None)
+
+
+class Task:
+    def __init__(self, progress, task_id):
+        self._progress, self._id = progress, task_id
+
+    def advance(self, n: float = 1) -> None:
+        if self._progress is not None:
+            self._progress.update(self._id, advance=n)
+
+    def status(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._id, info=f"· {text}")
+
+
+class Progress:
+    """Step lines and live progress on the real stderr; per-step seconds and peak RSS recorded."""
+
+    def __init__(self, quiet: bool = False, watch: TreeWatch | None = None):
+        from rich.console import Console
+
+        self.console = Console(file=err(), quiet=quiet, highlight=False)
+        self.quiet = quiet
+        self.watch = watch
+        self.steps: list[dict] = []
+        self.t0 = time.perf_counter()
+
+    def note(self, msg: str) -> None:
+        self.console.print(msg)
+
+    @contextlib.contextmanager
+    def step(self, name: str, detail: str = "", total: float | None = None, unit: str = "") -> Iterator[Task]:
+        """A step: `name` (short: the live line fits 80 columns) and `detail` (its start line)."""
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, SpinnerColumn,
+                                   TextColumn, TimeElapsedColumn)
+
+        if self.watch is not None:
+            self.watch.mark()  # the previous step's tail belongs to no step
+        t0 = time.perf_counter()
+        columns = [SpinnerColumn(), TextColumn("{task.description}")]
+        if total:
+            columns += [BarColumn(bar_width=20), MofNCompleteColumn()]
+        columns += [TimeElapsedColumn(), TextColumn("{task.fields[info]}")]
+        if self.quiet:
+            yield Task(None, None)
+        else:
+            self.console.print(f"▸ {name}" + (f": {detail}" if detail else ""), overflow="fold")
+            with RichProgress(*columns, console=self.console, transient=False) as bar:
+                task_id = bar.add_task(name, total=total, info=f"{unit}" if total else "")
+                yield Task(bar, task_id)
+                if total:
+                    bar.update(task_id, completed=total)
+        rec = {"step": name, "detail": detail, "seconds": round(time.perf_counter() - t0, 2)}
+        if self.watch is not None:
+            rec.update(self.watch.mark())
+        self.steps.append(rec)

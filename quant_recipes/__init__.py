@@ -1,0 +1,1 @@
+"""Shipped quantization recipes (TOML package data, read with importlib.resources)."""
