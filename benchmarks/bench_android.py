@@ -173,6 +173,22 @@ def _fmt(v, spec=".1f"):
     return "-" if v is None else format(v, spec)
 
 
+def _measure_row(row: dict, decode_tokens: int) -> dict:
+    """One fresh process: the float eager reference through the library's latency child, a bare
+    .pte through benchmarks/pte_child.py (export_llm's programs have no bundle)."""
+    from mobilellm_export.verify.latency import run_child
+
+    if row["kind"] == "eager":
+        return run_child("eager", row["target"], PROMPT_LEN, decode_tokens, rounds=1, threads=THREADS,
+                         extra=row["extra"])
+    cmd = [sys.executable, str(REPO / "benchmarks" / "pte_child.py"), row["target"], "--prompt-len", str(PROMPT_LEN),
+           "--decode-tokens", str(decode_tokens), "--threads", str(THREADS)] + (["--data", row["data"]] if row["data"] else [])
+    r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(THREADS)))
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def run_paired(rows: list[dict], tokenizer: str, rounds: int, decode_tokens: int, json_path: Path) -> dict:
     """benchmarks/paired.py in a child process over these .pte rows (the first is the reference)."""
     cmd = [sys.executable, str(Path(__file__).with_name("paired.py")), "--json", str(json_path), "--tokenizer",
@@ -221,7 +237,6 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(REPO))
     from mobilellm_export.sources import load
-    from mobilellm_export.verify.latency import run_child
 
     cfg = load(model, weights=False).config
     et_params, et_notes = executorch_params(cfg)
@@ -307,8 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = rows[key]
                 print(f"measure [{rep + 1}/{a.repeats}] {key} ...", end=" ", flush=True)
                 try:
-                    r = run_child(row["kind"], row["target"], prompt_len=PROMPT_LEN, decode_tokens=a.decode_tokens,
-                                  threads=THREADS, extra=row["extra"], data_path=row["data"])
+                    r = _measure_row(row, a.decode_tokens)
                     print(f"decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.1f} tok/s", flush=True)
                 except RuntimeError as e:
                     r = {"error": str(e)}

@@ -29,21 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TEXT = REPO / "mobilellm_export" / "data" / "sample.txt"
 
 
-def prompt_prefix(tokenizer_json: str, text: str, n: int) -> str:
-    """The shortest prefix of `text` that the tokenizer turns into exactly n tokens (no specials)."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(tokenizer_json)
-    enc = tok.encode(text, add_special_tokens=False)
-    if len(enc.ids) < n:
-        raise SystemExit(f"error: the text has only {len(enc.ids)} tokens, fewer than --prompt-len {n}")
-    prefix = text[:enc.offsets[n - 1][1]]
-    got = len(tok.encode(prefix, add_special_tokens=False).ids)
-    if got != n:  # a merge across the cut; never seen with byte-level BPE on plain prose
-        raise SystemExit(f"error: could not cut the text at exactly {n} tokens (got {got})")
-    return prefix
-
-
 def _quartiles(v: list[float]) -> dict:
     if len(v) < 2:
         return {"median": v[0], "q1": v[0], "q3": v[0]}
@@ -124,7 +109,12 @@ def _parse(argv: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
     a, programs = _parse(sys.argv[1:] if argv is None else argv)
-    prompt = prompt_prefix(a.tokenizer, Path(a.text).read_text(encoding="utf-8"), a.prompt_len)
+    sys.path.insert(0, str(REPO))
+    from tokenizers import Tokenizer
+
+    from mobilellm_export.verify.latency import prompt_prefix
+
+    prompt = prompt_prefix(Tokenizer.from_file(a.tokenizer), Path(a.text).read_text(encoding="utf-8"), a.prompt_len)
     result = measure(programs, a.tokenizer, prompt, a.rounds, a.decode_tokens, a.threads)
     Path(a.json).write_text(json.dumps(result, indent=1) + "\n")
     return 0

@@ -107,6 +107,7 @@ EVAL_TOKENS = click.option("--eval-tokens", default=4096, show_default=True, typ
 @EVAL_TEXT
 @EVAL_TOKENS
 @click.option("--no-verify", is_flag=True, help="Skip parity and latency checks.")
+@click.option("--no-latency", is_flag=True, help="Verify parity, skip the latency measurement.")
 @click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE",
               help="Override a recipe threshold, e.g. --threshold kl_mean=0.3")
 @THREADS

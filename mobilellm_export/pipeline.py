@@ -86,7 +86,7 @@ def export_spec(ck: Checkpoint, max_context: int, max_seq_len: int, threads: int
 
 def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_context: int, max_seq_len: int,
            eval_text: str | None, eval_tokens: int, do_verify: bool, threads: int, thresholds: Thresholds,
-           progress: Progress) -> tuple[Path, dict]:
+           progress: Progress, with_latency: bool = True) -> tuple[Path, dict]:
     spec = export_spec(ck, max_context, max_seq_len, threads)
     notes = target.check(recipe, spec)
     final = Path(out) / f"{ck.name}-{target.name}-{recipe.name}"
@@ -123,7 +123,10 @@ def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_cont
             del model, reference
             ck.drop_weights()
             release()
-            rep["latency"] = measure_latency(ck, target, tmp, manifest, threads=threads, progress=progress)
+            if with_latency:
+                rep["latency"] = measure_latency(ck, target, tmp, manifest, threads=threads, progress=progress)
+        else:
+            rep["passed"] = None
         rep["steps"] = progress.steps
         report_mod.write(rep, tmp)
     progress.note(f"bundle written: {final}")
@@ -142,7 +145,7 @@ def verify_parity(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: di
     window = min(WINDOW, gen["max_context"])
     bos = gen["bos"]["id"] if gen["bos"]["add"] else None
     with progress.step("float reference", "for parity; weights read again from the source"):
-        float_model = build_model(ck, window)
+        float_model = build_model(ck, gen["max_context"])
     runners = {"float": EagerRunner(float_model, "float"), "reference": EagerRunner(reference, "reference")}
     runners["noise"] = parity.NoisyRunner(runners["reference"], reference.embed_tokens)
     artifact = target.runner(bundle_dir, manifest, threads=threads)
@@ -158,10 +161,11 @@ def verify_parity(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: di
                     "tokens": eval_tokens, "bos": bos is not None},
            "parity": results, "artifact_runs_here": artifact is not None}
     prompt = ([bos] if bos is not None else []) + ids[:GREEDY_PROMPT]
+    n_greedy = min(GREEDY_TOKENS, gen["max_context"] - len(prompt))
     greedy_runners = [k for k in ("float", "reference", "artifact") if k in runners]
-    with progress.step("greedy", f"{GREEDY_TOKENS} tokens from {', '.join(greedy_runners)}",
-                       total=GREEDY_TOKENS * len(greedy_runners), unit="tokens") as task:
-        g = {k: parity.greedy_tokens(runners[k], prompt, GREEDY_TOKENS, task.advance) for k in greedy_runners}
+    with progress.step("greedy", f"{n_greedy} tokens from {', '.join(greedy_runners)}",
+                       total=n_greedy * len(greedy_runners), unit="tokens") as task:
+        g = {k: parity.greedy_tokens(runners[k], prompt, n_greedy, task.advance) for k in greedy_runners}
     rep["greedy"] = {key: parity.agreement(g[a], g[b]) for key, (a, b) in pairs.items() if a in g and b in g}
     rep["greedy_tokens"] = g
     rep["checks"] = report_mod.checks(rep["parity"], thresholds)
@@ -199,7 +203,7 @@ def measure_latency(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: 
 
 
 def export_command(model: str, *, target: str, quant: str, tokenizer: str | None, out: str, max_context: int,
-                   max_seq_len: int, eval_text: str | None, eval_tokens: int, no_verify: bool,
+                   max_seq_len: int, eval_text: str | None, eval_tokens: int, no_verify: bool, no_latency: bool,
                    thresholds: tuple[str, ...], threads: int, progress: Progress) -> tuple[Path, dict]:
     from .quant.recipe import load_recipe
     from .sources import load
@@ -211,7 +215,8 @@ def export_command(model: str, *, target: str, quant: str, tokenizer: str | None
     with progress.step("load", model):
         ck = load(model, tokenizer=tokenizer)
     return export(ck, recipe, tgt, out=out, max_context=max_context, max_seq_len=max_seq_len, eval_text=eval_text,
-                  eval_tokens=eval_tokens, do_verify=not no_verify, threads=threads, thresholds=th, progress=progress)
+                  eval_tokens=eval_tokens, do_verify=not no_verify, threads=threads, thresholds=th, progress=progress,
+                  with_latency=not no_latency)
 
 
 def verify_command(bundle_dir: str, *, eval_text: str | None, eval_tokens: int, thresholds: tuple[str, ...],

@@ -16,7 +16,7 @@ from mobilellm_export.errors import UserError
 from mobilellm_export.generate import generate
 from mobilellm_export.model import Transformer, random_weights
 from mobilellm_export.runners.eager import EagerRunner
-from mobilellm_export.runners.executorch import ExecuTorchRunner, generate_text
+from mobilellm_export.runners.executorch import ExecuTorchRunner, TextRunner
 from mobilellm_export.targets import android
 
 MAX_SEQ_LEN, MAX_CONTEXT = 16, 64
@@ -150,24 +150,53 @@ def test_runner_rejects_too_long_calls(fp32):
 
 # ---- TextLLMRunner (what the Android / iOS apps run) --------------------------------------------
 
-@pytest.mark.skipif(not LLAMA3_TOKENIZER.is_file(), reason="Llama 3 tokenizer.json not on this machine")
 def test_text_llm_runner_generates(fp32_exports):
+    """ExecuTorch's C++ TextLLMRunner, given the prompt text with BOS (Llama 3: the policy adds it,
+    the tokenizer.json post-processor does not), tokenizes it to our ids and prints the text of
+    the same greedy tokens our runner produces through the same .pte."""
     from mobilellm_export.tokenizer import Tokenizer
 
     cfg, _, path, _ = fp32_exports("tiny-r1")  # vocab 128256: fits the Llama 3 tokenizer
-    prompt = "The capital of France is"
-    text, stats = generate_text(path, LLAMA3_TOKENIZER, prompt, max_new_tokens=8, temperature=0.0)
-    pieces = stats["pieces"]
     tok = Tokenizer.from_dir(LLAMA3_TOKENIZER)
-    ids = tok.encode(prompt)  # tokenizer.json adds <|begin_of_text|>, as the C++ runner does
-    assert stats["num_prompt_tokens"] == len(ids)
+    policy = tok.bos_policy()
+    assert policy["add"] and policy["id"] == 128000
+    prompt = tok.with_bos("The capital of France is", policy)
+    ids = tok.encode(prompt, add_special_tokens=False)
+    assert ids[0] == 128000 and ids.count(128000) == 1
+    runner = TextRunner(path, LLAMA3_TOKENIZER, max_context=MAX_CONTEXT)
+    shown = []
+    stats = runner.generate(prompt, max_new_tokens=8, temperature=0.0, on_text=shown.append)
+    assert stats["prompt_tokens"] == len(ids)
     want = list(generate(ExecuTorchRunner(path), ids, 8, eos_ids=cfg.eos_token_ids))
-    assert len(pieces) == len(want) and (len(want) == 8 or len(want) < 8 and stats["num_generated_tokens"] < 8)
-    assert text == tok.decode(want)  # same greedy tokens as our runner over the same .pte
-    assert stats["decode_tokens_per_s"] is None or stats["decode_tokens_per_s"] > 0
+    assert stats["generated_tokens"] == len(want) == 8
+    assert stats["text"] == "".join(shown) == cpp_runner_text(tok, want)
+    assert stats["decode_tok_s"] is None or stats["decode_tok_s"] > 0
+    # a second call starts from a fresh KV cache: the same text again
+    assert runner.generate(prompt, max_new_tokens=8, temperature=0.0)["text"] == stats["text"]
 
 
-@pytest.mark.skipif(not LLAMA3_TOKENIZER.is_file(), reason="Llama 3 tokenizer.json not on this machine")
+def cpp_runner_text(tok, ids: list[int]) -> str:
+    """What ExecuTorch's runner prints for these ids, modelled independently of it: each token's own
+    bytes (byte-level BPE: GPT-2's byte alphabet mapped back), a lone byte that is neither printable
+    ASCII nor whitespace dropped (its `safe_printf`), the rest decoded as UTF-8."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    to_byte = {chr(c): b for b, c in zip(bs, cs)}
+    out = bytearray()
+    for i in ids:
+        piece = tok.tok.id_to_token(i)
+        raw = bytes(to_byte[ch] for ch in piece) if all(ch in to_byte for ch in piece) else piece.encode()
+        if len(raw) == 1 and not (chr(raw[0]).isprintable() and raw[0] < 128 or chr(raw[0]).isspace()):
+            continue
+        out += raw
+    return out.decode("utf-8", "replace")
+
+
 def test_paired_benchmark_runs_each_program_on_the_same_prompt(fp32_exports):
     """benchmarks/paired.py: the C++ runner counts exactly --prompt-len prompt tokens for every
     program, runs every round, and reports ratios to the first program."""
@@ -176,11 +205,15 @@ def test_paired_benchmark_runs_each_program_on_the_same_prompt(fp32_exports):
     spec = importlib.util.spec_from_file_location("paired", Path(__file__).resolve().parents[1] / "benchmarks/paired.py")
     paired = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(paired)
+    from tokenizers import Tokenizer
+
+    from mobilellm_export.verify.latency import prompt_prefix
     from mobilellm_export.verify.text import SAMPLE
 
     _, _, path, _ = fp32_exports("tiny-r1")
     n = MAX_SEQ_LEN - 4
-    prompt = paired.prompt_prefix(str(LLAMA3_TOKENIZER), SAMPLE.read_text(encoding="utf-8"), n)
+    prompt = prompt_prefix(Tokenizer.from_file(str(LLAMA3_TOKENIZER)),
+                           SAMPLE.read_text(encoding="utf-8"), n)
     res = paired.measure([(str(path), None), (str(path), None)], str(LLAMA3_TOKENIZER), prompt, rounds=3,
                          decode_tokens=4, threads=1)
     for prog in res["programs"]:
@@ -228,3 +261,56 @@ def test_group_size_not_multiple_of_32_is_a_user_error(tmp_path):
               filter_fn=lambda mod, fqn: isinstance(mod, torch.nn.Linear) and fqn != "lm_head")
     with pytest.raises(UserError, match="multiple of 32"):
         android.export_pte(m, m.cfg, tmp_path / "x.pte", max_seq_len=MAX_SEQ_LEN, max_context=MAX_CONTEXT)
+
+
+# ---- the XNNPACK-friendly swaps of prepare(), against the reference modules -------------------------
+
+def test_swapped_rms_and_rope_match_the_reference_modules():
+    from mobilellm_export.model import RMS, RMSNorm, Rotary
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 7, 4, 16, generator=g) * 3
+    for norm in (RMS(16, 1e-5), RMSNorm(16, 1e-5)):
+        if isinstance(norm, RMSNorm):
+            norm.weight.data = torch.randn(16, generator=g)
+        want, got = norm(x), android.LinearMeanRMS(norm)(x)
+        assert (want - got).abs().max() <= 1e-6 * want.abs().max()
+    for name in ("tiny-r1", "tiny-llama"):  # interleaved and rotate_half layouts
+        rope = Rotary(PRESETS[name], 32)
+        cos, sin = rope.tables(torch.arange(3, 10))
+        # a signed permutation as a matmul is exact: identical bits
+        assert torch.equal(rope(x, cos, sin), android.MatmulRotary(rope)(x, cos, sin))
+
+
+@pytest.mark.parametrize("recipe", ["4bit", "4bit-fast"])
+def test_shared_table_lookup_equals_the_quantized_reference_and_is_stored_once(recipe, tmp_path):
+    """The prepared TiedEmbeddingLookup (ExecuTorch's embedding kernels over XNNPACK's own packing)
+    returns exactly the eager TiedQuantEmbedding rows when ExecuTorch runs it, and model.ptd holds
+    the table's bytes once."""
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.runtime import Runtime
+
+    from mobilellm_export.quant.apply import TiedQuantEmbedding, quantize
+    from mobilellm_export.quant.recipe import load_recipe
+
+    m = _model("tiny-llama")
+    quantize(m, load_recipe(recipe))
+    assert isinstance(m.embed_tokens, TiedQuantEmbedding)
+    lookup = android.TiedEmbeddingLookup(m.embed_tokens).eval()
+    tokens = torch.arange(m.cfg.vocab_size)[None]
+    with torch.no_grad():
+        want, eager = m.embed_tokens(tokens), lookup(tokens)
+    # The runtime's kernels: bit-identical to the reference, all 512 rows.
+    et = to_edge_transform_and_lower(torch.export.export(lookup, (tokens,))).to_executorch()
+    (tmp_path / "lookup.pte").write_bytes(et.buffer)
+    got = Runtime.get().load_program(str(tmp_path / "lookup.pte")).load_method("forward").execute([tokens])[0]
+    assert torch.equal(got, want)
+    if recipe == "4bit":
+        assert torch.equal(eager, want)
+    else:  # upstream: PyTorch's eager embedding_4bit.dtype multiplies in the scales' bf16 (runtime: fp32)
+        assert torch.allclose(eager, want, rtol=2 ** -8, atol=0) and not torch.equal(eager, want)
+    android.export_pte(android.prepare(m), m.cfg, tmp_path / "m.pte", max_seq_len=MAX_SEQ_LEN,
+                       max_context=MAX_CONTEXT, data_file="m.ptd")
+    data = (tmp_path / "m.ptd").read_bytes()
+    rows = lookup.packed[100:104].contiguous().numpy().tobytes()  # 4 rows of the stored table
+    assert len(rows) >= 128 and data.count(rows) == 1

@@ -130,7 +130,10 @@ def _runner_stdout(on_text=None):
     def reader() -> None:
         while chunk := os.read(r, 1 << 16):
             raw.extend(chunk)
-            emit(len(raw) - len(_REPORT) - 1)  # hold back what may be the start of "\nPyTorchObserver"
+            cut = raw.find(_REPORT)
+            # up to the stats line (minus the runner's newline before it), and never the bytes that
+            # may be the start of it
+            emit(cut - 1 if cut >= 0 else len(raw) - len(_REPORT) - 1)
 
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
