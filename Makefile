@@ -3,8 +3,10 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SHARED ?= ../shared
+LLAMA3_TOKENIZER := $(SHARED)/data/llama3-tokenizer/tokenizer.json
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-fast test-slow test-wheel test-all bench bench-memory clean
 
 setup: $(STAMP)
 
@@ -22,15 +24,41 @@ demo: setup
 	$(BIN)/mobilellm-export inspect smollm2-135m
 	$(BIN)/mobilellm-export --model smollm2-135m --target android --quant 4bit --out out
 
-test: setup
+test: setup test-fast test-slow test-wheel
+
+test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not extra"
+
+test-slow: setup
 	$(BIN)/python -m pytest -q -m "slow and not extra"
+
+# The package as a user installs it: build the wheel, install it into a fresh venv (dependencies
+# resolved from its own metadata), and export from a folder where the source tree is not importable.
+test-wheel: setup
+	rm -rf build/wheel build/wheel-venv build/wheel-run
+	$(BIN)/pip wheel -q --no-deps -w build/wheel .
+	$(PY) -m venv build/wheel-venv
+	build/wheel-venv/bin/pip install -q torch==2.13.0
+	build/wheel-venv/bin/pip install -q build/wheel/mobilellm_export-*.whl
+	mkdir -p build/wheel-run
+	cd build/wheel-run && ../wheel-venv/bin/mobilellm-export --version
+	cd build/wheel-run && ../wheel-venv/bin/python -c "import mobilellm_export, sys; sys.exit('imported from the source tree' if '/build/wheel-venv/' not in mobilellm_export.__file__ else 0)"
+	cd build/wheel-run && ../wheel-venv/bin/mobilellm-export export --model tiny-r1 \
+		--tokenizer $(abspath $(LLAMA3_TOKENIZER)) --quant 4bit --max-context 128 --max-seq-len 16 \
+		--eval-tokens 256 --no-latency --out out
+	test -f build/wheel-run/out/tiny-r1-android-4bit/model.pte
+	@echo "wheel: export from the installed package passed"
 
 test-all: setup
 	$(BIN)/python -m pytest -q
+	$(MAKE) test-wheel
 
 bench: setup
 	$(BIN)/python benchmarks/bench_android.py
+
+# Peak RSS of the process tree per step and wall time of the default R1 exports (minutes; 950M: ~30).
+bench-memory: setup
+	$(BIN)/python benchmarks/bench_memory.py --tokenizer $(LLAMA3_TOKENIZER)
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

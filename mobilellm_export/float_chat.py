@@ -41,7 +41,8 @@ def stream_generate(ck: Checkpoint, prompt: str, max_new_tokens: int, sampling: 
     if tok is None:
         raise UserError(f"{ck.source} has no tokenizer; pass --tokenizer path/to/tokenizer.json")
     policy = tok.bos_policy(ck.config.bos_token_id)
-    ids = tok.encode(tok.prompt_text(prompt, policy, system=system, raw=raw), add_special_tokens=False)
+    ids = tok.check_ids(tok.encode(tok.prompt_text(prompt, policy, system=system, raw=raw), add_special_tokens=False),
+                        ck.config.vocab_size)
     max_new_tokens = clamp_new_tokens(len(ids), max_new_tokens, ck.config.max_position_embeddings, warn)
     model = build_model(ck, len(ids) + max_new_tokens, torch.bfloat16 if dtype == "bf16" else torch.float32)
     runner = EagerRunner(model, max_seq_len=512)

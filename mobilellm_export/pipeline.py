@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import tempfile
 from pathlib import Path
 
 import torch
@@ -31,6 +32,7 @@ from .sources import Checkpoint
 from .targets import ExportSpec, Target
 from .tokenizer import SYSTEM_PROMPTS
 from .verify import latency, parity, report as report_mod
+from .verify.parity import LogitStore
 from .verify.text import load_text, windows
 
 WINDOW = 512
@@ -140,32 +142,47 @@ def _tools(recipe: Recipe, target: Target) -> tuple[str, ...]:
 def verify_parity(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: dict, reference, thresholds: Thresholds,
                   *, eval_text: str | None, eval_tokens: int, threads: int, progress: Progress) -> dict:
     """Parity of the float model, the target's reference and the artifact, streamed over windows
-    of the eval text; greedy agreement; threshold checks."""
+    of the eval text; greedy agreement; threshold checks.
+
+    The float model is scored first and alone (its logits go to a temporary file), then freed
+    before the artifact is loaded: the fp32 weights and the runtime never share the memory."""
     gen = manifest["generation"]
     window = min(WINDOW, gen["max_context"])
     bos = gen["bos"]["id"] if gen["bos"]["add"] else None
-    with progress.step("float reference", "for parity; weights read again from the source"):
-        float_model = build_model(ck, gen["max_context"])
-    runners = {"float": EagerRunner(float_model, "float"), "reference": EagerRunner(reference, "reference")}
-    runners["noise"] = parity.NoisyRunner(runners["reference"], reference.embed_tokens)
-    artifact = target.runner(bundle_dir, manifest, threads=threads)
-    if artifact is not None:
-        runners["artifact"] = artifact
-    pairs = {k: v for k, v in PAIRS.items() if set(v) <= set(runners)}
     ids = ck.tokenizer.encode(load_text(eval_text), add_special_tokens=False)
     wins = windows(ids, eval_tokens, window, bos)
     n = sum(map(len, wins))
-    with progress.step("parity", f"{n} positions through {', '.join(runners)}", total=n, unit="positions") as task:
-        results, _ = parity.score(runners, pairs, wins, task.advance)
+    prompt = ([bos] if bos is not None else []) + ids[:GREEDY_PROMPT]
+    n_greedy = min(GREEDY_TOKENS, gen["max_context"] - len(prompt))
+    g: dict[str, list[int]] = {}
+    with tempfile.TemporaryDirectory(prefix="mobilellm-parity.") as tmp:
+        with progress.step("float reference", "weights read again from the source"):
+            float_model = build_model(ck, gen["max_context"])
+            ck.drop_weights()  # the model holds what it needs; the un-permuted originals go
+        runner = EagerRunner(float_model, "float")
+        with progress.step("parity: float", f"{n} positions, logits kept on disk", total=n, unit="positions") as t:
+            stored = LogitStore(tmp, "float").fill(runner, wins, t.advance)
+        with progress.step("greedy: float", f"{n_greedy} tokens", total=n_greedy, unit="tokens") as t:
+            g["float"] = parity.greedy_tokens(runner, prompt, n_greedy, t.advance)
+        del runner, float_model
+        release()
+        runners = {"float": stored, "reference": EagerRunner(reference, "reference")}
+        runners["noise"] = parity.NoisyRunner(runners["reference"], reference.embed_tokens)
+        artifact = target.runner(bundle_dir, manifest, threads=threads)
+        if artifact is not None:
+            runners["artifact"] = artifact
+        pairs = {k: v for k, v in PAIRS.items() if set(v) <= set(runners)}
+        others = [k for k in runners if k != "float"]
+        with progress.step("parity", f"{n} positions through {', '.join(others)} against the float logits",
+                           total=n, unit="positions") as t:
+            results, _ = parity.score(runners, pairs, wins, t.advance)
     rep = {"eval": {"text": eval_text or "built-in sample (Botchan excerpt)", "positions": n, "window": window,
                     "tokens": eval_tokens, "bos": bos is not None},
            "parity": results, "artifact_runs_here": artifact is not None}
-    prompt = ([bos] if bos is not None else []) + ids[:GREEDY_PROMPT]
-    n_greedy = min(GREEDY_TOKENS, gen["max_context"] - len(prompt))
-    greedy_runners = [k for k in ("float", "reference", "artifact") if k in runners]
+    greedy_runners = [k for k in ("reference", "artifact") if k in runners]
     with progress.step("greedy", f"{n_greedy} tokens from {', '.join(greedy_runners)}",
-                       total=n_greedy * len(greedy_runners), unit="tokens") as task:
-        g = {k: parity.greedy_tokens(runners[k], prompt, n_greedy, task.advance) for k in greedy_runners}
+                       total=n_greedy * len(greedy_runners), unit="tokens") as t:
+        g.update({k: parity.greedy_tokens(runners[k], prompt, n_greedy, t.advance) for k in greedy_runners})
     rep["greedy"] = {key: parity.agreement(g[a], g[b]) for key, (a, b) in pairs.items() if a in g and b in g}
     rep["greedy_tokens"] = g
     rep["checks"] = report_mod.checks(rep["parity"], thresholds)

@@ -22,7 +22,7 @@ def run_bundle(bundle: str, prompt: str, *, max_new_tokens: int, temperature: fl
     # The chat template (unless raw), then BOS by the bundle's policy: the runtime gets exactly the
     # text whose ids verification scored, and is never asked to add BOS itself.
     text = tok.prompt_text(prompt, gen["bos"], system=system, raw=raw, system_prompts=gen["system_prompts"])
-    n_prompt = len(tok.encode(text, add_special_tokens=False))
+    n_prompt = len(tok.check_ids(tok.encode(text, add_special_tokens=False), m["config"]["vocab_size"]))
     max_new_tokens = clamp_new_tokens(n_prompt, max_new_tokens, gen["max_context"], warn)
     app = target.app_runner(d, m, threads=threads)
     if app is None:

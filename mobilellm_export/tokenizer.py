@@ -66,6 +66,20 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.tok.get_vocab_size(with_added_tokens=True)
 
+    def ids_beyond(self, n: int) -> list[tuple[int, str, bool]]:
+        """(id, content, special) for every id >= n: added tokens past a model's embedding table."""
+        added = self.tok.get_added_tokens_decoder()
+        return [(i, added[i].content if i in added else self.tok.id_to_token(i), i in added and added[i].special)
+                for i in range(n, self.vocab_size)]
+
+    def check_ids(self, ids: list[int], n: int) -> list[int]:
+        """UserError if a prompt holds a token the model's table lacks (see ids_beyond)."""
+        bad = next((i for i in ids if i >= n), None)
+        if bad is not None:
+            raise UserError(f"the prompt contains token {bad} ({self.tok.id_to_token(bad)!r}), "
+                            f"beyond the model's {n}-entry vocabulary")
+        return ids
+
     def token_id(self, key: str) -> int | None:
         s = _token_str(self.config.get(key))
         return self.tok.token_to_id(s) if s else None

@@ -44,8 +44,8 @@ def r1_tensors(cfg) -> dict:
     return out
 
 
-def write_r1_dir(path, generation=5, shards=1):
-    raw = r1_config(generation)
+def write_r1_dir(path, generation=5, shards=1, config=None):
+    raw = config or r1_config(generation)
     cfg = from_hf_config(raw)
     tensors = r1_tensors(cfg)
     assert "lm_head.weight" not in tensors and "model.layers.0.feed_forward.gate_proj.weight" in tensors

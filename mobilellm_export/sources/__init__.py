@@ -113,5 +113,10 @@ def load(source: str, tokenizer: str | None = None, seed: int = 0, weights: bool
     if tokenizer:
         ck.tokenizer = Tokenizer.from_dir(tokenizer)
     if ck.tokenizer is not None and ck.tokenizer.vocab_size > ck.config.vocab_size:
-        raise UserError(f"tokenizer has {ck.tokenizer.vocab_size} ids but the model only {ck.config.vocab_size}")
+        # Gemma 3's tokenizer carries one multimodal placeholder (<image_soft_token>, id 262144) past
+        # the text model's 262,144-row table: special tokens beyond it are tolerated (prompts that
+        # contain them are refused); ordinary tokens beyond it mean a mismatched tokenizer.
+        beyond = ck.tokenizer.ids_beyond(ck.config.vocab_size)
+        if not beyond or not all(special for _, _, special in beyond):
+            raise UserError(f"tokenizer has {ck.tokenizer.vocab_size} ids but the model only {ck.config.vocab_size}")
     return ck

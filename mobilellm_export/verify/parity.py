@@ -4,12 +4,17 @@ Streamed: each window is scored by every runner, every pair's sums are updated, 
 are dropped before the next window. Memory does not grow with the number of tokens scored (a
 128K vocabulary makes one 512-token window of logits 262 MB per runner); only one float per
 position and pair is kept, for the p99 and the plots.
+
+The float model is the largest thing in memory (fp32), so verification scores it first, alone,
+and keeps its logits in a temporary file (`LogitStore`) while the quantized reference and the
+artifact are scored: the two never have to be resident together.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from pathlib import Path
 
 import torch
 
@@ -66,6 +71,35 @@ class PairStats:
             "max_abs_logit": self.max_abs,
             "mean_abs_logit": self.sum_abs / self.n_el,
         }
+
+
+class LogitStore:
+    """A runner's logits, window by window, in files under `folder`: written once by `fill()`,
+    then replayed in the same order by `score()` (so it stands in for the runner in `score`)."""
+
+    def __init__(self, folder: str | Path, name: str):
+        self.folder, self.name = Path(folder), name
+        self.shapes: list[tuple[int, int]] = []
+        self._next = 0
+
+    def _path(self, i: int) -> Path:
+        return self.folder / f"{self.name}-{i}.f32"
+
+    def fill(self, runner, wins: list[list[int]], advance=lambda n: None) -> LogitStore:
+        for i, w in enumerate(wins):
+            logits = runner.score(w).float().contiguous()
+            logits.numpy().tofile(self._path(i))
+            self.shapes.append(tuple(logits.shape))
+            advance(len(w))
+        return self
+
+    def score(self, tokens: list[int]) -> torch.Tensor:
+        i = self._next
+        self._next += 1
+        rows, vocab = self.shapes[i]
+        if rows != len(tokens):
+            raise RuntimeError(f"stored logits of window {i} have {rows} rows for {len(tokens)} tokens")
+        return torch.from_file(str(self._path(i)), size=rows * vocab, dtype=torch.float32).view(rows, vocab)
 
 
 def score(runners: dict, pairs: dict[str, tuple[str, str]], wins: list[list[int]], advance=lambda n: None):

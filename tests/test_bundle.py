@@ -1,0 +1,163 @@
+"""bundle.json: the JSON Schema contract, and the BOS policy it records.
+
+The schema file inside the package is the one owner of the format; these tests pin what it
+accepts and refuses. The BOS policy is checked against both tokenizers that run a bundle: Python
+`tokenizers` (verification) and ExecuTorch's C++ tokenizer (`pytorch_tokenizers`, inside
+`TextLLMRunner`), which disagree on when BOS is added.
+"""
+
+import copy
+import json
+
+import pytest
+
+from conftest import SHARED
+from mobilellm_export.bundle import SCHEMA_VERSION, schema, validate
+from mobilellm_export.errors import UserError
+from mobilellm_export.tokenizer import Tokenizer
+from test_sources import assert_one_line_error, run_cli
+
+DATA = SHARED / "data"
+SHA = "0" * 64
+
+
+def manifest() -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION, "model": "tiny-r1", "source": {"kind": "preset", "id": "tiny-r1"},
+        "target": {"name": "android", "runtime": "ExecuTorch (XNNPACK)", "entry": "model.pte", "data_file": None},
+        "recipe": {"name": "fp32", "linear": {}, "embedding": {}, "head": {}, "thresholds": {}},
+        "config": {"arch": "llama", "vocab_size": 512, "dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
+                   "head_dim": 16, "hidden_dim": 128},
+        "files": {"model.pte": {"sha256": SHA, "bytes": 10}, "tokenizer.json": {"sha256": SHA, "bytes": 3},
+                  "tokenizer_config.json": {"sha256": SHA, "bytes": 2}},
+        "tokenizer": {"file": "tokenizer.json", "config": "tokenizer_config.json", "vocab_size": 512},
+        "generation": {"bos": {"id": 1, "text": "<s>", "add": True, "reason": "test", "template_renders_bos": False},
+                       "eos_ids": [2], "chat_template": None, "system_prompts": {}, "max_context": 128,
+                       "max_seq_len": 16, "temperature": 0.0, "top_p": 1.0},
+        "tools": {"mobilellm-export": "0.1.0", "torch": "2.13.0"},
+    }
+
+
+def test_schema_file_is_the_versioned_contract():
+    s = schema()
+    assert s["properties"]["schema_version"] == {"const": SCHEMA_VERSION}
+    assert set(s["required"]) == set(manifest()) and "created" not in s["properties"]
+    validate(manifest())
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda m: m.pop("generation"), "'generation' is a required property"),
+    (lambda m: m.update(created="2026-01-01"), "'created' was unexpected"),
+    (lambda m: m["generation"]["bos"].pop("add"), "generation/bos: 'add' is a required property"),
+    (lambda m: m["generation"].update(eos_ids=[]), "generation/eos_ids"),
+    (lambda m: m.update(files={}), "files"),
+    (lambda m: m["files"].update({"../../etc/hostname": {"sha256": SHA, "bytes": 1}}), "files"),
+    (lambda m: m["files"].update({"/etc/hostname": {"sha256": SHA, "bytes": 1}}), "files"),
+    (lambda m: m["files"]["model.pte"].update(sha256="xyz"), "files/model.pte/sha256"),
+    (lambda m: m["target"].update(entry="../model.pte"), "target/entry"),
+    (lambda m: m.update(schema_version="2"), "schema_version"),
+])
+def test_schema_refuses_with_the_field_named(edit, needle):
+    m = copy.deepcopy(manifest())
+    edit(m)
+    with pytest.raises(UserError, match=needle.replace("[", r"\[")):
+        validate(m)
+
+
+def test_folder_artifacts_list_files_by_relative_path():
+    m = manifest()
+    m["files"]["model.mlpackage/Data/com.apple.CoreML/weights/weight.bin"] = {"sha256": SHA, "bytes": 5}
+    m["target"]["entry"] = "model.mlpackage"
+    validate(m)
+
+
+def test_other_schema_versions_are_refused_in_one_line(tmp_path):
+    for version, needle in ((SCHEMA_VERSION + 1, "upgrade mobilellm-export"), (1, "re-export the bundle")):
+        m = dict(manifest(), schema_version=version)
+        (tmp_path / "bundle.json").write_text(json.dumps(m))
+        assert_one_line_error(run_cli("verify", str(tmp_path)), f"has schema {version}")
+        assert needle in run_cli("verify", str(tmp_path)).stderr
+
+
+# ---- BOS policy -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,add,bos,reason", [
+    ("gemma3", True, 2, "add_bos_token = true"),
+    ("llama2", True, 1, "add_bos_token = true"),
+    ("llama3", True, 128000, "chat template starts prompts with bos_token"),  # its post-processor adds none
+    ("qwen3", False, None, "no BOS token"),
+])
+def test_bos_policy_of_the_shared_tokenizers(name, add, bos, reason):
+    p = Tokenizer.from_dir(DATA / f"{name}-tokenizer").bos_policy()
+    assert (p["add"], p["id"]) == (add, bos) and reason in p["reason"]
+
+
+def test_bos_policy_of_smollm2_gguf(smollm2):
+    p = smollm2.tokenizer.bos_policy(smollm2.config.bos_token_id)
+    assert p["add"] is False and "add_bos_token = false" in p["reason"]  # MODEL_FACTS: the GGUF sets it false
+
+
+@pytest.mark.parametrize("name", ["gemma3", "llama2", "llama3", "qwen3"])
+def test_cpp_tokenizer_sees_the_same_ids_as_python(name):
+    """What TextLLMRunner is given (the prompt text with BOS where the policy wants it, num_bos=0)
+    tokenizes in ExecuTorch's C++ tokenizer to exactly the ids verification scored in Python."""
+    from pytorch_tokenizers import CppHFTokenizer
+
+    d = DATA / f"{name}-tokenizer"
+    tok = Tokenizer.from_dir(d)
+    policy = tok.bos_policy()
+    cpp = CppHFTokenizer()
+    cpp.load(str(d / "tokenizer.json"))
+    for text in ("Hello world", " leading space", "Botchan said: \"I won't!\"\nNext line."):
+        want = tok.prompt_ids(text, policy)
+        assert cpp.encode(tok.with_bos(text, policy), 0, 0) == want
+        assert (want[0] == policy["id"]) == policy["add"]
+
+
+def test_gemma3_cpp_and_python_tokenizers_disagree_without_the_policy():
+    """Why BOS goes into the text: asked for no BOS, the C++ tokenizer adds none while Python
+    `tokenizers` adds one through tokenizer.json's post-processor."""
+    from pytorch_tokenizers import CppHFTokenizer
+
+    d = DATA / "gemma3-tokenizer"
+    cpp = CppHFTokenizer()
+    cpp.load(str(d / "tokenizer.json"))
+    assert cpp.encode("Hello world", 0, 0) == [9259, 1902]
+    assert Tokenizer.from_dir(d).encode("Hello world") == [2, 9259, 1902]
+
+
+def test_gemma3_bundle_records_bos_and_the_runner_prefills_it(tmp_path):
+    """A model with Gemma 3's 262,144-id tokenizer: bundle.json says BOS is added, verification
+    scores windows that start with BOS, and TextLLMRunner prefills BOS + the prompt."""
+    from test_sources import r1_config, write_r1_dir
+
+    src = tmp_path / "gemma-vocab"
+    write_r1_dir(src, config=r1_config(5, vocab=262144))
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (src / f).write_bytes((DATA / "gemma3-tokenizer" / f).read_bytes())
+    r = run_cli("--model", str(src), "--quant", "fp32", "--out", str(tmp_path / "out"), "--max-context", "64",
+                "--max-seq-len", "16", "--eval-tokens", "64", "--no-latency", "--json", "--quiet")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["eval"]["bos"] and rep["passed"]
+    d = tmp_path / "out" / "gemma-vocab-android-fp32"
+    bos = json.loads((d / "bundle.json").read_text())["generation"]["bos"]
+    assert bos["add"] and bos["id"] == 2 and bos["text"] == "<bos>"
+    r = run_cli("run", str(d), "--prompt", "Hello world", "--raw", "--max-new-tokens", "4", "--temperature", "0")
+    assert r.returncode == 0, r.stderr
+    assert "3 prompt tokens" in r.stderr  # <bos> Hello world
+
+
+def test_special_tokens_past_the_table_are_tolerated_but_never_fed(tmp_path):
+    """Gemma 3's tokenizer has 262,145 ids for a 262,144-row table (<image_soft_token>): the
+    checkpoint loads, and a prompt that contains that token is refused in one line."""
+    from test_sources import r1_config, write_r1_dir
+
+    src = tmp_path / "g"
+    write_r1_dir(src, config=r1_config(5, vocab=262144))
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (src / f).write_bytes((DATA / "gemma3-tokenizer" / f).read_bytes())
+    assert_one_line_error(run_cli("generate", str(src), "--raw", "--prompt", "a <image_soft_token> b"),
+                          "token 262144 ('<image_soft_token>'), beyond the model's 262144-entry vocabulary")
+    r = run_cli("generate", str(src), "--raw", "--prompt", "Hello", "--max-new-tokens", "2")
+    assert r.returncode == 0, r.stderr
