@@ -95,9 +95,11 @@ def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_cont
     gen = generation_defaults(ck, spec)
     with progress.step("reference model", f"{ck.config.arch}, {ck.config.param_count():,} parameters"):
         model = build_model(ck, max_context)
+        # From here the model's parameters are the only float copy: each goes as it is quantized,
+        # and none is left while lowering (verification reads the weights again from the source).
+        ck.drop_weights()
     with progress.step(f"quantize ({recipe.name})", recipe.description or "no quantization"):
         qfacts = quantize(model, recipe)
-    ck.drop_weights()  # the float copy is not needed while lowering; verification reads it again
     release()
     reference = target.reference(model)
     rep = {"model": ck.name, "target": target.name, "recipe": recipe.name, "threads": threads,
@@ -252,6 +254,7 @@ def verify_command(bundle_dir: str, *, eval_text: str | None, eval_tokens: int, 
         ck = load(m["source"]["id"], tokenizer=str(d / m["tokenizer"]["file"]))
     with progress.step("reference model + quantize", recipe.name):
         qmodel = build_model(ck, m["generation"]["max_context"])
+        ck.drop_weights()  # as in export: the float copy goes as it is quantized; parity reads it again
         qfacts = quantize(qmodel, recipe)
     reference = tgt.reference(qmodel)
     rep = {"model": m["model"], "target": tgt.name, "recipe": recipe.name, "threads": threads, "quantization": qfacts,

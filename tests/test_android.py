@@ -179,14 +179,9 @@ def cpp_runner_text(tok, ids: list[int]) -> str:
     """What ExecuTorch's runner prints for these ids, modelled independently of it: each token's own
     bytes (byte-level BPE: GPT-2's byte alphabet mapped back), a lone byte that is neither printable
     ASCII nor whitespace dropped (its `safe_printf`), the rest decoded as UTF-8."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    to_byte = {chr(c): b for b, c in zip(bs, cs)}
+    from test_gguf_source import _byte_chars
+
+    to_byte = {c: b for b, c in enumerate(_byte_chars())}
     out = bytearray()
     for i in ids:
         piece = tok.tok.id_to_token(i)

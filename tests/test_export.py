@@ -94,6 +94,9 @@ def test_run_generates_through_text_llm_runner(fp32_bundle):
     assert f"{len(ids)} prompt tokens" in r.stderr
     ours = tok.decode(list(generate(ExecuTorchRunner(d / "model.pte"), ids, 8)))
     assert ours and r.stdout == ours + "\n"
+    assert "threadpool" not in r.stderr and "Warning" not in r.stderr  # native / library lines hidden ...
+    loud = run_cli("run", str(d), "--prompt", prompt, "--max-new-tokens", "8", "--verbose")
+    assert loud.returncode == 0 and "threadpool" in loud.stderr and loud.stdout == r.stdout  # ... unless --verbose
 
 
 def test_run_reports_the_runners_decode_rate(fp32_bundle):

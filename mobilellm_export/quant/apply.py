@@ -101,7 +101,10 @@ def quantize(model: Transformer, recipe: Recipe) -> dict:
                                        "wanted": w.group_size})
         by_config.setdefault((w, g), []).append(fqn)
     with torch.no_grad():
-        for (w, g), fqns in by_config.items():
+        # The head first: quantizing the largest matrix makes float temporaries of its size, and
+        # early on fewer quantized copies exist beside them (the float weights go as they are
+        # replaced, when nothing else holds them).
+        for (w, g), fqns in sorted(by_config.items(), key=lambda kv: "lm_head" not in kv[1]):
             names = set(fqns)
             quantize_(model, _linear_config(w, g), filter_fn=lambda mod, fqn, names=names: fqn in names)
             facts["quantized_linears"] += len(fqns)
