@@ -13,6 +13,7 @@ by file).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -71,28 +72,132 @@ def validate(manifest, where: str = MANIFEST) -> None:
         raise UserError(f"{where}: {field}: {e.message.splitlines()[0][:200]}")
 
 
+def check_writable(out: Path) -> None:
+    """Before any work: --out is (or can become) a folder we can write in; one line otherwise."""
+    out = Path(out)
+    for p in (out, *out.parents):
+        if p.exists() and not p.is_dir():
+            raise UserError(f"--out {out}: {p} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"--out {out} is not writable: {e.strerror}") from None
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):  # old kernel, or a filesystem without it
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    """Put the complete bundle `tmp` under `final`: a single rename, or an atomic exchange with the
+    bundle already there (an interrupt can never leave `final` missing); elsewhere rename the old
+    one aside, and restore it if the second rename fails."""
+    if not final.exists():
+        os.rename(tmp, final)
+        return
+    if _exchange(tmp, final):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old bundle
+        return
+    old = final.with_name(f".{final.name}.old-{os.getpid()}.partial")
+    os.rename(final, old)
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        os.rename(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def clean_stale(parent: Path) -> list[str]:
+    """Remove `.*.partial` folders left in `parent` by exports that died (SIGKILL, power loss).
+
+    A live export holds an exclusive flock on `<folder>.lock` for as long as it writes; only
+    folders whose lock can be taken are removed (a PID check would be fooled by PID reuse). A
+    folder without a lock file is removed once it is an hour old (its export died between
+    creating it and locking it)."""
+    import fcntl
+    import time
+
+    removed = []
+    for d in Path(parent).glob(".*.partial"):
+        lock_path = d.with_name(d.name + ".lock")
+        if not lock_path.exists():
+            if time.time() - d.lstat().st_mtime > 3600:
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(d.name)
+            continue
+        with open(lock_path, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live export
+            shutil.rmtree(d, ignore_errors=True)
+            lock_path.unlink(missing_ok=True)
+            removed.append(d.name)
+    for lock_path in Path(parent).glob(".*.partial.lock"):  # a lock whose folder is gone
+        if not lock_path.with_name(lock_path.name[:-5]).exists():
+            with open(lock_path, "a") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    lock_path.unlink(missing_ok=True)
+                except BlockingIOError:
+                    pass
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temp folder beside `final`; on success it replaces `final` in one rename.
+    """Yield a temp folder beside `final`; on success it replaces `final` atomically.
 
-    Any exception (including KeyboardInterrupt) removes the temp folder: no half bundle is ever
-    visible under the final name, and an existing bundle stays intact until the new one is whole.
+    Any exception (KeyboardInterrupt and the SIGTERM/SIGHUP exit included) removes the temp
+    folder: no half bundle is ever visible under the final name, and an existing bundle stays
+    intact until the new one is whole. The temp folder is flock-ed while it exists, so the next
+    export into the same parent can tell a dead one (removed) from a running one (kept).
     """
+    import fcntl
+
+    final = Path(final)
+    if final.exists() and not final.is_dir():
+        raise UserError(f"{final} exists and is not a bundle folder; move it away first")
     final.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(final.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    lock_path = tmp.with_name(tmp.name + ".lock")
+    lock = open(lock_path, "w")
     try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         tmp.chmod(0o755)  # mkdtemp makes 0700; a bundle is an ordinary folder
         yield tmp
-        old = None
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.rename(final, old)
-        os.rename(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        lock_path.unlink(missing_ok=True)
+        lock.close()
 
 
 def bundle_files(d: Path) -> list[str]:
@@ -132,13 +237,29 @@ def read_manifest(d: Path) -> dict:
 
 
 def check_files(d: Path, manifest: dict) -> None:
-    """Every listed file exists inside the bundle with its recorded sha256; one clear line otherwise."""
-    root = Path(d).resolve()
-    for name, info in manifest["files"].items():
-        p = Path(d) / name
+    """The bundle is exactly what bundle.json lists: every listed file inside the folder with its
+    size and sha256, the artifact, data file and tokenizer files among them, and nothing unlisted.
+    One clear line otherwise. (The manifest's own values are checked against the files they come
+    from by `verify.metadata`.)"""
+    d = Path(d)
+    root = d.resolve()
+    listed = manifest["files"]
+    required = [manifest["target"]["entry"], manifest["target"].get("data_file"), manifest["tokenizer"]["file"],
+                manifest["tokenizer"]["config"]]
+    for name in filter(None, required):
+        if name not in listed and not any(f.startswith(name.rstrip("/") + "/") for f in listed):
+            raise UserError(f"bundle.json does not list {name}, which the bundle needs")
+    for name, info in listed.items():
+        p = d / name
         if not p.resolve().is_relative_to(root):
             raise UserError(f"bundle file {name} points outside the bundle")
         if not p.is_file():
             raise UserError(f"bundle file {name} is missing")
-        if sha256(p) != info["sha256"]:
+        if p.stat().st_size != info["bytes"] or sha256(p) != info["sha256"]:
             raise UserError(f"{name} fails its sha256 check: the bundle was modified or is corrupt")
+    for p in d.rglob("*"):
+        if p.is_symlink() and not p.resolve().is_relative_to(root):
+            raise UserError(f"bundle file {p.relative_to(d).as_posix()} is a link out of the bundle")
+    extra = sorted(set(bundle_files(d)) - set(listed))
+    if extra:
+        raise UserError(f"the bundle holds {len(extra)} file(s) bundle.json does not list, e.g. {extra[0]}")

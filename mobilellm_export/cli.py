@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import sys
@@ -18,7 +17,7 @@ import sys
 import click
 
 from . import __version__
-from .errors import UserError
+from .errors import user_message
 from .targets import Names
 
 
@@ -37,20 +36,20 @@ def friendly(fn):
     @functools.wraps(fn)
     def wrapper(*a, verbose=False, **kw):
         from .console import Session
+        from .signals import Terminated, terminate_cleanly
 
         try:
-            with Session(verbose):
+            with terminate_cleanly(), Session(verbose):
                 return fn(*a, **kw)
-        except UserError as e:
-            _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
         except KeyboardInterrupt:
             _fail("interrupted; nothing was written", 130)
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                _fail("disk full; nothing was written")
-            if e.errno in (errno.EACCES, errno.EROFS, errno.ENOENT):
-                _fail(f"{e.strerror}: {e.filename}")
-            raise
+        except Terminated as t:
+            _fail(f"terminated by {t.name}; nothing was written", 128 + t.signum)
+        except Exception as e:
+            msg = user_message(e)
+            if msg is None:
+                raise
+            _fail(msg)
 
     return click.option("--verbose", is_flag=True, help="Show third-party warnings and native log lines.")(wrapper)
 

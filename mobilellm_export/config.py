@@ -8,9 +8,16 @@ subclasses, so one `Transformer` serves them all.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from .errors import UserError
+
+# What this tool exports: phone-sized decoders. Bounds are generous (a 1,000-layer or 65,536-wide
+# config is refused in microseconds instead of hanging while a model of that size is planned).
+LIMITS = {"vocab_size": 1 << 21, "dim": 1 << 16, "n_layers": 1024, "n_heads": 1024, "n_kv_heads": 1024,
+          "head_dim": 4096, "hidden_dim": 1 << 20, "max_position_embeddings": 1 << 24}
+MAX_PARAMS = 50_000_000_000
 
 
 @dataclass(frozen=True)
@@ -61,15 +68,58 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def validate(self) -> ModelConfig:
+    def validate(self, where: str = "config", names: dict | None = None) -> ModelConfig:
+        """Every field's type and range, in one place; UserError naming `where` and the field
+        (by its name in the source file when `names` maps it, e.g. dim -> hidden_size)."""
+        names = names or {}
+
+        def key(name):
+            return names.get(name, name)
+
+        for name, hi in LIMITS.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
+                raise UserError(f"{where}: {key(name)} = {v!r}: expected an integer in [1, {hi}]")
+        for name in ("norm_eps", "rope_theta", "floor_scale", "attn_scale"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise UserError(f"{where}: {key(name)} = {v!r}: expected a positive finite number")
+        if self.norm_eps >= 1:
+            raise UserError(f"{where}: {key('norm_eps')} = {self.norm_eps!r}: expected a small positive number (< 1)")
+        for name in ("bos_token_id", "pad_token_id"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise UserError(f"{where}: {key(name)} = {v!r}: expected a non-negative integer or null")
+        bad = [e for e in self.eos_token_ids if isinstance(e, bool) or not isinstance(e, int) or not 0 <= e < self.vocab_size]
+        if bad:
+            raise UserError(f"{where}: eos_token_id {bad[0]!r}: expected token ids in [0, {self.vocab_size})")
+        if self.param_count() > MAX_PARAMS:
+            raise UserError(f"{where}: {self.param_count():,} parameters; this tool exports models up to "
+                            f"{MAX_PARAMS:,}")
+        if self.attention_chunk_size is not None and (isinstance(self.attention_chunk_size, bool) or not isinstance(
+                self.attention_chunk_size, int) or self.attention_chunk_size < 1):
+            raise UserError(f"{where}: attention_chunk_size = {self.attention_chunk_size!r}: expected a positive integer")
         if self.n_heads % self.n_kv_heads:
             raise UserError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
         if self.head_dim % 2:
             raise UserError(f"head_dim {self.head_dim} must be even for RoPE")
         if self.rope_layers is not None and len(self.rope_layers) != self.n_layers:
             raise UserError(f"no_rope_layers has {len(self.rope_layers)} entries for {self.n_layers} layers")
-        if self.rope_scaling is not None and self.rope_scaling.get("rope_type") != "llama3":
-            raise UserError(f"unsupported rope_scaling {self.rope_scaling}: only 'llama3' is implemented")
+        if self.rope_layers is not None and any(x not in (0, 1) for x in self.rope_layers):
+            raise UserError(f"{where}: no_rope_layers must hold 0 or 1 per layer")
+        if self.rope_scaling is not None:
+            s = self.rope_scaling
+            if s.get("rope_type") != "llama3":
+                raise UserError(f"{where}: unsupported rope_scaling {str(s)[:120]}: only 'llama3' is implemented")
+            for key, required in (("factor", True), ("original_max_position_embeddings", True),
+                                  ("low_freq_factor", False), ("high_freq_factor", False)):
+                v = s.get(key)
+                if v is None and not required:
+                    continue
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                    raise UserError(f"{where}: rope_scaling {key} = {v!r}: expected a positive number")
+            if s.get("low_freq_factor", 1.0) == s.get("high_freq_factor", 4.0):
+                raise UserError(f"{where}: rope_scaling low_freq_factor equals high_freq_factor")
         return self
 
 
@@ -81,19 +131,100 @@ _SUPPORTED = {
     "MobileLLMForCausalLM": "mobilellm",
 }
 _MODEL_TYPES = {"llama": "llama", "llama4_text": "llama4_text", "mobilellm": "mobilellm"}
+_HF_NAMES = {"vocab_size": "vocab_size", "dim": "hidden_size", "n_layers": "num_hidden_layers",
+             "n_heads": "num_attention_heads", "n_kv_heads": "num_key_value_heads", "head_dim": "head_dim",
+             "hidden_dim": "intermediate_size", "max_position_embeddings": "max_position_embeddings",
+             "norm_eps": "rms_norm_eps", "rope_theta": "rope_theta"}
 
 
-def _eos_ids(v) -> tuple[int, ...]:
-    if v is None:
-        return ()
-    return tuple(v) if isinstance(v, (list, tuple)) else (int(v),)
+_REQUIRED = object()
 
 
-def _rope(d: dict) -> tuple[float, dict | None]:
+class _Fields:
+    """Typed reads of a config.json object: a wrong type is a UserError naming the file and the
+    field, never a ValueError/TypeError traceback from deep inside."""
+
+    def __init__(self, d, where: str):
+        if not isinstance(d, dict):
+            raise UserError(f"{where}: expected a JSON object")
+        self.d, self.where = d, where
+
+    def _get(self, key, default):
+        if key in self.d and self.d[key] is not None:
+            return self.d[key]
+        if default is _REQUIRED:
+            raise UserError(f"{self.where}: lacks required field {key!r}")
+        return default
+
+    def _bad(self, key, want: str):
+        raise UserError(f"{self.where}: {key} = {self.d[key]!r}: expected {want}")
+
+    def _present(self, key) -> bool:
+        return key in self.d and self.d[key] is not None
+
+    def int(self, key: str, default=_REQUIRED):
+        v = self._get(key, default)
+        if not self._present(key):
+            return v
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int):
+            self._bad(key, "an integer")
+        return v
+
+    def num(self, key: str, default=_REQUIRED):
+        v = self._get(key, default)
+        if not self._present(key):
+            return v
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            self._bad(key, "a number")
+        return float(v)
+
+    def bool(self, key: str, default: bool) -> bool:
+        v = self._get(key, default)
+        if not isinstance(v, bool):
+            self._bad(key, "true or false")
+        return v
+
+    def ids(self, key: str) -> tuple[int, ...]:
+        v = self._get(key, None)
+        if v is None:
+            return ()
+        v = v if isinstance(v, list) else [v]
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+            self._bad(key, "a token id or a list of token ids")
+        return tuple(v)
+
+    def opt_id(self, key: str) -> int | None:
+        v = self._get(key, None)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            self._bad(key, "a token id or null")
+        return v
+
+    def obj(self, key: str) -> dict | None:
+        v = self._get(key, None)
+        if v is not None and not isinstance(v, dict):
+            self._bad(key, "a JSON object or null")
+        return v
+
+    def int_list(self, key: str, n: int) -> list[int] | None:
+        v = self._get(key, None)
+        if v is None:
+            return None
+        if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+            self._bad(key, "a list of integers")
+        if len(v) != n:
+            raise UserError(f"{self.where}: {key} has {len(v)} entries for {n} layers")
+        return v
+
+
+def _rope(f: _Fields) -> tuple[float, dict | None]:
     """RoPE theta and scaling from either config generation (top-level vs `rope_parameters`)."""
-    params = d.get("rope_parameters") or {}
-    scaling = d.get("rope_scaling") or None
-    theta = d.get("rope_theta", params.get("rope_theta", 10000.0))
+    params = f.obj("rope_parameters") or {}
+    scaling = f.obj("rope_scaling")
+    theta = f.num("rope_theta", None)
+    if theta is None:
+        theta = _Fields(params, f"{f.where} rope_parameters").num("rope_theta", 10000.0)
     rope_type = params.get("rope_type", "default")
     if scaling is None and rope_type not in ("default", None):
         scaling = params
@@ -102,16 +233,20 @@ def _rope(d: dict) -> tuple[float, dict | None]:
         scaling["rope_type"] = scaling.get("rope_type", scaling.get("type"))
         if scaling["rope_type"] == "default":
             scaling = None
-    return float(theta), scaling
+    return theta, scaling
 
 
-def from_hf_config(d: dict) -> ModelConfig:
-    """Parse a HF config.json dict. Unsupported architectures raise UserError (one line)."""
+def from_hf_config(d: dict, where: str = "config.json") -> ModelConfig:
+    """Parse a HF config.json dict. Unsupported architectures and bad fields raise UserError (one line)."""
+    f = _Fields(d, where)
     archs = d.get("architectures") or []
+    if not isinstance(archs, list):
+        f._bad("architectures", "a list of class names")
     model_type = d.get("model_type")
     if model_type == "llama4" and "text_config" in d:
         raise UserError("multimodal Llama 4 configs (model_type 'llama4') are not supported; give the text model")
-    arch = next((_SUPPORTED[a] for a in archs if a in _SUPPORTED), None) or _MODEL_TYPES.get(model_type)
+    arch = next((_SUPPORTED[a] for a in archs if isinstance(a, str) and a in _SUPPORTED), None)
+    arch = arch or (_MODEL_TYPES.get(model_type) if isinstance(model_type, str) else None)
     if arch is None:
         raise UserError(f"unsupported architecture {archs or model_type!r}: expected one of {sorted(_SUPPORTED)}")
     for flag in ("attention_bias", "mlp_bias"):
@@ -120,55 +255,58 @@ def from_hf_config(d: dict) -> ModelConfig:
     act = d.get("hidden_act", "silu")
     if act != "silu":
         raise UserError(f"hidden_act {act!r} is not supported (only silu)")
-    try:
-        dim, n_heads, n_layers = int(d["hidden_size"]), int(d["num_attention_heads"]), int(d["num_hidden_layers"])
-        vocab = int(d["vocab_size"])
-    except KeyError as e:
-        raise UserError(f"config.json lacks required field {e.args[0]!r}") from None
-    n_kv = int(d.get("num_key_value_heads") or n_heads)
-    head_dim = int(d.get("head_dim") or dim // n_heads)
-    theta, scaling = _rope(d)
+    dim, n_heads, n_layers, vocab = (f.int(k) for k in ("hidden_size", "num_attention_heads", "num_hidden_layers",
+                                                        "vocab_size"))
+    for key, field, v in (("hidden_size", "dim", dim), ("num_attention_heads", "n_heads", n_heads),
+                          ("num_hidden_layers", "n_layers", n_layers), ("vocab_size", "vocab_size", vocab)):
+        if not 1 <= v <= LIMITS[field]:  # before any division by it or loop over it
+            raise UserError(f"{where}: {key} = {v}: expected an integer in [1, {LIMITS[field]}]")
+    n_kv = f.int("num_key_value_heads", n_heads)
+    head_dim = f.int("head_dim", dim // n_heads)
+    theta, scaling = _rope(f)
     common = dict(
         vocab_size=vocab, dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv, head_dim=head_dim,
-        norm_eps=float(d.get("rms_norm_eps", 1e-5)), rope_theta=theta, rope_scaling=scaling,
-        max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
-        bos_token_id=d.get("bos_token_id"), eos_token_ids=_eos_ids(d.get("eos_token_id")),
-        pad_token_id=d.get("pad_token_id"),
+        norm_eps=f.num("rms_norm_eps", 1e-5), rope_theta=theta, rope_scaling=scaling,
+        max_position_embeddings=f.int("max_position_embeddings", 2048),
+        bos_token_id=f.opt_id("bos_token_id"), eos_token_ids=f.ids("eos_token_id"),
+        pad_token_id=f.opt_id("pad_token_id"),
     )
     if arch == "llama4_text":
         # Mirror transformers' defaults: absent moe_layers means every `interleave_moe_layer_step`-th
         # layer is MoE; absent no_rope_layers means every 4th layer is NoPE.
-        step = int(d.get("interleave_moe_layer_step", 1))
+        step = f.int("interleave_moe_layer_step", 1)
         moe = d.get("moe_layers")
         if moe is None:
             moe = list(range(step - 1, n_layers, step)) if step > 0 else []
-        if moe and int(d.get("num_local_experts", 16)) > 0:
+        if not isinstance(moe, list):
+            f._bad("moe_layers", "a list of layer indices")
+        if moe and f.int("num_local_experts", 16) > 0:
             raise UserError(f"Llama 4 with mixture-of-experts layers {moe[:4]}... is not supported (dense only)")
-        rope_layers = d.get("no_rope_layers") or None
+        rope_layers = f.int_list("no_rope_layers", n_layers) or None
         if rope_layers is None:
-            interval = int(d.get("no_rope_layer_interval", 4))
+            interval = f.int("no_rope_layer_interval", 4)
+            if interval < 1:
+                f._bad("no_rope_layer_interval", "a positive integer")
             rope_layers = [int((i + 1) % interval != 0) for i in range(n_layers)]
-        if "intermediate_size_mlp" not in d:
-            raise UserError("Llama 4 config lacks intermediate_size_mlp (the dense MLP width)")
         return ModelConfig(
-            arch=arch, hidden_dim=int(d["intermediate_size_mlp"]), rope_interleaved=True,
-            qk_norm=bool(d.get("use_qk_norm", True)), rope_layers=tuple(int(x) for x in rope_layers),
-            attn_temperature_tuning=bool(d.get("attn_temperature_tuning", True)),
-            floor_scale=float(d.get("floor_scale", 8192)), attn_scale=float(d.get("attn_scale", 0.1)),
-            tie_embeddings=bool(d.get("tie_word_embeddings", True)),
-            attention_chunk_size=d.get("attention_chunk_size", 8192), **common,
-        ).validate()
+            arch=arch, hidden_dim=f.int("intermediate_size_mlp"), rope_interleaved=True,
+            qk_norm=f.bool("use_qk_norm", True), rope_layers=tuple(rope_layers),
+            attn_temperature_tuning=f.bool("attn_temperature_tuning", True),
+            floor_scale=f.num("floor_scale", 8192.0), attn_scale=f.num("attn_scale", 0.1),
+            tie_embeddings=f.bool("tie_word_embeddings", True),
+            attention_chunk_size=f.int("attention_chunk_size", 8192), **common,
+        ).validate(where, {**_HF_NAMES, "hidden_dim": "intermediate_size_mlp"})
     if arch == "mobilellm":
         # The tying is done in MobileLLM's own code (share_embedding), whatever tie_word_embeddings says.
-        tied = bool(d.get("share_embedding", True)) or bool(d.get("tie_word_embeddings", False))
+        tied = f.bool("share_embedding", True) or f.bool("tie_word_embeddings", False)
         return ModelConfig(
-            arch=arch, hidden_dim=int(d["intermediate_size"]), tie_embeddings=tied,
-            layer_sharing=bool(d.get("layer_sharing", False)), **common,
-        ).validate()
+            arch=arch, hidden_dim=f.int("intermediate_size"), tie_embeddings=tied,
+            layer_sharing=f.bool("layer_sharing", False), **common,
+        ).validate(where, _HF_NAMES)
     return ModelConfig(
-        arch=arch, hidden_dim=int(d["intermediate_size"]),
-        tie_embeddings=bool(d.get("tie_word_embeddings", False)), **common,
-    ).validate()
+        arch=arch, hidden_dim=f.int("intermediate_size"),
+        tie_embeddings=f.bool("tie_word_embeddings", False), **common,
+    ).validate(where, _HF_NAMES)
 
 
 # ---- presets (MODEL_FACTS.md) --------------------------------------------------------------

@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 
-from .errors import UserError
+from .errors import user_message
 from .memory import TreeWatch
 
 _OUT: io.TextIOBase | None = None
@@ -68,7 +68,10 @@ class Session:
             os.dup2(saved, fd)
             os.close(saved)
         _OUT = _ERR = None
-        expected = etype is None or issubclass(etype, (UserError, KeyboardInterrupt, SystemExit))
+        from .signals import Terminated
+
+        expected = (etype is None or issubclass(etype, (KeyboardInterrupt, SystemExit, Terminated))
+                    or user_message(exc) is not None)
         if not expected:
             self.replay()
         self.log.close()

@@ -260,28 +260,50 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
 
 
-def expected_shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
-    with torch.device("meta"):  # shapes only, no memory
-        shapes = {k: v.shape for k, v in Transformer(cfg, max_context=8).state_dict().items()}
-    if cfg.tie_embeddings:
-        shapes.pop("lm_head.weight")
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The weights a config needs, by name, written out rather than read off a model: checking a
+    checkpoint's index against it takes microseconds even for a config that claims a million
+    layers (tests/test_sources.py checks it against the Transformer's own state_dict)."""
+    D, V, hd = cfg.dim, cfg.vocab_size, cfg.head_dim
+    shapes = {"embed_tokens.weight": (V, D)}
+    for i in range(cfg.n_layers):
+        p = f"layers.{i}."
+        shapes.update({  # in module order: random_weights draws them in this order
+            p + "input_layernorm.weight": (D,),
+            p + "self_attn.q_proj.weight": (cfg.n_heads * hd, D), p + "self_attn.k_proj.weight": (cfg.n_kv_heads * hd, D),
+            p + "self_attn.v_proj.weight": (cfg.n_kv_heads * hd, D), p + "self_attn.o_proj.weight": (D, cfg.n_heads * hd),
+            p + "post_attention_layernorm.weight": (D,),
+            p + "mlp.gate_proj.weight": (cfg.hidden_dim, D), p + "mlp.up_proj.weight": (cfg.hidden_dim, D),
+            p + "mlp.down_proj.weight": (D, cfg.hidden_dim)})
+    shapes["norm.weight"] = (D,)
+    if not cfg.tie_embeddings:
+        shapes["lm_head.weight"] = (V, D)
     return shapes
+
+
+def check_shapes(cfg: ModelConfig, shapes: dict[str, tuple[int, ...]], where: str = "checkpoint") -> None:
+    """Names and shapes (e.g. read from file headers, before any data) against the config."""
+    expected = expected_shapes(cfg)
+    names = {k for k in shapes if not (cfg.tie_embeddings and k == "lm_head.weight")}
+    missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
+    if missing:
+        raise UserError(f"{where} is missing {len(missing)} tensor(s), e.g. {missing[0]!r}")
+    if extra:
+        raise UserError(f"{where} has {len(extra)} unexpected tensor(s), e.g. {extra[0]!r}")
+    for k in names:
+        if tuple(shapes[k]) != tuple(expected[k]):
+            raise UserError(f"tensor {k!r} has shape {tuple(shapes[k])}, config expects {tuple(expected[k])}")
+    if cfg.tie_embeddings and "lm_head.weight" in shapes and tuple(shapes["lm_head.weight"]) != expected["embed_tokens.weight"]:
+        raise UserError(f"tensor 'lm_head.weight' has shape {tuple(shapes['lm_head.weight'])}, "
+                        f"config expects {expected['embed_tokens.weight']}")
 
 
 def check_state_dict(cfg: ModelConfig, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The weights this config needs, exactly; UserError naming the first problem otherwise."""
-    expected = expected_shapes(cfg)
+    check_shapes(cfg, {k: tuple(v.shape) for k, v in state_dict.items()})
     sd = dict(state_dict)
     if cfg.tie_embeddings:
         sd.pop("lm_head.weight", None)  # tied: the head is the embedding (a stored copy is accepted)
-    missing, extra = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
-    if missing:
-        raise UserError(f"checkpoint is missing {len(missing)} tensor(s), e.g. {missing[0]!r}")
-    if extra:
-        raise UserError(f"checkpoint has {len(extra)} unexpected tensor(s), e.g. {extra[0]!r}")
-    for k, v in sd.items():
-        if tuple(v.shape) != tuple(expected[k]):
-            raise UserError(f"tensor {k!r} has shape {tuple(v.shape)}, config expects {tuple(expected[k])}")
     return sd
 
 

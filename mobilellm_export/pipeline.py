@@ -31,7 +31,7 @@ from .runners.eager import EagerRunner
 from .sources import Checkpoint
 from .targets import ExportSpec, Target
 from .tokenizer import SYSTEM_PROMPTS
-from .verify import latency, parity, report as report_mod
+from .verify import latency, metadata, parity, report as report_mod
 from .verify.parity import LogitStore
 from .verify.text import load_text, windows
 
@@ -92,6 +92,8 @@ def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_cont
     spec = export_spec(ck, max_context, max_seq_len, threads)
     notes = target.check(recipe, spec)
     final = Path(out) / f"{ck.name}-{target.name}-{recipe.name}"
+    if final.exists() and not final.is_dir():  # before the work, not after it
+        raise UserError(f"{final} exists and is not a bundle folder; move it away first")
     gen = generation_defaults(ck, spec)
     with progress.step("reference model", f"{ck.config.arch}, {ck.config.param_count():,} parameters"):
         model = build_model(ck, max_context)
@@ -121,6 +123,9 @@ def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_cont
             tokenizer={"file": "tokenizer.json", "config": "tokenizer_config.json", "vocab_size": ck.tokenizer.vocab_size},
             generation=gen, tools=bundle_mod.tool_versions(_tools(recipe, target)))
         rep.update(export=art.facts, size_mb={f: i["bytes"] / 1e6 for f, i in manifest["files"].items()})
+        # What the apps will read, re-derived from the files just written (an exporter bug that
+        # writes wrong EOS ids or context into the artifact shows here).
+        rep["metadata"] = metadata.derive(tmp, manifest, target)
         if do_verify:
             rep.update(verify_parity(ck, target, tmp, manifest, reference, thresholds, eval_text=eval_text,
                                      eval_tokens=eval_tokens, threads=threads, progress=progress))
@@ -131,6 +136,7 @@ def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_cont
                 rep["latency"] = measure_latency(ck, target, tmp, manifest, threads=threads, progress=progress)
         else:
             rep["passed"] = None
+        _metadata_passed(rep)
         rep["steps"] = progress.steps
         report_mod.write(rep, tmp)
     progress.note(f"bundle written: {final}")
@@ -192,6 +198,11 @@ def verify_parity(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: di
     return rep
 
 
+def _metadata_passed(rep: dict) -> None:
+    if rep.get("passed") and not all(c["ok"] for c in rep.get("metadata", [])):
+        rep["passed"] = False
+
+
 def measure_latency(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: dict, *, threads: int,
                     progress: Progress) -> dict:
     """Float eager, the artifact in the runtime's own loop (what the apps see) and the artifact in
@@ -230,6 +241,7 @@ def export_command(model: str, *, target: str, quant: str, tokenizer: str | None
     tgt = targets.get(target)
     recipe = load_recipe(quant)
     th = thresholds_for(recipe, tgt.name, thresholds)
+    bundle_mod.check_writable(Path(out))  # before minutes of work, not after
     torch.set_num_threads(threads)
     with progress.step("load", model):
         ck = load(model, tokenizer=tokenizer)
@@ -245,8 +257,15 @@ def verify_command(bundle_dir: str, *, eval_text: str | None, eval_tokens: int, 
     d = Path(bundle_dir)
     m = bundle_mod.read_manifest(d)
     bundle_mod.check_files(d, m)
-    progress.note(f"{d.name}: all {len(m['files'])} files match their sha256")
+    progress.note(f"{d.name}: all {len(m['files'])} files match their sha256, none unlisted")
     tgt = targets.get(m["target"]["name"])
+    meta = metadata.derive(d, m, tgt)
+    metadata.require(meta)
+    progress.note(f"{d.name}: EOS ids, context, vocabulary, chat template and BOS policy match the files")
+    with progress.step("load the artifact", "fails fast on a file its runtime cannot load"):
+        probe = tgt.runner(d, m, threads=threads)
+        del probe
+        release()
     recipe = Recipe.from_dict(m["recipe"])
     th = thresholds_for(recipe, tgt.name, thresholds)
     torch.set_num_threads(threads)
@@ -258,6 +277,7 @@ def verify_command(bundle_dir: str, *, eval_text: str | None, eval_tokens: int, 
         qfacts = quantize(qmodel, recipe)
     reference = tgt.reference(qmodel)
     rep = {"model": m["model"], "target": tgt.name, "recipe": recipe.name, "threads": threads, "quantization": qfacts,
+           "metadata": meta,
            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     rep.update(verify_parity(ck, tgt, d, m, reference, th, eval_text=eval_text, eval_tokens=eval_tokens,
                              threads=threads, progress=progress))

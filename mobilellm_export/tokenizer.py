@@ -6,12 +6,11 @@ runner and the demo apps read, so the bundle ships exactly what was verified her
 
 from __future__ import annotations
 
-import datetime
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jinja2.sandbox
 from tokenizers import Tokenizer as HFTokenizer
 
 from .errors import UserError, load_json
@@ -23,6 +22,28 @@ SYSTEM_PROMPTS = {
              "the instruction below.\n\nPlease use python programming language only.\n\nYou must use ```python "
              "for just the final solution code block with the following format:\n```python\n# Your code here\n```\n"),
 }
+
+
+_TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
+
+
+def check_tokenizer_config(cfg: dict, where: str) -> dict:
+    """The fields this tool reads, with their types checked: a token is a string, an AddedToken
+    object with a string `content`, or null; `add_bos_token` is a boolean or null; the chat
+    template is a string or a list of {name, template} strings."""
+    for key in _TOKEN_KEYS:
+        v = cfg.get(key)
+        if v is not None and not isinstance(v, str) and not (isinstance(v, dict) and isinstance(v.get("content"), str)):
+            raise UserError(f"{where}: {key} = {repr(v)[:80]}: expected a token string, an AddedToken object or null")
+    v = cfg.get("add_bos_token")
+    if v is not None and not isinstance(v, bool):
+        raise UserError(f"{where}: add_bos_token = {v!r}: expected true, false or null")
+    t = cfg.get("chat_template")
+    if t is not None and not isinstance(t, str) and not (
+            isinstance(t, list) and all(isinstance(x, dict) and isinstance(x.get("name"), str)
+                                        and isinstance(x.get("template"), str) for x in t)):
+        raise UserError(f"{where}: chat_template: expected a string or a list of {{name, template}} objects")
+    return cfg
 
 
 def _token_str(v) -> str | None:
@@ -50,14 +71,26 @@ class Tokenizer:
         cfg = {}
         cfg_path = tj.parent / "tokenizer_config.json"
         if cfg_path.is_file():
-            cfg = load_json(cfg_path)
+            cfg = check_tokenizer_config(load_json(cfg_path), str(cfg_path))
         jinja = tj.parent / "chat_template.jinja"
         if "chat_template" not in cfg and jinja.is_file():
-            cfg["chat_template"] = jinja.read_text()
+            try:
+                cfg["chat_template"] = jinja.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{jinja}: not UTF-8 text") from None
         return cls(tok, cfg)
 
     def save(self, out_dir: Path) -> list[str]:
-        self.tok.save(str(out_dir / "tokenizer.json"))
+        try:
+            self.tok.save(str(out_dir / "tokenizer.json"))
+        except Exception as e:  # tokenizers raises a bare Exception ("No space left on device (os error 28)")
+            import errno
+
+            msg = str(e)
+            code = next((c for c in (errno.ENOSPC, errno.EACCES, errno.EROFS) if f"os error {c})" in msg), None)
+            if code is not None:
+                raise OSError(code, os.strerror(code), str(out_dir / "tokenizer.json")) from None
+            raise
         (out_dir / "tokenizer_config.json").write_text(json.dumps(self.config, indent=2, ensure_ascii=False))
         return ["tokenizer.json", "tokenizer_config.json"]
 
@@ -147,22 +180,14 @@ class Tokenizer:
         return t
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        from .chat_template import render
+
         template = self.chat_template
         if not template:
             raise UserError("this tokenizer has no chat template; use a plain prompt (--raw)")
-
-        def raise_exception(msg):
-            raise UserError(f"chat template: {msg}")
-
-        env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                                           extensions=["jinja2.ext.loopcontrols"])
-        env.globals["raise_exception"] = raise_exception
-        env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
-        env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False, **kw)
-        return env.from_string(template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt,
-            bos_token=_token_str(self.config.get("bos_token")) or "",
-            eos_token=_token_str(self.config.get("eos_token")) or "")
+        return render(template, messages=messages, add_generation_prompt=add_generation_prompt,
+                      bos_token=_token_str(self.config.get("bos_token")) or "",
+                      eos_token=_token_str(self.config.get("eos_token")) or "")
 
     def prompt_text(self, prompt: str, policy: dict, system: str | None = None, raw: bool = False,
                     system_prompts: dict | None = None) -> str:

@@ -45,6 +45,24 @@ def default_data_path(pte_path: str | Path, data_path: str | Path | None) -> str
     return str(sibling) if sibling.is_file() else None
 
 
+def _constants(program) -> dict:
+    """Every method but `forward` is a constant (get_max_seq_len, get_eos_ids, ...): run them all."""
+    out = {}
+    for name in sorted(program.method_names - {"forward"}):
+        values = list(program.load_method(name).execute([]))
+        out[name] = values if name == "get_eos_ids" else (values[0] if len(values) == 1 else values)
+    return out
+
+
+def read_constants(pte_path: str | Path, data_path: str | Path | None = None) -> dict:
+    """The LLM runner metadata a .pte carries, without loading `forward`."""
+    _register_kernels()
+    from executorch.runtime import Runtime
+
+    program = Runtime.get().load_program(str(pte_path), data_path=default_data_path(pte_path, data_path))
+    return _constants(program)
+
+
 class ExecuTorchRunner(Runner):
     def __init__(self, pte_path: str | Path, name: str = "executorch", threads: int | None = None,
                  data_path: str | Path | None = None):
@@ -59,10 +77,7 @@ class ExecuTorchRunner(Runner):
         self.program = Runtime.get().load_program(self.path, data_path=self.data_path)
         # Read every constant method before loading `forward`: the runtime may let host-only methods
         # of one program share planned arenas, and forward's KV caches live in its arena.
-        self.constants = {}
-        for name in sorted(self.program.method_names - {"forward"}):
-            out = list(self.program.load_method(name).execute([]))
-            self.constants[name] = out if name == "get_eos_ids" else (out[0] if len(out) == 1 else out)
+        self.constants = _constants(self.program)
         self.method = self.program.load_method("forward")  # holds the KV-cache buffers across calls
         if "get_max_seq_len" not in self.constants:
             raise ValueError(f"{self.path} has no get_max_seq_len method: not an LLM .pte")

@@ -72,7 +72,8 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 def load(source: str, tokenizer: str | None = None, seed: int = 0, weights: bool = True) -> Checkpoint:
     """Resolve `source` to a Checkpoint. `tokenizer` (a tokenizer.json or its folder) overrides/adds one.
 
-    weights=False skips generating a preset's random weights (inspect needs only the config).
+    weights=False reads no tensor data (inspect): presets generate none, HF and GGUF sources read
+    their headers only (names and shapes are still checked against the config).
     """
     from ..model import check_state_dict, random_weights
 
@@ -84,27 +85,28 @@ def load(source: str, tokenizer: str | None = None, seed: int = 0, weights: bool
         from .gguf import load_gguf
 
         path = smollm2_gguf_path()
-        ck = Checkpoint(source, source, "gguf", *load_gguf(path), reload=lambda: load_gguf(path)[1])
+        ck = Checkpoint(source, source, "gguf", *load_gguf(path, weights), reload=lambda: load_gguf(path)[1])
     else:
         p = Path(os.path.expanduser(source))
         if p.is_dir():
             from .hf import load_hf_dir
 
-            ck = Checkpoint(_name_of(source), str(p.resolve()), "hf", *load_hf_dir(p),
+            ck = Checkpoint(_name_of(source), str(p.resolve()), "hf", *load_hf_dir(p, weights),
                             reload=lambda: load_hf_dir(p)[1])
         elif p.is_file():
             if p.suffix != ".gguf":
                 raise UserError(f"{source}: expected a .gguf file or a HF model directory")
             from .gguf import load_gguf
 
-            ck = Checkpoint(_name_of(source), str(p.resolve()), "gguf", *load_gguf(p),
+            ck = Checkpoint(_name_of(source), str(p.resolve()), "gguf", *load_gguf(p, weights),
                             reload=lambda: load_gguf(p)[1])
         elif _HUB_ID.match(source) and not source.startswith((".", "~")):
             from .hf import load_hf_dir
             from .hub import download
 
             local = download(source)
-            ck = Checkpoint(_name_of(source), source, "hub", *load_hf_dir(local), reload=lambda: load_hf_dir(local)[1])
+            ck = Checkpoint(_name_of(source), source, "hub", *load_hf_dir(local, weights),
+                            reload=lambda: load_hf_dir(local)[1])
         else:
             known = ", ".join(k for k in PRESETS if not k.endswith("-layer-share"))
             raise UserError(f"{source}: no such file or directory, and not a preset ({OFFLINE_DEFAULT}, {known}, ...-layer-share)")

@@ -293,8 +293,16 @@ def _build_tokenizer(meta: _Meta, path: Path, context_length: int) -> Tokenizer:
 # ---- entry point ---------------------------------------------------------------------------------------
 
 
-def load_gguf(path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer]:
-    """Read a llama-architecture GGUF: config, float32 HF-named state dict, tokenizer. Errors are UserError."""
+_GGUF_NAMES = {"vocab_size": "llama.vocab_size", "dim": "llama.embedding_length", "n_layers": "llama.block_count",
+               "n_heads": "llama.attention.head_count", "n_kv_heads": "llama.attention.head_count_kv",
+               "head_dim": "llama.attention.key_length", "hidden_dim": "llama.feed_forward_length",
+               "max_position_embeddings": "llama.context_length", "norm_eps": "llama.attention.layer_norm_rms_epsilon",
+               "rope_theta": "llama.rope.freq_base"}
+
+
+def load_gguf(path, weights: bool = True) -> tuple[ModelConfig, dict[str, torch.Tensor] | None, Tokenizer]:
+    """Read a llama-architecture GGUF: config, float32 HF-named state dict (None with
+    weights=False: header and metadata only), tokenizer. Errors are UserError."""
     path = Path(path)
     reader = _open(path)
     meta = _Meta(reader, path)
@@ -344,32 +352,12 @@ def load_gguf(path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer]:
         raise UserError(f"{path}: cannot tell the vocabulary size")
 
     rope_scaling = None
-    state: dict[str, torch.Tensor] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     for name, t in tensors.items():
         if name == "rope_freqs.weight":
             rope_scaling = _llama3_scaling(_dequantize(t, path), theta, head_dim, path)
             continue
-        hf = _hf_name(name, n_layers, path)
-        w = _dequantize(t, path)
-        if hf.endswith("q_proj.weight"):
-            if w.shape != (n_heads * head_dim, dim):
-                raise UserError(f"{path}: tensor {name!r} has shape {w.shape}, expected {(n_heads * head_dim, dim)}")
-            w = _unpermute(w, n_heads)
-        elif hf.endswith("k_proj.weight"):
-            if w.shape != (n_kv * head_dim, dim):
-                raise UserError(f"{path}: tensor {name!r} has shape {w.shape}, expected {(n_kv * head_dim, dim)}")
-            w = _unpermute(w, n_kv)
-        state[hf] = torch.from_numpy(w)
-
-    expected = {"embed_tokens.weight", "norm.weight"} | {
-        f"layers.{i}.{v}.weight" for i in range(n_layers) for v in _LAYER_TENSORS.values()}
-    missing = sorted(expected - set(state), key=lambda k: (len(k), k))
-    if missing:
-        raise UserError(f"{path}: GGUF lacks {len(missing)} tensor(s), e.g. {missing[0]!r}")
-    if state["embed_tokens.weight"].shape[0] != vocab:
-        raise UserError(f"{path}: token_embd has {state['embed_tokens.weight'].shape[0]} rows for vocab_size {vocab}")
-
-    tok = _build_tokenizer(meta, path, context)
+        shapes[_hf_name(name, n_layers, path)] = tuple(int(x) for x in reversed(list(t.shape)))  # ggml: [in, out]
 
     eos_ids: list[int] = []
     for key in ("eos_token_id", "eot_token_id", "eom_token_id"):
@@ -382,5 +370,29 @@ def load_gguf(path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer]:
         rope_scaling=rope_scaling, tie_embeddings="output.weight" not in tensors,
         max_position_embeddings=context, bos_token_id=meta.int("tokenizer.ggml.bos_token_id"),
         eos_token_ids=tuple(eos_ids), pad_token_id=meta.int("tokenizer.ggml.padding_token_id"),
-    ).validate()
+    ).validate(str(path), _GGUF_NAMES)
+    # Names and shapes from the header against the config, before any tensor is dequantized.
+    from ..model import check_shapes
+
+    try:
+        check_shapes(cfg, shapes, str(path))
+    except UserError as e:
+        raise UserError(f"{path}: {e}" if str(path) not in str(e) else str(e)) from None
+
+    tok = _build_tokenizer(meta, path, context)
+    if not weights:
+        return cfg, None, tok
+    state: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        if name == "rope_freqs.weight":
+            continue
+        hf = _hf_name(name, n_layers, path)
+        w = _dequantize(t, path)
+        if tuple(w.shape) != shapes[hf]:
+            raise UserError(f"{path}: tensor {name!r} holds {tuple(w.shape)} values, its header says {shapes[hf]}")
+        if hf.endswith("q_proj.weight"):
+            w = _unpermute(w, n_heads)
+        elif hf.endswith("k_proj.weight"):
+            w = _unpermute(w, n_kv)
+        state[hf] = torch.from_numpy(w)
     return cfg, state, tok

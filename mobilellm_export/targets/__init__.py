@@ -12,6 +12,7 @@ registry below, so a new runtime is one new file here (and one in `runners/`):
     runner(bundle, manifest)   a Runner over the artifact, or None where the runtime cannot run here
     app_runner(bundle, ...)    the runtime's own text-in/text-out loop (what the apps wrap), or None:
                                `run` and the app-side latency use it
+    metadata(bundle, manifest) EOS ids, context and vocabulary as the artifact file records them
 
 Registered targets: `TARGETS` (name -> "module:Class"), `register()` at run time, and the
 `mobilellm_export.targets` entry-point group for targets that live in other packages.
@@ -79,6 +80,11 @@ class Target:
         return None
 
     def app_runner(self, bundle_dir: Path, manifest: dict, threads: int | None = None) -> AppRunner | None:
+        return None
+
+    def metadata(self, bundle_dir: Path, manifest: dict) -> dict | None:
+        """What the artifact itself says (keys eos_ids, max_context, max_seq_len, vocab_size), read
+        from its file for `verify`'s metadata checks; None where the artifact carries none."""
         return None
 
 

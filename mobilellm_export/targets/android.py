@@ -22,6 +22,7 @@ the quantized model itself.
 from __future__ import annotations
 
 import collections
+import contextlib
 import time
 import warnings
 from pathlib import Path
@@ -417,13 +418,37 @@ class Android(Target):
     def runner(self, bundle_dir: Path, manifest: dict, threads: int | None = None):
         from ..runners.executorch import ExecuTorchRunner
 
-        return ExecuTorchRunner(Path(bundle_dir) / manifest["target"]["entry"], threads=threads,
-                                data_path=self._data(bundle_dir, manifest))
+        with _loading(manifest):
+            return ExecuTorchRunner(Path(bundle_dir) / manifest["target"]["entry"], threads=threads,
+                                    data_path=self._data(bundle_dir, manifest))
 
     def app_runner(self, bundle_dir: Path, manifest: dict, threads: int | None = None):
         from ..runners.executorch import TextRunner
 
         d = Path(bundle_dir)
-        return TextRunner(d / manifest["target"]["entry"], d / manifest["tokenizer"]["file"],
-                          data_path=self._data(d, manifest), max_context=manifest["generation"]["max_context"],
-                          threads=threads)
+        with _loading(manifest):
+            return TextRunner(d / manifest["target"]["entry"], d / manifest["tokenizer"]["file"],
+                              data_path=self._data(d, manifest), max_context=manifest["generation"]["max_context"],
+                              threads=threads)
+
+    def metadata(self, bundle_dir: Path, manifest: dict) -> dict:
+        from ..runners.executorch import read_constants
+
+        with _loading(manifest):
+            c = read_constants(Path(bundle_dir) / manifest["target"]["entry"], self._data(bundle_dir, manifest))
+        missing = [k for k in ("get_eos_ids", "get_max_context_len", "get_max_seq_len", "get_vocab_size") if k not in c]
+        if missing:
+            raise UserError(f"{manifest['target']['entry']} lacks the LLM runner method {missing[0]}")
+        return {"eos_ids": [int(x) for x in c["get_eos_ids"]], "max_context": int(c["get_max_context_len"]),
+                "max_seq_len": int(c["get_max_seq_len"]), "vocab_size": int(c["get_vocab_size"])}
+
+
+@contextlib.contextmanager
+def _loading(manifest: dict):
+    """A program ExecuTorch cannot load (corrupt past what sha256 shows, e.g. a manifest that
+    hashes a truncated file) is one line, not a RuntimeError traceback."""
+    try:
+        yield
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"ExecuTorch cannot load {manifest['target']['entry']}: {first}") from None

@@ -55,6 +55,11 @@ def _short(v: float) -> str:
     return f"{v:.1f}" if abs(v) < 10000 else f"{v:.2g}"
 
 
+def _cell(v) -> str:
+    text = str(v).replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _iqr(row: dict, key: str) -> str:
     q = row.get(f"{key}_iqr")
     return f"{_fmt(row.get(key))} [{_fmt(q[0])}–{_fmt(q[1])}]" if q and q[0] is not None else _fmt(row.get(key))
@@ -106,6 +111,12 @@ def markdown(report: dict) -> str:
         lines += ["", "| check | value | bound | result |", "|---|---|---|---|"]
         for c in report["checks"]:
             lines.append(f"| {c['name']} | {c['value']:.4g} | {c['op']} {c['bound']:g} | {'pass' if c['ok'] else 'FAIL'} |")
+    if report.get("metadata"):
+        lines += ["", "Metadata, re-derived from the files (what the apps read):", "",
+                  "| check | bundle.json | file | source | result |", "|---|---|---|---|---|"]
+        for c in report["metadata"]:
+            lines.append(f"| {c['name']} | {_cell(c['manifest'])} | {_cell(c['derived'])} | {c['source']} | "
+                         f"{'match' if c['ok'] else 'MISMATCH'} |")
     fb = report.get("quantization", {}).get("fallbacks")
     if fb:
         lines += ["", "Group-size fallbacks: " + ", ".join(f"{f['layer']} (in {f['in_features']}: g{f['group_size']})"
@@ -154,4 +165,10 @@ def print_summary(report: dict, console) -> None:
     for c in report.get("checks", []):
         mark = "[green]pass[/]" if c["ok"] else "[red]FAIL[/]"
         console.print(f"  {mark} {c['name']} = {c['value']:.4g} (bound {c['op']} {c['bound']:g})")
+    meta = report.get("metadata", [])
+    bad = [c for c in meta if not c["ok"]]
+    if meta:
+        console.print(f"  {'[red]FAIL[/]' if bad else '[green]pass[/]'} metadata: "
+                      + (f"{bad[0]['name']} differs in {bad[0]['source']}" if bad else
+                         f"{len(meta)} values match the files"))
     console.print(f"  result: {result_line(report)}")
