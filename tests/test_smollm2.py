@@ -10,7 +10,7 @@ from conftest import BOTCHAN
 from mobilellm_export.float_chat import build_model
 from mobilellm_export.generate import generate
 from mobilellm_export.runners.eager import EagerRunner
-from mobilellm_export.verify.parity import perplexity, window_logits
+from mobilellm_export.verify import parity
 from mobilellm_export.verify.text import load_text, windows
 
 
@@ -33,5 +33,6 @@ def test_botchan_perplexity(smollm2):
     ids = smollm2.tokenizer.encode(load_text(str(BOTCHAN)), add_special_tokens=False)
     wins = windows(ids, 2048, 512)
     assert [len(w) for w in wins] == [512] * 4
-    ppl = perplexity(window_logits(EagerRunner(build_model(smollm2, 512)), wins), wins)
+    results, _ = parity.score({"float": EagerRunner(build_model(smollm2, 512))}, {"self": ("float", "float")}, wins)
+    ppl = results["self"]["ppl_ref"]
     assert abs(ppl - 32.30) <= 1.0, ppl
