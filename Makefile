@@ -50,7 +50,7 @@ test-wheel: setup
 	@echo "wheel: export from the installed package passed"
 
 test-all: setup
-	$(BIN)/python -m pytest -q
+	FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -q
 	$(MAKE) test-wheel
 
 bench: setup

@@ -139,6 +139,20 @@ def test_constant_methods(fp32):
     assert "get_bos_id" not in program.method_names  # only written when asked for
 
 
+def test_pte_file_reader_agrees_with_the_runtime(fp32):
+    """targets/pte_file.py parses the constant methods out of the FlatBuffer; ExecuTorch's runtime
+    executes them: the same values, for every method without inputs."""
+    from mobilellm_export.runners.executorch import read_constants
+    from mobilellm_export.targets.pte_file import constant_methods
+
+    _, _, path, _ = fp32
+    ours, runtime = constant_methods(path), read_constants(path)
+    assert set(ours) == set(runtime) and "get_eos_ids" in ours
+    for name, values in ours.items():
+        want = runtime[name] if isinstance(runtime[name], list) else [runtime[name]]
+        assert values == want, name
+
+
 def test_runner_rejects_too_long_calls(fp32):
     _, _, path, _ = fp32
     et = ExecuTorchRunner(path)

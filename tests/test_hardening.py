@@ -362,7 +362,8 @@ def test_a_truncated_data_file_with_a_matching_hash_is_one_line(good_bundle, tmp
     m = json.loads((d / "bundle.json").read_text())
     _rehash(m, d, "model.ptd")
     (d / "bundle.json").write_text(json.dumps(m))
-    one_line(cli("verify", str(d), "--no-latency", "--quiet"), "ExecuTorch cannot load model.pte")
+    # This call has to load ExecuTorch's runtime (its Python import alone takes ~3 s here).
+    one_line(cli("verify", str(d), "--no-latency", "--quiet"), "ExecuTorch cannot load model.pte", seconds=10)
 
 
 # ---- 7/8. run, generate and the small visible things ------------------------------------------------------------

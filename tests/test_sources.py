@@ -161,7 +161,7 @@ def run_cli(*args, timeout=300):
 def assert_one_line_error(r, needle):
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith(("W", "Failed to load"))]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]  # library noise is captured: nothing else may show
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
 
 

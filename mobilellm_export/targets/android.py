@@ -432,15 +432,14 @@ class Android(Target):
                               threads=threads)
 
     def metadata(self, bundle_dir: Path, manifest: dict) -> dict:
-        from ..runners.executorch import read_constants
+        from .pte_file import constant_methods
 
-        with _loading(manifest):
-            c = read_constants(Path(bundle_dir) / manifest["target"]["entry"], self._data(bundle_dir, manifest))
+        c = constant_methods(Path(bundle_dir) / manifest["target"]["entry"])  # from the file, no runtime
         missing = [k for k in ("get_eos_ids", "get_max_context_len", "get_max_seq_len", "get_vocab_size") if k not in c]
         if missing:
             raise UserError(f"{manifest['target']['entry']} lacks the LLM runner method {missing[0]}")
-        return {"eos_ids": [int(x) for x in c["get_eos_ids"]], "max_context": int(c["get_max_context_len"]),
-                "max_seq_len": int(c["get_max_seq_len"]), "vocab_size": int(c["get_vocab_size"])}
+        return {"eos_ids": [int(x) for x in c["get_eos_ids"]], "max_context": int(c["get_max_context_len"][0]),
+                "max_seq_len": int(c["get_max_seq_len"][0]), "vocab_size": int(c["get_vocab_size"][0])}
 
 
 @contextlib.contextmanager
