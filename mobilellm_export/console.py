@@ -44,30 +44,33 @@ class Session:
 
     def __enter__(self) -> Session:
         global _OUT, _ERR
-        if self.verbose:
-            return self
         sys.stdout.flush()
         sys.stderr.flush()
-        self.log = tempfile.TemporaryFile()
+        # Our own output goes to duplicates of the real descriptors, even with --verbose: a runtime
+        # may move fd 1 for a while (TextRunner reads the C++ runner's text from it).
         for fd in (1, 2):
             self._saved[fd] = os.dup(fd)
-            os.dup2(self.log.fileno(), fd)
+        if not self.verbose:
+            self.log = tempfile.TemporaryFile()
+            for fd in (1, 2):
+                os.dup2(self.log.fileno(), fd)
         _OUT = open(self._saved[1], "w", encoding="utf-8", errors="replace", closefd=False, buffering=1)
         _ERR = open(self._saved[2], "w", encoding="utf-8", errors="replace", closefd=False, buffering=1)
         return self
 
     def __exit__(self, etype, exc, tb) -> None:
         global _OUT, _ERR
-        if self.verbose:
-            return
         for stream in (sys.stdout, sys.stderr, _OUT, _ERR):
             with contextlib.suppress(Exception):
                 stream.flush()
         _flush_c_stdio()
         for fd, saved in self._saved.items():
-            os.dup2(saved, fd)
+            if not self.verbose:
+                os.dup2(saved, fd)
             os.close(saved)
         _OUT = _ERR = None
+        if self.log is None:
+            return
         from .signals import Terminated
 
         expected = (etype is None or issubclass(etype, (KeyboardInterrupt, SystemExit, Terminated))
