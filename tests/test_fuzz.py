@@ -100,7 +100,9 @@ def st_dir(tmp_path_factory):
 
 
 HEADER_EDITS = st.one_of(
-    st.tuples(st.just("dtype"), st.sampled_from(["F16", "BF16", "I8", "U8", "F64", "XX", ""])),
+    st.tuples(st.just("noop"), st.none()),  # keeps some files valid, so later checks run too
+    st.tuples(st.just("metadata"), st.dictionaries(st.text(max_size=6), st.text(max_size=6) | JSON_VALUES, max_size=3)),
+    st.tuples(st.just("dtype"), st.sampled_from(["F32", "F16", "BF16", "I8", "U8", "F64", "XX", ""])),
     st.tuples(st.just("shape"), st.lists(st.integers(min_value=-5, max_value=2**40), max_size=4)),
     st.tuples(st.just("offsets"), st.lists(st.integers(min_value=-10, max_value=2**40), max_size=3)),
     st.tuples(st.just("drop"), st.none()),
@@ -121,7 +123,11 @@ def test_fuzz_safetensors_header(st_dir, edits, length_delta, cut, outcomes, tmp
     names = sorted(k for k in header if k != "__metadata__")
     for i, (what, value) in edits:
         name = names[i % len(names)]
-        if what == "drop":
+        if what == "noop":
+            continue
+        if what == "metadata":
+            header["__metadata__"] = value
+        elif what == "drop":
             header.pop(name, None)
         elif what == "rename":
             header[value] = header.pop(name, {})
