@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from conftest import LLAMA3_TOKENIZER
 from test_sources import r1_config, r1_tensors, write_r1_dir
 
-CLI_SECONDS = 5.0
+CLI_SECONDS = 20.0  # generous: a loaded 2-core CI machine; the work these guard against takes minutes
 COMMON = ["--max-context", "128", "--max-seq-len", "16"]
 
 
@@ -107,7 +107,7 @@ def test_tokenizer_config_fields_are_typed(tmp_path, cfg, needle):
      "parameters; this tool exports models up to"),
 ])
 def test_absurd_sizes_fail_fast(tmp_path, edit, needle):
-    one_line(cli("inspect", str(hf_dir(tmp_path, edit))), needle, seconds=3.0)
+    one_line(cli("inspect", str(hf_dir(tmp_path, edit))), needle, seconds=15.0)
 
 
 def test_tensor_names_are_checked_from_the_header_before_any_data(tmp_path):
@@ -118,7 +118,7 @@ def test_tensor_names_are_checked_from_the_header_before_any_data(tmp_path):
     cfg["num_hidden_layers"] = 200  # the file holds 2
     cfg["no_rope_layers"] = [1] * 200
     (d / "config.json").write_text(json.dumps(cfg))
-    one_line(cli("inspect", str(d)), "is missing 1782 tensor(s)", seconds=3.0)
+    one_line(cli("inspect", str(d)), "is missing 1782 tensor(s)", seconds=15.0)
 
 
 # ---- 3. chat templates ---------------------------------------------------------------------------------
@@ -363,7 +363,7 @@ def test_a_truncated_data_file_with_a_matching_hash_is_one_line(good_bundle, tmp
     _rehash(m, d, "model.ptd")
     (d / "bundle.json").write_text(json.dumps(m))
     # This call has to load ExecuTorch's runtime (its Python import alone takes ~3 s here).
-    one_line(cli("verify", str(d), "--no-latency", "--quiet"), "ExecuTorch cannot load model.pte", seconds=10)
+    one_line(cli("verify", str(d), "--no-latency", "--quiet"), "ExecuTorch cannot load model.pte", seconds=60)
 
 
 # ---- 7/8. run, generate and the small visible things ------------------------------------------------------------
