@@ -31,6 +31,12 @@ MANIFEST = "bundle.json"
 UNLISTED = ("bundle.json", "report.json", "report.md")  # written after the manifest; may change on re-verify
 
 
+def unlisted(rel: str) -> bool:
+    """The manifest and the reports (report.json/.md, report-*.png, report-positions.json) are not
+    hashed: they are written after the manifest and change on every verify."""
+    return rel in UNLISTED or ("/" not in rel and rel.startswith("report-"))
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -203,7 +209,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 def bundle_files(d: Path) -> list[str]:
     """Every file under `d` (relative, sorted), except the manifest and reports."""
     return sorted(p.relative_to(d).as_posix() for p in Path(d).rglob("*")
-                  if p.is_file() and p.relative_to(d).as_posix() not in UNLISTED)
+                  if p.is_file() and not unlisted(p.relative_to(d).as_posix()))
 
 
 def write_manifest(d: Path, *, model: str, source: dict, target: dict, recipe: dict, config: dict,

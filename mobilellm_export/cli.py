@@ -69,14 +69,23 @@ def main():
     """Export small LLMs (MobileLLM-R1, MobileLLM, Llama, SmolLM2) to verified on-device bundles."""
 
 
-def _emit(rep: dict, progress, as_json: bool) -> None:
-    from .console import out
-    from .verify.report import print_summary
+def _emit(rep: dict, progress, as_json: bool, junit: str | None = None, started: float = 0.0) -> None:
+    """The summary (or JSON), then the CI outputs: the JUnit file, and under GitHub Actions the
+    step summary and ::error / ::warning annotations."""
+    import time
+
+    from .console import err, out
+    from .verify import ci
+    from .verify.report import markdown, print_summary
 
     if as_json:
         print(json.dumps(rep, indent=2), file=out())
     elif not progress.quiet:
         print_summary(rep, progress.console)
+    checks = rep.get("gate", {}).get("checks", [])
+    if junit:
+        ci.write_junit(checks, junit, f"{rep['model']}-{rep['target']}-{rep['recipe']}", time.monotonic() - started)
+    ci.github_annotations(checks, markdown(rep), out=err() if as_json else out())  # stdout carries the JSON
 
 
 def _progress(quiet: bool):
@@ -90,6 +99,10 @@ THREADS = click.option("--threads", default=2, show_default=True, type=click.Int
                        help="CPU threads for eager models and the runtime (recorded in the report).")
 EVAL_TEXT = click.option("--eval-text", type=click.Path(exists=True, dir_okay=False),
                          help="Text for parity (default: built-in).")
+BASELINE = click.option("--baseline", type=click.Path(), metavar="OLD/report.json",
+                        help="Fail when a metric regresses past the recipe's [gate] tolerance against this report.")
+JUNIT = click.option("--junit", type=click.Path(dir_okay=False), metavar="FILE",
+                     help="Write one JUnit testcase per check (any CI system renders it).")
 EVAL_TOKENS = click.option("--eval-tokens", default=4096, show_default=True, type=click.IntRange(16),
                            help="Tokens of the eval text scored (windows of 512). The recipe thresholds are set on 4096.")
 
@@ -109,19 +122,26 @@ EVAL_TOKENS = click.option("--eval-tokens", default=4096, show_default=True, typ
 @click.option("--no-latency", is_flag=True, help="Verify parity, skip the latency measurement.")
 @click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE",
               help="Override a recipe threshold, e.g. --threshold kl_mean=0.3")
+@BASELINE
+@JUNIT
 @THREADS
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @friendly
-def export(model, quiet, as_json, **opts):
+def export(model, quiet, as_json, junit, **opts):
     """Export SOURCE to a verified bundle (the default command)."""
+    import time
+
     from .pipeline import export_command
 
+    started = time.monotonic()
     progress = _progress(quiet or as_json)
     path, rep = export_command(model, progress=progress, **opts)
-    _emit(rep, progress, as_json)
+    _emit(rep, progress, as_json, junit, started)
     if rep.get("passed") is False:
-        progress.console.print(f"[red]parity thresholds failed[/] (see {path / 'report.md'})", style="bold")
+        failed = "; ".join(c["name"] for c in rep["gate"]["checks"] if c["status"] == "fail")
+        progress.console.print(f"[red]gate failed[/]: {failed} (see {path / 'report.md'})", style="bold",
+                               highlight=False)
         sys.exit(1)
 
 
@@ -176,18 +196,30 @@ def generate(source, prompt, tokenizer, max_new_tokens, temperature, top_p, seed
 @EVAL_TOKENS
 @click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE")
 @click.option("--no-latency", is_flag=True)
+@BASELINE
+@JUNIT
+@click.option("--report-dir", type=click.Path(file_okay=False),
+              help="Write report.json, report.md and the plots here (the bundle itself is never written).")
 @THREADS
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @friendly
-def verify(bundle, eval_text, eval_tokens, thresholds, no_latency, threads, quiet, as_json):
-    """Re-check an existing bundle: sha256 of every file, then parity and latency."""
+def verify(bundle, eval_text, eval_tokens, thresholds, no_latency, baseline, junit, report_dir, threads, quiet,
+           as_json):
+    """Re-check an existing bundle: sha256 of every file, metadata, parity, latency, baseline."""
+    import time
+
     from .pipeline import verify_command
 
+    started = time.monotonic()
     progress = _progress(quiet or as_json)
     rep = verify_command(bundle, eval_text=eval_text, eval_tokens=eval_tokens, thresholds=thresholds,
-                         threads=threads, with_latency=not no_latency, progress=progress)
-    _emit(rep, progress, as_json)
+                         threads=threads, with_latency=not no_latency, progress=progress, baseline=baseline,
+                         report_dir=report_dir)
+    _emit(rep, progress, as_json, junit, started)
+    if rep["passed"] is False and not as_json:
+        progress.console.print("[red]gate failed[/]: " + "; ".join(
+            c["name"] for c in rep["gate"]["checks"] if c["status"] == "fail"), style="bold", highlight=False)
     sys.exit(0 if rep["passed"] else 1)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import tempfile
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from .runners.eager import EagerRunner
 from .sources import Checkpoint
 from .targets import ExportSpec, Target
 from .tokenizer import SYSTEM_PROMPTS
-from .verify import latency, metadata, parity, report as report_mod
+from .verify import gate as gate_mod, latency, metadata, parity, report as report_mod
 from .verify.parity import LogitStore
 from .verify.text import load_text, windows
 
@@ -88,7 +89,7 @@ def export_spec(ck: Checkpoint, max_context: int, max_seq_len: int, threads: int
 
 def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_context: int, max_seq_len: int,
            eval_text: str | None, eval_tokens: int, do_verify: bool, threads: int, thresholds: Thresholds,
-           progress: Progress, with_latency: bool = True) -> tuple[Path, dict]:
+           progress: Progress, with_latency: bool = True, baseline: dict | None = None) -> tuple[Path, dict]:
     spec = export_spec(ck, max_context, max_seq_len, threads)
     notes = target.check(recipe, spec)
     final = Path(out) / f"{ck.name}-{target.name}-{recipe.name}"
@@ -126,21 +127,58 @@ def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_cont
         # What the apps will read, re-derived from the files just written (an exporter bug that
         # writes wrong EOS ids or context into the artifact shows here).
         rep["metadata"] = metadata.derive(tmp, manifest, target)
+        positions = None
         if do_verify:
             rep.update(verify_parity(ck, target, tmp, manifest, reference, thresholds, eval_text=eval_text,
-                                     eval_tokens=eval_tokens, threads=threads, progress=progress))
+                                     eval_tokens=eval_tokens, threads=threads, progress=progress, baseline=baseline,
+                                     spec=spec))
+            positions = rep.pop("positions")
             del model, reference
             ck.drop_weights()
             release()
             if with_latency:
                 rep["latency"] = measure_latency(ck, target, tmp, manifest, threads=threads, progress=progress)
+            judge(rep, recipe, baseline, tmp, manifest, with_latency=with_latency, threads=threads,
+                  progress=progress)
         else:
             rep["passed"] = None
-        _metadata_passed(rep)
         rep["steps"] = progress.steps
-        report_mod.write(rep, tmp)
+        write_report(rep, tmp, positions, baseline)
     progress.note(f"bundle written: {final}")
     return final, rep
+
+
+def judge(rep: dict, recipe: Recipe, baseline: dict | None, bundle_dir: Path, manifest: dict, *,
+          with_latency: bool, threads: int, progress: Progress) -> None:
+    """rep["gate"] and rep["passed"]: the recipe's checks, the baseline comparison (speed paired with
+    the baseline's artifact where it still exists) and the metadata checks."""
+    paired = None
+    old = gate_mod.baseline_bundle(baseline) if baseline else None
+    if old is not None and with_latency:
+        with progress.step("latency: paired with the baseline", f"{old.name}, alternating rounds in one process"):
+            paired = latency.run_paired(bundle_dir, old, threads=threads)
+        if paired.get("unavailable"):
+            progress.note(f"  paired speed: {paired['unavailable']}")
+            paired = None
+    rep["gate"] = gate_mod.gate(rep, rep.get("checks", []), baseline, recipe.gate, paired)
+    if paired:
+        rep["gate"]["paired_speed"] = paired
+    rep["passed"] = rep["gate"]["passed"]
+
+
+def write_report(rep: dict, d: Path, positions: dict | None, baseline: dict | None) -> None:
+    """report.json, report.md, report-positions.json and the plots (linked from report.md)."""
+    d.mkdir(parents=True, exist_ok=True)
+    if positions:
+        from .verify import plots
+
+        (d / "report-positions.json").write_text(json.dumps(positions))
+        old = None
+        if baseline:
+            p = Path(baseline["_path"]).parent / "report-positions.json"
+            old = json.loads(p.read_text()) if p.is_file() else None
+        rep["plots"] = plots.write_plots(positions, d, report=rep, baseline_positions=old, baseline_report=baseline)
+    report_mod.write(rep, d)
 
 
 def _tools(recipe: Recipe, target: Target) -> tuple[str, ...]:
@@ -148,7 +186,8 @@ def _tools(recipe: Recipe, target: Target) -> tuple[str, ...]:
 
 
 def verify_parity(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: dict, reference, thresholds: Thresholds,
-                  *, eval_text: str | None, eval_tokens: int, threads: int, progress: Progress) -> dict:
+                  *, eval_text: str | None, eval_tokens: int, threads: int, progress: Progress,
+                  baseline: dict | None = None, spec: ExportSpec | None = None) -> dict:
     """Parity of the float model, the target's reference and the artifact, streamed over windows
     of the eval text; greedy agreement; threshold checks.
 
@@ -160,6 +199,10 @@ def verify_parity(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: di
     ids = ck.tokenizer.encode(load_text(eval_text), add_special_tokens=False)
     wins = windows(ids, eval_tokens, window, bos)
     n = sum(map(len, wins))
+    evaluation = {"text": eval_text or "built-in sample (Botchan excerpt)", "positions": n, "window": window,
+                  "tokens": eval_tokens, "bos": bos is not None}
+    if baseline is not None:  # before minutes of scoring, not after
+        gate_mod.comparable({"eval": evaluation}, baseline)
     prompt = ([bos] if bos is not None else []) + ids[:GREEDY_PROMPT]
     n_greedy = min(GREEDY_TOKENS, gen["max_context"] - len(prompt))
     g: dict[str, list[int]] = {}
@@ -183,10 +226,9 @@ def verify_parity(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: di
         others = [k for k in runners if k != "float"]
         with progress.step("parity", f"{n} positions through {', '.join(others)} against the float logits",
                            total=n, unit="positions") as t:
-            results, _ = parity.score(runners, pairs, wins, t.advance)
-    rep = {"eval": {"text": eval_text or "built-in sample (Botchan excerpt)", "positions": n, "window": window,
-                    "tokens": eval_tokens, "bos": bos is not None},
-           "parity": results, "artifact_runs_here": artifact is not None}
+            results, positions = parity.score(runners, pairs, wins, t.advance)
+    rep = {"eval": evaluation, "parity": results, "artifact_runs_here": artifact is not None,
+           "positions": {"window": window, "positions": n, "pairs": positions}}
     greedy_runners = [k for k in ("reference", "artifact") if k in runners]
     with progress.step("greedy", f"{n_greedy} tokens from {', '.join(greedy_runners)}",
                        total=n_greedy * len(greedy_runners), unit="tokens") as t:
@@ -195,12 +237,15 @@ def verify_parity(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: di
     rep["greedy_tokens"] = g
     rep["checks"] = report_mod.checks(rep["parity"], thresholds)
     rep["passed"] = all(c["ok"] for c in rep["checks"])
+    if spec is not None and any(not c["ok"] for c in rep["checks"] if c["suite"] == "lowering"):
+        from .verify.localise import localise
+
+        with progress.step("localise", "the first layer whose output leaves its noise floor"):
+            found = localise(target, reference, spec, wins[0], threads=threads)
+        if found is not None:
+            rep["localise"] = found
+            progress.note(f"  {found['message']}")
     return rep
-
-
-def _metadata_passed(rep: dict) -> None:
-    if rep.get("passed") and not all(c["ok"] for c in rep.get("metadata", [])):
-        rep["passed"] = False
 
 
 def measure_latency(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: dict, *, threads: int,
@@ -234,27 +279,36 @@ def measure_latency(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: 
 
 def export_command(model: str, *, target: str, quant: str, tokenizer: str | None, out: str, max_context: int,
                    max_seq_len: int, eval_text: str | None, eval_tokens: int, no_verify: bool, no_latency: bool,
-                   thresholds: tuple[str, ...], threads: int, progress: Progress) -> tuple[Path, dict]:
+                   thresholds: tuple[str, ...], threads: int, progress: Progress,
+                   baseline: str | None = None) -> tuple[Path, dict]:
     from .quant.recipe import load_recipe
     from .sources import load
 
     tgt = targets.get(target)
     recipe = load_recipe(quant)
     th = thresholds_for(recipe, tgt.name, thresholds)
+    base = gate_mod.load_baseline(baseline) if baseline else None
+    if base is not None and no_verify:
+        raise UserError("--baseline needs verification; drop --no-verify")
     bundle_mod.check_writable(Path(out))  # before minutes of work, not after
     torch.set_num_threads(threads)
     with progress.step("load", model):
         ck = load(model, tokenizer=tokenizer)
     return export(ck, recipe, tgt, out=out, max_context=max_context, max_seq_len=max_seq_len, eval_text=eval_text,
                   eval_tokens=eval_tokens, do_verify=not no_verify, threads=threads, thresholds=th, progress=progress,
-                  with_latency=not no_latency)
+                  with_latency=not no_latency, baseline=base)
 
 
 def verify_command(bundle_dir: str, *, eval_text: str | None, eval_tokens: int, thresholds: tuple[str, ...],
-                   threads: int, with_latency: bool, progress: Progress) -> dict:
+                   threads: int, with_latency: bool, progress: Progress, baseline: str | None = None,
+                   report_dir: str | None = None, source: str | None = None) -> dict:
+    """Re-check a bundle. The report goes to `report_dir` when given (the bundle is never written)."""
     from .sources import load
 
     d = Path(bundle_dir)
+    base = gate_mod.load_baseline(baseline) if baseline else None
+    if report_dir is not None:
+        bundle_mod.check_writable(Path(report_dir))
     m = bundle_mod.read_manifest(d)
     bundle_mod.check_files(d, m)
     progress.note(f"{d.name}: all {len(m['files'])} files match their sha256, none unlisted")
@@ -269,22 +323,29 @@ def verify_command(bundle_dir: str, *, eval_text: str | None, eval_tokens: int, 
     recipe = Recipe.from_dict(m["recipe"])
     th = thresholds_for(recipe, tgt.name, thresholds)
     torch.set_num_threads(threads)
-    with progress.step("load", m["source"]["id"]):
-        ck = load(m["source"]["id"], tokenizer=str(d / m["tokenizer"]["file"]))
+    with progress.step("load", source or m["source"]["id"]):
+        ck = load(source or m["source"]["id"], tokenizer=str(d / m["tokenizer"]["file"]))
     with progress.step("reference model + quantize", recipe.name):
         qmodel = build_model(ck, m["generation"]["max_context"])
         ck.drop_weights()  # as in export: the float copy goes as it is quantized; parity reads it again
         qfacts = quantize(qmodel, recipe)
     reference = tgt.reference(qmodel)
     rep = {"model": m["model"], "target": tgt.name, "recipe": recipe.name, "threads": threads, "quantization": qfacts,
-           "metadata": meta,
+           "metadata": meta, "size_mb": {f: i["bytes"] / 1e6 for f, i in m["files"].items()},
            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    spec = ExportSpec(config=ck.config, max_context=m["generation"]["max_context"],
+                      max_seq_len=m["generation"]["max_seq_len"], eos_ids=tuple(m["generation"]["eos_ids"]),
+                      bos_id=m["generation"]["bos"]["id"], threads=threads)
     rep.update(verify_parity(ck, tgt, d, m, reference, th, eval_text=eval_text, eval_tokens=eval_tokens,
-                             threads=threads, progress=progress))
+                             threads=threads, progress=progress, baseline=base, spec=spec))
+    positions = rep.pop("positions")
     del qmodel, reference
     ck.drop_weights()
     release()
     if with_latency:
         rep["latency"] = measure_latency(ck, tgt, d, m, threads=threads, progress=progress)
+    judge(rep, recipe, base, d, m, with_latency=with_latency, threads=threads, progress=progress)
     rep["steps"] = progress.steps
+    if report_dir is not None:
+        write_report(rep, Path(report_dir), positions, base)
     return rep

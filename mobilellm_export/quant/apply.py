@@ -6,9 +6,12 @@ every target serialises, so float->quantized and quantized->lowered errors are m
 
 from __future__ import annotations
 
+import fnmatch
+
 import torch
 import torch.nn as nn
 
+from ..errors import UserError
 from ..model import Transformer
 from .recipe import Recipe, WeightQuant
 
@@ -89,10 +92,15 @@ def quantize(model: Transformer, recipe: Recipe) -> dict:
         model.lm_head.weight = nn.Parameter(model.embed_tokens.weight.detach().clone())
         facts["tied_stored"] = "twice"
     by_config: dict[tuple, list[str]] = {}
+    linears = [fqn for fqn, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for ov in recipe.overrides:  # a pattern that matches nothing is a typo, not a no-op
+        if not any(fnmatch.fnmatchcase(f, ov["match"]) for f in linears):
+            raise UserError(f"recipe {recipe.name}: [[override]] match = {ov['match']!r} matches no linear "
+                            f"(e.g. {linears[0]!r})")
     for fqn, m in model.named_modules():
         if not isinstance(m, nn.Linear):
             continue
-        w = recipe.head if fqn == "lm_head" else recipe.linear
+        w = recipe.weight_for(fqn)
         if not w.quantized:
             continue
         g = effective_group(w, m.in_features)

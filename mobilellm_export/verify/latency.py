@@ -6,6 +6,10 @@ Each measurement runs in a fresh child process, so its peak RSS belongs to that 
                                                               for a .pte): what the apps see
     python -m mobilellm_export.verify.latency loop BUNDLE     our Python loop over the artifact's Runner
     python -m mobilellm_export.verify.latency eager SOURCE    the float reference, same Python loop
+    python -m mobilellm_export.verify.latency paired NEW --other OLD
+                                                              two bundles' app loops in one process,
+                                                              alternating round by round (the gate's
+                                                              speed comparison with a baseline)
 
 Every kind first runs one warm-up generation at exactly the measured shapes (first calls allocate
 and pack weights), then `rounds` timed generations in the same process; the report gives the
@@ -102,13 +106,45 @@ def run_child(kind: str, target: str, prompt_len: int, decode_tokens: int, round
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+PAIRED_ROUNDS = 9
+
+
+def run_paired(new: Path, old: Path, *, threads: int = 2, rounds: int = PAIRED_ROUNDS) -> dict:
+    """Decode speed of bundle `new` against bundle `old`, paired: one process runs both app loops,
+    one generation each per round, in an order that alternates, so whatever the machine does at
+    that moment slows both alike. Returns the median (and IQR) of the per-round ratios new/old."""
+    from ..bundle import read_manifest
+
+    gens = [read_manifest(Path(d))["generation"] for d in (new, old)]
+    n_prompt = min(min(128, g["max_seq_len"], g["max_context"] // 2) for g in gens)
+    n_decode = min(min(64, g["max_context"] - n_prompt - 2) for g in gens)
+    return run_child("paired", str(new), n_prompt, n_decode, rounds, threads, ["--other", str(old)])
+
+
+def _paired(apps: list, prompts: list[str], n_prompt: int, n_decode: int, rounds: int) -> dict:
+    for app, text in zip(apps, prompts):  # warm-up at the measured shapes
+        app_round(app, text, n_prompt, n_decode)
+    runs: list[list[dict]] = [[], []]
+    for r in range(rounds):
+        for i in ((0, 1) if r % 2 == 0 else (1, 0)):
+            runs[i].append(app_round(apps[i], prompts[i], n_prompt, n_decode))
+    out = {"rounds": rounds, "prompt_tokens": n_prompt, "decode_tokens": n_decode}
+    for key in ("decode_tok_s", "prefill_tok_s"):
+        ratios = [a[key] / b[key] for a, b in zip(*runs) if a[key] and b[key]]
+        q = quartiles(ratios)
+        name = key.split("_")[0]
+        out[f"{name}_ratio"], out[f"{name}_ratio_iqr"] = q["median"], [q["q1"], q["q3"]]
+        out[f"new_{key}"], out[f"old_{key}"] = (quartiles([x[key] for x in rs])["median"] for rs in runs)
+    return out
+
+
 def _main(argv: list[str]) -> None:
     import argparse
 
     import torch
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("kind", choices=["app", "loop", "eager"])
+    ap.add_argument("kind", choices=["app", "loop", "eager", "paired"])
     ap.add_argument("target", help="a bundle folder (app, loop) or a source (eager)")
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--decode-tokens", type=int, default=64)
@@ -116,6 +152,7 @@ def _main(argv: list[str]) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokenizer")
     ap.add_argument("--max-context", type=int, default=2048)
+    ap.add_argument("--other", help="paired: the baseline bundle")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     # stdout carries the result line only: the C++ runner and libraries write to fd 1 too
@@ -131,6 +168,25 @@ def _main(argv: list[str]) -> None:
         runner.model.full_logits = False  # as deployed: only the last position's logits
         prompt = _prompt(ck.config.vocab_size, a.prompt_len)
         out = measure(lambda: loop_round(runner, prompt, a.decode_tokens), a.rounds)
+    elif a.kind == "paired":
+        from tokenizers import Tokenizer
+
+        from .. import targets
+        from ..bundle import read_manifest
+        from .text import load_text
+
+        apps, prompts = [], []
+        for d in (Path(a.target), Path(a.other)):
+            m = read_manifest(d)
+            app = targets.get(m["target"]["name"]).app_runner(d, m, threads=a.threads)
+            if app is None:
+                os.write(result_fd, (json.dumps({"unavailable": f"{d.name} has no app runner on this machine"})
+                                     + "\n").encode())
+                return
+            apps.append(app)
+            prompts.append(prompt_prefix(Tokenizer.from_file(str(d / m["tokenizer"]["file"])), load_text(None),
+                                         a.prompt_len))
+        out = _paired(apps, prompts, a.prompt_len, a.decode_tokens, a.rounds)
     else:
         from .. import targets
         from ..bundle import read_manifest

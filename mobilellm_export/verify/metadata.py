@@ -43,12 +43,26 @@ def derive(bundle_dir: Path, manifest: dict, target) -> list[dict]:
             _check("max sequence length", gen["max_seq_len"], art["max_seq_len"], entry),
             _check("vocabulary size", cfg["vocab_size"], art["vocab_size"], entry),
         ]
+        # The tokenizer against the artifact itself, not only against bundle.json: a tokenizer from
+        # another model stops on an id the artifact does not know, or emits ids past its table.
+        eos = tok.eos_id
+        eos = tok.eos_id
+        out.append({"name": "tokenizer EOS among the artifact's EOS ids", "ok": eos is None or eos in art["eos_ids"],
+                    "manifest": sorted(art["eos_ids"]), "derived": eos, "source": manifest["tokenizer"]["config"],
+                    "message": f"the tokenizer's EOS id {eos} is not among {entry}'s EOS ids {sorted(art['eos_ids'])}"})
+        past = [i for i, _, special in tok.ids_beyond(art["vocab_size"]) if not special]
+        out.append({"name": "tokenizer vocabulary fits the artifact's", "ok": not past, "manifest": art["vocab_size"],
+                    "derived": tok.vocab_size, "source": manifest["tokenizer"]["file"],
+                    "message": f"{manifest['tokenizer']['file']} has {len(past)} ordinary token(s) past {entry}'s "
+                               f"{art['vocab_size']}-entry vocabulary"})
     return out
 
 
 def require(checks: list[dict]) -> None:
     """One line for the first disagreement."""
     bad = next((c for c in checks if not c["ok"]), None)
+    if bad is not None and "message" in bad:
+        raise UserError(bad["message"])
     if bad is not None:
         raise UserError(f"bundle.json disagrees with {bad['source']} on {bad['name']}: "
                         f"{str(bad['manifest'])[:60]!r} in the manifest, {str(bad['derived'])[:60]!r} in the file")

@@ -27,8 +27,8 @@ class PairStats:
     """Running sums for one (reference, test) pair of runners."""
 
     def __init__(self):
-        self.kl: list[torch.Tensor] = []  # per position, fp32 (kept: p99 and the per-position plot)
-        self.top1 = 0
+        self.kl: list[torch.Tensor] = []  # per position, fp32 (kept: p99 and the per-position plots)
+        self.agree: list[torch.Tensor] = []  # per position, bool: same top-1 token
         self.nll_ref = self.nll_test = 0.0
         self.n_nll = 0
         self.max_abs = 0.0
@@ -42,7 +42,7 @@ class PairStats:
             a, b = ref[i:i + CHUNK].float(), test[i:i + CHUNK].float()
             la, lb = a.log_softmax(-1), b.log_softmax(-1)
             self.kl.append((la.exp() * (la - lb)).sum(-1).clamp_min(0))
-            self.top1 += int((a.argmax(-1) == b.argmax(-1)).sum())
+            self.agree.append(a.argmax(-1) == b.argmax(-1))
             diff = (a - b).abs()
             self.max_abs = max(self.max_abs, float(diff.max()))
             self.sum_abs += float(diff.sum(dtype=torch.float64))
@@ -57,6 +57,11 @@ class PairStats:
     def kl_per_position(self) -> torch.Tensor:
         return torch.cat(self.kl) if self.kl else torch.zeros(0)
 
+    def positions(self) -> dict:
+        """Per-position KL and top-1 agreement (0/1), as lists: report-positions.json and the plots."""
+        agree = torch.cat(self.agree) if self.agree else torch.zeros(0, dtype=torch.bool)
+        return {"kl": [float(f"{x:.4g}") for x in self.kl_per_position().tolist()], "top1": agree.int().tolist()}
+
     def result(self) -> dict:
         kl = self.kl_per_position()
         ppl_ref, ppl_test = math.exp(self.nll_ref / self.n_nll), math.exp(self.nll_test / self.n_nll)
@@ -64,7 +69,7 @@ class PairStats:
             "positions": int(kl.numel()),
             "kl_mean": float(kl.mean()),
             "kl_p99": float(kl.quantile(0.99)),
-            "top1": self.top1 / kl.numel(),
+            "top1": float(torch.cat(self.agree).float().mean()),
             "ppl_ref": ppl_ref,
             "ppl_test": ppl_test,
             "ppl_delta": ppl_test / ppl_ref - 1.0,
@@ -103,7 +108,7 @@ class LogitStore:
 
 
 def score(runners: dict, pairs: dict[str, tuple[str, str]], wins: list[list[int]], advance=lambda n: None):
-    """Score every window with every runner; returns ({pair: metrics}, {pair: per-position KL})."""
+    """Score every window with every runner; returns ({pair: metrics}, {pair: {"kl": [...], "top1": [...]}})."""
     stats = {key: PairStats() for key in pairs}
     for w in wins:
         logits = {name: r.score(w) for name, r in runners.items()}
@@ -111,7 +116,7 @@ def score(runners: dict, pairs: dict[str, tuple[str, str]], wins: list[list[int]
             stats[key].add(logits[a], logits[b], w)
         del logits
         advance(len(w))
-    return ({k: s.result() for k, s in stats.items()}, {k: s.kl_per_position() for k, s in stats.items()})
+    return ({k: s.result() for k, s in stats.items()}, {k: s.positions() for k, s in stats.items()})
 
 
 def compare(ref: list[torch.Tensor], test: list[torch.Tensor], wins: list[list[int]]) -> dict:

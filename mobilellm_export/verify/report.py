@@ -21,24 +21,66 @@ SHORT = {"float_vs_quant": "float→quant", "quant_vs_artifact": "quant→artifa
          "quant_noise_floor": "noise floor"}
 
 
+def record(suite: str, name: str, value, op: str | None, bound, basis: str, status: str | None = None,
+           message: str | None = None) -> dict:
+    """One gate check (the shape `--junit`, GitHub annotations and report.md read).
+
+    status: pass | fail | warn (reported, does not fail the gate) | skip; from value/op/bound if None."""
+    if status is None:
+        ok = value <= bound if op == "<=" else value >= bound if op == ">=" else value == bound
+        status = "pass" if ok else "fail"
+    if message is None:
+        verb = {"pass": "within", "warn": "outside", "fail": "outside", "skip": "not checked:"}[status]
+        message = f"{name} = {value:.4g}, {verb} {op} {bound:.4g} ({basis})"
+    return {"suite": suite, "name": name, "status": status, "ok": status != "fail", "message": message,
+            "value": value, "op": op, "bound": bound, "basis": basis}
+
+
+FLOOR_ZERO = 1e-6  # a noise floor at or below this is 0: fp32 and weight-only artifacts
+
+
 def checks(parity: dict, th: Thresholds) -> list[dict]:
+    """The recipe's bounds on the end-to-end pair, and on the lowering pair relative to the noise
+    floor measured in the same run (absolute where that floor is 0 or no factor is set)."""
     out = []
 
-    def add(name, value, op, bound):
-        if bound is None or value is None:
-            return
-        ok = value <= bound if op == "<=" else value >= bound
-        out.append({"name": name, "value": value, "op": op, "bound": bound, "ok": bool(ok)})
+    def add(suite, name, value, op, bound, basis):
+        if bound is not None and value is not None:
+            out.append(record(suite, name, value, op, bound, basis))
 
-    e2e, low = parity.get("float_vs_artifact"), parity.get("quant_vs_artifact")
+    e2e, low, floor = (parity.get(k) for k in ("float_vs_artifact", "quant_vs_artifact", "quant_noise_floor"))
     if e2e:
-        add("float->artifact kl_mean", e2e["kl_mean"], "<=", th.kl_mean)
-        add("float->artifact top1", e2e["top1"], ">=", th.top1_min)
-        add("float->artifact ppl_delta", e2e["ppl_delta"], "<=", th.ppl_delta_max)
+        add("absolute", "float->artifact kl_mean", e2e["kl_mean"], "<=", th.kl_mean, "recipe threshold")
+        add("absolute", "float->artifact top1", e2e["top1"], ">=", th.top1_min, "recipe threshold")
+        add("absolute", "float->artifact ppl_delta", e2e["ppl_delta"], "<=", th.ppl_delta_max, "recipe threshold")
     if low:
-        add("quant->artifact kl_mean", low["kl_mean"], "<=", th.lowering_kl_mean)
-        add("quant->artifact top1", low["top1"], ">=", th.lowering_top1_min)
-        add("quant->artifact max_abs_logit", low["max_abs_logit"], "<=", th.lowering_max_abs_logit)
+        relative = th.lowering_kl_floor_factor is not None and floor and floor["kl_mean"] > FLOOR_ZERO
+        if relative:
+            f = floor["kl_mean"]
+            add("lowering", "quant->artifact kl_mean", low["kl_mean"], "<=",
+                th.lowering_kl_floor_factor * f + th.lowering_kl_floor_slack,
+                f"{th.lowering_kl_floor_factor:g} x noise floor {f:.4g} + {th.lowering_kl_floor_slack:g}")
+        else:
+            add("lowering", "quant->artifact kl_mean", low["kl_mean"], "<=", th.lowering_kl_mean,
+                "recipe threshold" + (" (noise floor is 0)" if floor else ""))
+        if relative and th.lowering_top1_floor_slack is not None:
+            add("lowering", "quant->artifact top1", low["top1"], ">=", floor["top1"] - th.lowering_top1_floor_slack,
+                f"noise floor top-1 {floor['top1']:.4g} - {th.lowering_top1_floor_slack:g}")
+        else:
+            add("lowering", "quant->artifact top1", low["top1"], ">=", th.lowering_top1_min, "recipe threshold")
+        add("lowering", "quant->artifact max_abs_logit", low["max_abs_logit"], "<=", th.lowering_max_abs_logit,
+            "recipe threshold")
+    return out
+
+
+def metadata_records(meta: list[dict]) -> list[dict]:
+    """The metadata checks (values the apps read, re-derived from the hashed files) as gate records."""
+    out = []
+    for c in meta:
+        msg = (f"{c['name']}: bundle.json and {c['source']} agree" if c["ok"] else c.get("message") or
+               f"{c['name']}: bundle.json says {_cell(c['manifest'])}, {c['source']} says {_cell(c['derived'])}")
+        out.append(record("metadata", f"metadata: {c['name']}", None, "==", None, f"re-derived from {c['source']}",
+                          status="pass" if c["ok"] else "fail", message=msg))
     return out
 
 
@@ -107,10 +149,27 @@ def markdown(report: dict) -> str:
         if ratio:
             lines += ["", f"The runtime's own loop against our Python loop over the same artifact: decode "
                           f"{_fmt(ratio['decode_tok_s'], '.2f')}×, prefill {_fmt(ratio['prefill_tok_s'], '.2f')}×."]
-    if report.get("checks"):
-        lines += ["", "| check | value | bound | result |", "|---|---|---|---|"]
-        for c in report["checks"]:
-            lines.append(f"| {c['name']} | {c['value']:.4g} | {c['op']} {c['bound']:g} | {'pass' if c['ok'] else 'FAIL'} |")
+    checks = report.get("gate", {}).get("checks") or report.get("checks")
+    if checks:
+        lines += ["", "## Gate", ""]
+        if report.get("gate", {}).get("baseline"):
+            lines += [f"Baseline: `{report['gate']['baseline']}`.", ""]
+        lines += ["| suite | check | value | bound | basis | result |", "|---|---|---|---|---|---|"]
+        for c in checks:
+            if c.get("suite") == "metadata" and c["status"] == "pass":
+                continue  # listed in full in the metadata table below
+            value = _fmt(c["value"], ".4g") if c.get("value") is not None else "-"
+            bound = f"{c['op']} {c['bound']:.4g}" if c.get("bound") is not None else "-"
+            status = c.get("status", "pass" if c["ok"] else "fail")
+            result = {"pass": "pass", "fail": "**FAIL**", "warn": "warning", "skip": "skipped"}[status]
+            detail = c.get("basis", "") if status == "pass" else c.get("message", "")
+            lines.append(f"| {c.get('suite', '')} | {c['name']} | {value} | {bound} | {_cell(detail)} | {result} |")
+    loc = report.get("localise")
+    if loc:
+        lines += ["", f"Localiser: **{loc['message']}**", "",
+                  "| point | relative error | noise floor | ratio |", "|---|---|---|---|"]
+        for pt in loc.get("points", []):
+            lines.append(f"| {pt['name']} | {pt['error']:.3g} | {pt['floor']:.3g} | {pt['ratio']:.3g} |")
     if report.get("metadata"):
         lines += ["", "Metadata, re-derived from the files (what the apps read):", "",
                   "| check | bundle.json | file | source | result |", "|---|---|---|---|---|"]
@@ -126,6 +185,10 @@ def markdown(report: dict) -> str:
         for s in report["steps"]:
             name = f"{s['step']} ({s['detail']})" if s.get("detail") else s["step"]
             lines.append(f"| {name} | {s['seconds']:.1f} | {_fmt(s.get('tree_peak_mb'), '.0f')} |")
+    if report.get("plots"):
+        from .plots import markdown_links
+
+        lines += ["", markdown_links(report["plots"])]
     lines += ["", f"Result: **{result_line(report)}**", ""]
     return "\n".join(lines)
 
@@ -137,6 +200,7 @@ def write(report: dict, d: Path) -> None:
 
 def print_summary(report: dict, console) -> None:
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     def table(title):
@@ -162,9 +226,14 @@ def print_summary(report: dict, console) -> None:
             t.add_row(name, _fmt(lat["prefill_tok_s"]), _fmt(lat["decode_tok_s"]), _fmt(lat["ttft_ms"]),
                       _fmt(lat.get("peak_rss_mb"), ".0f"), _fmt(lat.get("file_mb")))
         console.print(t)
-    for c in report.get("checks", []):
-        mark = "[green]pass[/]" if c["ok"] else "[red]FAIL[/]"
-        console.print(f"  {mark} {c['name']} = {c['value']:.4g} (bound {c['op']} {c['bound']:g})")
+    for c in report.get("gate", {}).get("checks") or report.get("checks", []):
+        if c.get("suite") == "metadata":
+            continue  # one line for all of them below
+        mark = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "warn": "[yellow]warn[/]",
+                "skip": "[dim]skip[/]"}[c.get("status", "pass" if c["ok"] else "fail")]
+        console.print(f"  {mark} {escape(c['message'])}", highlight=False)
+    if report.get("localise"):
+        console.print(f"  localiser: {escape(report['localise']['message'])}", highlight=False)
     meta = report.get("metadata", [])
     bad = [c for c in meta if not c["ok"]]
     if meta:
