@@ -191,9 +191,26 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MLP(cfg.dim, cfg.hidden_dim)
 
-    def forward(self, x, rope, cos, sin, positions, start_pos, cache):
+    def forward(self, x, rope, cos, sin, positions, start_pos, cache, probe: Probe | None = None):
         h = x + self.self_attn(self.input_layernorm(x), rope, cos, sin, positions, start_pos, cache)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        if probe is not None:
+            h = probe(h)
+        out = h + self.mlp(self.post_attention_layernorm(h))
+        return out if probe is None else probe(out)
+
+
+class Probe:
+    """Records the residual stream after each op (embedding, every attention, every MLP). With a
+    teacher (another implementation's recorded stream), each op then reads the teacher's value
+    instead of its own, so every output is this model's op applied to the other's input."""
+
+    def __init__(self, teacher: torch.Tensor | None = None):
+        self.seen: list[torch.Tensor] = []
+        self.teacher = teacher
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        self.seen.append(h)
+        return h if self.teacher is None else self.teacher[len(self.seen) - 1].to(h.dtype)
 
 
 class Transformer(nn.Module):
@@ -216,6 +233,10 @@ class Transformer(nn.Module):
         # Exported decoders return only the last position's logits (what a runner samples from);
         # verification and perplexity use all of them.
         self.full_logits = True
+        # Probe (verify/localise.py): forward also returns the residual stream after the embedding
+        # and after every attention and MLP application, stacked: one extra output of an exported
+        # program, so a lowered artifact can be compared with the reference layer by layer.
+        self.probe = False
         self.to(dtype)
         self.make_state()
 
@@ -240,17 +261,36 @@ class Transformer(nn.Module):
         model.make_state()
         return model.eval()
 
-    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        """tokens [B, S] int64, input_pos [1] int64 (start position) -> logits [B, S or 1, vocab] fp32."""
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, teacher: torch.Tensor | None = None):
+        """tokens [B, S] int64, input_pos [1] int64 (start position) -> logits [B, S or 1, vocab] fp32.
+
+        With `probe`: (logits, hidden [1 + 2 * n_applied_layers, B, S, D]) in `probe_names()` order.
+        teacher (same shape as hidden; implies probe): each op, and the head, reads its input from
+        it (see `Probe`): one pass gives every op's own result on another implementation's inputs."""
         S = tokens.shape[1]
         positions = input_pos[0] + torch.arange(S, device=tokens.device)
         cos, sin = self.rope.tables(positions)
         h = self.embed_tokens(tokens)
+        probe = Probe(teacher) if self.probe or teacher is not None else None
+        if probe is not None:
+            h = probe(h)
         for block_idx, cache in zip(self.schedule, self.caches):
-            h = self.layers[block_idx](h, self.rope, cos, sin, positions, input_pos, cache)
+            h = self.layers[block_idx](h, self.rope, cos, sin, positions, input_pos, cache, probe)
         if not self.full_logits:
             h = h[:, -1:, :]
-        return self.lm_head(self.norm(h)).float()
+        logits = self.lm_head(self.norm(h)).float()
+        return (logits, torch.stack(probe.seen)) if probe is not None else logits
+
+    def probe_names(self) -> list[tuple[str, int | None, str]]:
+        """(name, block, op) of each probed hidden state: the embedding, then per block application
+        its attention and MLP residuals. A shared block's second application is named `layers.N@2`."""
+        out = [("embed_tokens", None, "embed_tokens")]
+        seen: dict[int, int] = {}
+        for block in self.schedule:
+            seen[block] = seen.get(block, 0) + 1
+            tag = f"layers.{block}" + (f"@{seen[block]}" if self.cfg.layer_sharing else "")
+            out += [(f"{tag}.self_attn", block, "self_attn"), (f"{tag}.mlp", block, "mlp")]
+        return out
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], assign: bool = False) -> None:
         """Strict load with one-line errors for missing/extra/misshapen tensors."""

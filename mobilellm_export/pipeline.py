@@ -240,8 +240,11 @@ def verify_parity(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: di
     if spec is not None and any(not c["ok"] for c in rep["checks"] if c["suite"] == "lowering"):
         from .verify.localise import localise
 
-        with progress.step("localise", "the first layer whose output leaves its noise floor"):
-            found = localise(target, reference, spec, wins[0], threads=threads)
+        with progress.step("localise", "the first op whose output leaves its noise floor, given the artifact's input"):
+            try:
+                found = localise(target, reference, spec, wins[0], threads=threads, artifact=runners.get("artifact"))
+            except Exception as e:  # a diagnosis that fails must not cost the report it would explain
+                found = {"first": None, "message": f"the localiser failed: {type(e).__name__}: {e}"[:300]}
         if found is not None:
             rep["localise"] = found
             progress.note(f"  {found['message']}")

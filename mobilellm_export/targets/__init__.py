@@ -13,6 +13,9 @@ registry below, so a new runtime is one new file here (and one in `runners/`):
     app_runner(bundle, ...)    the runtime's own text-in/text-out loop (what the apps wrap), or None:
                                `run` and the app-side latency use it
     metadata(bundle, manifest) EOS ids, context and vocabulary as the artifact file records them
+    probe(prepared, spec, dir) a function running tokens through the prepared model lowered as the
+                               artifact is, with `Transformer.probe` on: (hidden states, logits)
+                               per position, for `verify.localise`; None where it cannot
 
 Registered targets: `TARGETS` (name -> "module:Class"), `register()` at run time, and the
 `mobilellm_export.targets` entry-point group for targets that live in other packages.
@@ -31,10 +34,16 @@ from typing import TYPE_CHECKING, ClassVar
 from ..errors import UserError
 
 if TYPE_CHECKING:
+    import torch
+
     from ..config import ModelConfig
     from ..model import Transformer
     from ..quant.recipe import Recipe
     from ..runners import AppRunner, Runner
+
+
+# Target.probe's result: token ids -> (hidden states [P, S, D], logits [S, vocab]), both fp32
+Probe = Callable[[list[int]], "tuple[torch.Tensor, torch.Tensor]"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,13 @@ class Target:
         return None
 
     def app_runner(self, bundle_dir: Path, manifest: dict, threads: int | None = None) -> AppRunner | None:
+        return None
+
+    def probe(self, prepared: Transformer, spec: ExportSpec, work_dir: Path) -> Probe | None:
+        """Lower `prepared` (the output of `prepare`) with `probe = True` and full logits, as
+        `export` lowers it, into work_dir; return fn(tokens) -> (hidden [P, S, D], logits [S, vocab])
+        for the positions 0..S-1 of `tokens` (P: `prepared.probe_names()`), from fresh caches.
+        None: this target cannot say where its artifact diverges."""
         return None
 
     def metadata(self, bundle_dir: Path, manifest: dict) -> dict | None:

@@ -401,6 +401,16 @@ class Android(Target):
     def prepare(self, model: Transformer, spec: ExportSpec) -> Transformer:
         return prepare(model)
 
+    def probe(self, prepared: Transformer, spec: ExportSpec, work_dir: Path):
+        """The prepared model lowered as `export` lowers it (one .pte, no .ptd: the weights' location
+        changes no arithmetic), with the probe outputs and all positions' logits."""
+        model = structural_copy(prepared)  # the flags go on a copy: `prepared` stays as it is
+        model.probe, model.full_logits = True, True
+        path = Path(work_dir) / "probe.pte"
+        export_pte(model, spec.config, path, max_seq_len=spec.max_seq_len, max_context=spec.max_context,
+                   eos_ids=spec.eos_ids, bos_id=spec.bos_id)
+        return _ProbeProgram(path, spec.max_seq_len, spec.threads)
+
     def export(self, model: Transformer, spec: ExportSpec, out_dir: Path, status=lambda msg: None) -> Artifact:
         data = self.DATA if _shares_tied_table(model) else None
         facts = export_pte(model, spec.config, Path(out_dir) / self.ENTRY, max_seq_len=spec.max_seq_len,
@@ -440,6 +450,31 @@ class Android(Target):
             raise UserError(f"{manifest['target']['entry']} lacks the LLM runner method {missing[0]}")
         return {"eos_ids": [int(x) for x in c["get_eos_ids"]], "max_context": int(c["get_max_context_len"][0]),
                 "max_seq_len": int(c["get_max_seq_len"][0]), "vocab_size": int(c["get_vocab_size"][0])}
+
+
+class _ProbeProgram:
+    """A probe .pte in ExecuTorch's runtime: tokens from position 0, chunked by max_seq_len."""
+
+    def __init__(self, path: Path, max_seq_len: int, threads: int | None):
+        from executorch.runtime import Runtime
+
+        from ..runners.executorch import _register_kernels, set_threads
+
+        _register_kernels()
+        if threads:
+            set_threads(threads)
+        self.program = Runtime.get().load_program(str(path))
+        self.max_seq_len = max_seq_len
+
+    def __call__(self, tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        method = self.program.load_method("forward")  # a fresh load: fresh KV-cache buffers
+        hidden, logits = [], []
+        for i in range(0, len(tokens), self.max_seq_len):
+            chunk = torch.tensor([tokens[i:i + self.max_seq_len]], dtype=torch.long)
+            lg, h = method.execute([chunk, torch.tensor([i], dtype=torch.long)])
+            hidden.append(h[:, 0].float().clone())  # outputs live in the method's planned memory
+            logits.append(lg[0].float().clone())
+        return torch.cat(hidden, 1), torch.cat(logits)
 
 
 @contextlib.contextmanager
