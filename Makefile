@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SHARED ?= ../shared
 LLAMA3_TOKENIZER := $(SHARED)/data/llama3-tokenizer/tokenizer.json
 
-.PHONY: setup demo test test-fast test-slow test-wheel test-all bench bench-memory clean
+.PHONY: setup demo test test-fast test-slow test-wheel test-all bench bench-memory bench-gate clean
 
 setup: $(STAMP)
 
@@ -59,6 +59,11 @@ bench: setup
 # Peak RSS of the process tree per step and wall time of the default R1 exports (minutes; 950M: ~30).
 bench-memory: setup
 	$(BIN)/python benchmarks/bench_memory.py --tokenizer $(LLAMA3_TOKENIZER)
+
+# The gate's seeded-fault suite (~1 h) and its SmolLM2 baseline acceptance (~30 min).
+bench-gate: setup
+	$(BIN)/python benchmarks/gate_faults.py
+	$(BIN)/python benchmarks/gate_baselines.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

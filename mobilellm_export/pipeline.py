@@ -317,8 +317,13 @@ def verify_command(bundle_dir: str, *, eval_text: str | None, eval_tokens: int, 
     progress.note(f"{d.name}: all {len(m['files'])} files match their sha256, none unlisted")
     tgt = targets.get(m["target"]["name"])
     meta = metadata.derive(d, m, tgt)
-    metadata.require(meta)
-    progress.note(f"{d.name}: EOS ids, context, vocabulary, chat template and BOS policy match the files")
+    bad = [c["name"] for c in meta if not c["ok"]]
+    if base is None:  # a hand-run verify stops at the first disagreement, in one line
+        metadata.require(meta)
+    elif bad:  # a CI gate run goes on: the disagreement is a failed check in the report and JUnit file
+        progress.note(f"{d.name}: bundle.json disagrees with the files on {', '.join(bad)} (a failed gate check)")
+    if not bad:
+        progress.note(f"{d.name}: EOS ids, context, vocabulary, chat template and BOS policy match the files")
     with progress.step("load the artifact", "fails fast on a file its runtime cannot load"):
         probe = tgt.runner(d, m, threads=threads)
         del probe
