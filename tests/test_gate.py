@@ -3,6 +3,9 @@ and the CLI end to end (--baseline, --junit, plots, exit codes) on a tiny model.
 
 import copy
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -227,12 +230,23 @@ def test_verify_against_its_own_baseline_passes_and_a_worse_recipe_fails(baselin
     baseline_checks = [c for c in rep["gate"]["checks"] if c["suite"] == "baseline"]
     assert len(baseline_checks) >= 6 and all(c["status"] == "pass" for c in baseline_checks)
     assert (tmp_path / "rep" / "report-baseline.png").is_file()
-    # A grossly worse recipe: 4-bit embedding and head against the 8-bit ones of the baseline.
-    r = run_cli("--model", "tiny-llama", "--tokenizer", str(tiny_tokenizer), "--quant", "4bit-fast", "--out",
-                str(tmp_path / "out"), "--baseline", str(base), "--no-latency", "--json", *COMMON, timeout=900)
+    # A grossly worse recipe (4-bit embedding and head against the 8-bit ones of the baseline), run
+    # as under GitHub Actions: the job summary gains the report, and each failed check is annotated.
+    summary = tmp_path / "summary.md"
+    summary.write_text("earlier step\n")
+    env = dict(os.environ, GITHUB_ACTIONS="true", GITHUB_STEP_SUMMARY=str(summary))
+    r = subprocess.run([sys.executable, "-m", "mobilellm_export.cli", "--model", "tiny-llama", "--tokenizer",
+                        str(tiny_tokenizer), "--quant", "4bit-fast", "--out", str(tmp_path / "out"), "--baseline",
+                        str(base), "--no-latency", "--json", *COMMON], capture_output=True, text=True, env=env,
+                       timeout=900)
     assert r.returncode == 1, r.stderr
     failed = [c["name"] for c in json.loads(r.stdout)["gate"]["checks"] if c["status"] == "fail"]
     assert "baseline float->artifact kl_mean" in failed, failed
+    annotations = [ln for ln in r.stderr.splitlines() if ln.startswith("::error ")]  # stdout carries the JSON
+    assert len(annotations) == len(failed) and any("title=baseline float->artifact kl_mean::" in a
+                                                   for a in annotations), r.stderr
+    text = summary.read_text()
+    assert text.startswith("earlier step\n") and "## Gate" in text and "**FAIL**" in text
 
 
 def test_a_baseline_that_does_not_exist_fails_before_any_work(tmp_path):
