@@ -29,7 +29,7 @@ def test_fp32_bundle_is_complete_and_verified(fp32_bundle):
     d, rep = fp32_bundle
     assert sorted(p.name for p in d.iterdir()) == sorted(
         ["model.pte", "model.ptd", "tokenizer.json", "tokenizer_config.json", "bundle.json", "report.json",
-         "report.md"])
+         "report.md", "report-positions.json", "report-kl.png", "report-kl-hist.png", "report-top1.png"])
     m = json.loads((d / "bundle.json").read_text())
     validate(m)
     assert m["target"]["data_file"] == "model.ptd" and m["target"]["entry"] == "model.pte"
