@@ -88,6 +88,13 @@ def _emit(rep: dict, progress, as_json: bool, junit: str | None = None, started:
     ci.github_annotations(checks, markdown(rep), out=err() if as_json else out())  # stdout carries the JSON
 
 
+def _say_failed(rep: dict, progress, see: str = "") -> None:
+    from rich.markup import escape
+
+    failed = "; ".join(c["name"] for c in rep["gate"]["checks"] if c["status"] == "fail")
+    progress.console.print(f"[red]gate failed[/]: {escape(failed)}{see}", style="bold", highlight=False)
+
+
 def _progress(quiet: bool):
     from .console import Progress
     from .memory import TreeWatch
@@ -139,9 +146,7 @@ def export(model, quiet, as_json, junit, **opts):
     path, rep = export_command(model, progress=progress, **opts)
     _emit(rep, progress, as_json, junit, started)
     if rep.get("passed") is False:
-        failed = "; ".join(c["name"] for c in rep["gate"]["checks"] if c["status"] == "fail")
-        progress.console.print(f"[red]gate failed[/]: {failed} (see {path / 'report.md'})", style="bold",
-                               highlight=False)
+        _say_failed(rep, progress, f" (see {path / 'report.md'})")
         sys.exit(1)
 
 
@@ -218,8 +223,7 @@ def verify(bundle, eval_text, eval_tokens, thresholds, no_latency, baseline, jun
                          report_dir=report_dir)
     _emit(rep, progress, as_json, junit, started)
     if rep["passed"] is False and not as_json:
-        progress.console.print("[red]gate failed[/]: " + "; ".join(
-            c["name"] for c in rep["gate"]["checks"] if c["status"] == "fail"), style="bold", highlight=False)
+        _say_failed(rep, progress)
     sys.exit(0 if rep["passed"] else 1)
 
 

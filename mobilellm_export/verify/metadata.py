@@ -46,7 +46,6 @@ def derive(bundle_dir: Path, manifest: dict, target) -> list[dict]:
         # The tokenizer against the artifact itself, not only against bundle.json: a tokenizer from
         # another model stops on an id the artifact does not know, or emits ids past its table.
         eos = tok.eos_id
-        eos = tok.eos_id
         out.append({"name": "tokenizer EOS among the artifact's EOS ids", "ok": eos is None or eos in art["eos_ids"],
                     "manifest": sorted(art["eos_ids"]), "derived": eos, "source": manifest["tokenizer"]["config"],
                     "message": f"the tokenizer's EOS id {eos} is not among {entry}'s EOS ids {sorted(art['eos_ids'])}"})
