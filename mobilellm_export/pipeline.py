@@ -235,8 +235,7 @@ def verify_parity(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: di
         g.update({k: parity.greedy_tokens(runners[k], prompt, n_greedy, t.advance) for k in greedy_runners})
     rep["greedy"] = {key: parity.agreement(g[a], g[b]) for key, (a, b) in pairs.items() if a in g and b in g}
     rep["greedy_tokens"] = g
-    rep["checks"] = report_mod.checks(rep["parity"], thresholds)
-    rep["passed"] = all(c["ok"] for c in rep["checks"])
+    rep["checks"] = report_mod.checks(rep["parity"], thresholds)  # judge() adds the rest and sets "passed"
     if spec is not None and any(not c["ok"] for c in rep["checks"] if c["suite"] == "lowering"):
         from .verify.localise import localise
 
