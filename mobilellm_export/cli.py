@@ -106,6 +106,9 @@ THREADS = click.option("--threads", default=2, show_default=True, type=click.Int
                        help="CPU threads for eager models and the runtime (recorded in the report).")
 EVAL_TEXT = click.option("--eval-text", type=click.Path(exists=True, dir_okay=False),
                          help="Text for parity (default: built-in).")
+CALIB_TEXT = click.option("--calib-text", type=click.Path(exists=True, dir_okay=False),
+                          help="Calibration text for recipes that round with it (default: built-in, disjoint "
+                               "from the default evaluation text).")
 BASELINE = click.option("--baseline", type=click.Path(), metavar="OLD/report.json",
                         help="Fail when a metric regresses past the recipe's [gate] tolerance against this report.")
 JUNIT = click.option("--junit", type=click.Path(dir_okay=False), metavar="FILE",
@@ -125,6 +128,7 @@ EVAL_TOKENS = click.option("--eval-tokens", default=4096, show_default=True, typ
               help="Longest prefill chunk the artifact takes in one call.")
 @EVAL_TEXT
 @EVAL_TOKENS
+@CALIB_TEXT
 @click.option("--no-verify", is_flag=True, help="Skip parity and latency checks.")
 @click.option("--no-latency", is_flag=True, help="Verify parity, skip the latency measurement.")
 @click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE",
@@ -201,6 +205,7 @@ def generate(source, prompt, tokenizer, max_new_tokens, temperature, top_p, seed
 @EVAL_TOKENS
 @click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE")
 @click.option("--no-latency", is_flag=True)
+@CALIB_TEXT
 @BASELINE
 @JUNIT
 @click.option("--report-dir", type=click.Path(file_okay=False),
@@ -209,8 +214,8 @@ def generate(source, prompt, tokenizer, max_new_tokens, temperature, top_p, seed
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @friendly
-def verify(bundle, eval_text, eval_tokens, thresholds, no_latency, baseline, junit, report_dir, threads, quiet,
-           as_json):
+def verify(bundle, eval_text, eval_tokens, thresholds, no_latency, calib_text, baseline, junit, report_dir, threads,
+           quiet, as_json):
     """Re-check an existing bundle: sha256 of every file, metadata, parity, latency, baseline."""
     import time
 
@@ -220,7 +225,7 @@ def verify(bundle, eval_text, eval_tokens, thresholds, no_latency, baseline, jun
     progress = _progress(quiet or as_json)
     rep = verify_command(bundle, eval_text=eval_text, eval_tokens=eval_tokens, thresholds=thresholds,
                          threads=threads, with_latency=not no_latency, progress=progress, baseline=baseline,
-                         report_dir=report_dir)
+                         report_dir=report_dir, calib_text=calib_text)
     _emit(rep, progress, as_json, junit, started)
     if rep["passed"] is False and not as_json:
         _say_failed(rep, progress)

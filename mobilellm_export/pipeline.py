@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -87,6 +88,63 @@ def export_spec(ck: Checkpoint, max_context: int, max_seq_len: int, threads: int
                       bos_id=tok.bos_policy(ck.config.bos_token_id)["id"], threads=threads)
 
 
+def with_calib_text(recipe: Recipe, path: str | None) -> Recipe:
+    """The recipe with `--calib-text` pinned (absolute path and sha256, recorded in bundle.json)."""
+    if path is None:
+        return recipe
+    if not recipe.needs_calibration:
+        raise UserError(f"--calib-text: recipe {recipe.name} rounds to nearest and uses no calibration")
+    from .quant.calibrate import read_text
+
+    text, _ = read_text(path)
+    cal = dataclasses.replace(recipe.calibration, text=str(Path(path).resolve()),
+                              text_sha256=hashlib.sha256(text.encode()).hexdigest())
+    return dataclasses.replace(recipe, calibration=cal)
+
+
+def calibrator(ck: Checkpoint, model, recipe: Recipe, bos: int | None, max_context: int):
+    """quantize()'s calibrate callback: the float `model` over the recipe's calibration windows
+    (no longer than the context the model was built with)."""
+    def run(names):
+        from .quant import calibrate
+
+        c = recipe.calibration
+        if c.text_sha256:
+            text, _ = calibrate.read_text(c.text)
+            if hashlib.sha256(text.encode()).hexdigest() != c.text_sha256:
+                raise UserError(f"calibration text {c.text} is not the one the bundle was built with "
+                                f"(sha256 differs); give the original with --calib-text")
+        spec = calibrate.CalibSpec(text=c.text or None, tokens=c.tokens, window=min(c.window, max_context),
+                                   seed=c.seed)
+        return calibrate.collect(model, ck.tokenizer, spec, names, bos)
+    return run
+
+
+def calibration_checks(recipe: Recipe, eval_text: str | None, qfacts: dict, built: dict | None = None) -> list[dict]:
+    """Gate records: calibration and evaluation text share no passage; verify rebuilt the very integers
+    that export serialised (`built`: the export's quantization facts, from its report.json)."""
+    out = []
+    if recipe.needs_calibration:
+        from .quant.calibrate import overlap, read_text
+
+        cal, label = read_text(recipe.calibration.text or None)
+        shared = overlap(cal, load_text(eval_text))
+        out.append(report_mod.record(
+            "metadata", "calibration text disjoint from evaluation text", None, None, None, "200-character probes",
+            status="warn" if shared else "pass",
+            message=(f"the calibration text ({label}) shares passages with the evaluation text: quality numbers "
+                     f"are optimistic" if shared else f"calibration text ({label}) and evaluation text share no passage")))
+    if built and built.get("weights_sha256") and qfacts.get("weights_sha256"):
+        same = built["weights_sha256"] == qfacts["weights_sha256"]
+        out.append(report_mod.record(
+            "metadata", "reference integers", None, "==", None, "sha256 of every quantized weight",
+            status="pass" if same else "warn",
+            message="the rebuilt reference holds the integers the export serialised" if same else
+            f"the rebuilt reference's integers differ from the export's ({qfacts['weights_sha256']} vs "
+            f"{built['weights_sha256']}): lowering numbers compare against a slightly different model"))
+    return out
+
+
 def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_context: int, max_seq_len: int,
            eval_text: str | None, eval_tokens: int, do_verify: bool, threads: int, thresholds: Thresholds,
            progress: Progress, with_latency: bool = True, baseline: dict | None = None) -> tuple[Path, dict]:
@@ -102,7 +160,7 @@ def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_cont
         # and none is left while lowering (verification reads the weights again from the source).
         ck.drop_weights()
     with progress.step(f"quantize ({recipe.name})", recipe.description or "no quantization"):
-        qfacts = quantize(model, recipe)
+        qfacts = quantize(model, recipe, calibrator(ck, model, recipe, spec.bos_id, max_context))
     release()
     reference = target.reference(model)
     rep = {"model": ck.name, "target": target.name, "recipe": recipe.name, "threads": threads,
@@ -132,6 +190,7 @@ def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_cont
             rep.update(verify_parity(ck, target, tmp, manifest, reference, thresholds, eval_text=eval_text,
                                      eval_tokens=eval_tokens, threads=threads, progress=progress, baseline=baseline,
                                      spec=spec))
+            rep["checks"] += calibration_checks(recipe, eval_text, qfacts)
             positions = rep.pop("positions")
             del model, reference
             ck.drop_weights()
@@ -282,12 +341,12 @@ def measure_latency(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: 
 def export_command(model: str, *, target: str, quant: str, tokenizer: str | None, out: str, max_context: int,
                    max_seq_len: int, eval_text: str | None, eval_tokens: int, no_verify: bool, no_latency: bool,
                    thresholds: tuple[str, ...], threads: int, progress: Progress,
-                   baseline: str | None = None) -> tuple[Path, dict]:
+                   baseline: str | None = None, calib_text: str | None = None) -> tuple[Path, dict]:
     from .quant.recipe import load_recipe
     from .sources import load
 
     tgt = targets.get(target)
-    recipe = load_recipe(quant)
+    recipe = with_calib_text(load_recipe(quant), calib_text)
     th = thresholds_for(recipe, tgt.name, thresholds)
     base = gate_mod.load_baseline(baseline) if baseline else None
     if base is not None and no_verify:
@@ -303,7 +362,7 @@ def export_command(model: str, *, target: str, quant: str, tokenizer: str | None
 
 def verify_command(bundle_dir: str, *, eval_text: str | None, eval_tokens: int, thresholds: tuple[str, ...],
                    threads: int, with_latency: bool, progress: Progress, baseline: str | None = None,
-                   report_dir: str | None = None, source: str | None = None) -> dict:
+                   report_dir: str | None = None, source: str | None = None, calib_text: str | None = None) -> dict:
     """Re-check a bundle. The report goes to `report_dir` when given (the bundle is never written)."""
     from .sources import load
 
@@ -328,6 +387,11 @@ def verify_command(bundle_dir: str, *, eval_text: str | None, eval_tokens: int, 
         del probe
         release()
     recipe = Recipe.from_dict(m["recipe"])
+    if calib_text is not None:  # the text moved: the same bytes, found elsewhere
+        if not recipe.calibration.text_sha256:
+            raise UserError("--calib-text: this bundle was calibrated on the built-in text (or not at all)")
+        recipe = dataclasses.replace(recipe, calibration=dataclasses.replace(
+            recipe.calibration, text=str(Path(calib_text).resolve())))
     th = thresholds_for(recipe, tgt.name, thresholds)
     torch.set_num_threads(threads)
     with progress.step("load", source or m["source"]["id"]):
@@ -335,7 +399,8 @@ def verify_command(bundle_dir: str, *, eval_text: str | None, eval_tokens: int, 
     with progress.step("reference model + quantize", recipe.name):
         qmodel = build_model(ck, m["generation"]["max_context"])
         ck.drop_weights()  # as in export: the float copy goes as it is quantized; parity reads it again
-        qfacts = quantize(qmodel, recipe)
+        qfacts = quantize(qmodel, recipe, calibrator(ck, qmodel, recipe, m["generation"]["bos"]["id"],
+                                                        m["generation"]["max_context"]))
     reference = tgt.reference(qmodel)
     rep = {"model": m["model"], "target": tgt.name, "recipe": recipe.name, "threads": threads, "quantization": qfacts,
            "metadata": meta, "size_mb": {f: i["bytes"] / 1e6 for f, i in m["files"].items()},
@@ -345,6 +410,13 @@ def verify_command(bundle_dir: str, *, eval_text: str | None, eval_tokens: int, 
                       bos_id=m["generation"]["bos"]["id"], threads=threads)
     rep.update(verify_parity(ck, tgt, d, m, reference, th, eval_text=eval_text, eval_tokens=eval_tokens,
                              threads=threads, progress=progress, baseline=base, spec=spec))
+    built = None
+    if (d / "report.json").is_file():
+        try:
+            built = json.loads((d / "report.json").read_text(encoding="utf-8")).get("quantization")
+        except (OSError, ValueError):
+            built = None  # an unreadable old report only costs this one comparison
+    rep["checks"] += calibration_checks(recipe, eval_text, qfacts, built)
     positions = rep.pop("positions")
     del qmodel, reference
     ck.drop_weights()

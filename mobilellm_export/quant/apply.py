@@ -77,8 +77,36 @@ def effective_group(w: WeightQuant, in_features: int) -> int:
     return 0
 
 
-def quantize(model: Transformer, recipe: Recipe) -> dict:
-    """Quantize `model` in place. Returns facts for the report (fallback layers, counts)."""
+def _choose(w: torch.Tensor, wq: WeightQuant, g: int, H: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    from . import rounding
+
+    if wq.rounding == "gptq":
+        return rounding.gptq(w, H, wq.bits, g, wq.scale_dtype, wq.scales, act_order=wq.act_order)
+    return rounding.round_weight(w, wq.bits, g, wq.scale_dtype, wq.scales, None if H is None else torch.diag(H))
+
+
+def digest(model: nn.Module) -> str:
+    """sha256 over every quantized weight's integers and scales: equal digests, equal reference."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for fqn, m in model.named_modules():
+        w = getattr(m, "weight", None)
+        if hasattr(w, "qdata") and not isinstance(m, TiedQuantEmbedding):
+            h.update(fqn.encode())
+            h.update(w.qdata.contiguous().numpy().tobytes())
+            h.update(w.scale.float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def quantize(model: Transformer, recipe: Recipe, calibrate=None) -> dict:
+    """Quantize `model` in place. Returns facts for the report (fallback layers, counts, calibration).
+
+    `calibrate(names) -> (H per linear name, facts)` runs the float model over calibration text; it
+    is called once, before any weight changes, when the recipe's rounding needs it.
+    """
+    import time
+
     from torchao.quantization import IntxWeightOnlyConfig, quantize_
     from torchao.quantization.granularity import PerAxis, PerGroup
 
@@ -108,13 +136,27 @@ def quantize(model: Transformer, recipe: Recipe) -> dict:
             facts["fallbacks"].append({"layer": fqn, "in_features": m.in_features, "group_size": g,
                                        "wanted": w.group_size})
         by_config.setdefault((w, g), []).append(fqn)
+    H: dict[str, torch.Tensor] = {}
+    calibrated = {f for (w, _), fqns in by_config.items() if w.calibrated for f in fqns}
+    if calibrated:
+        if calibrate is None:
+            raise UserError(f"recipe {recipe.name} rounds with calibration ({recipe.linear.rounding}, "
+                            f"{recipe.linear.scales} scales) but no calibration text was given")
+        H, facts["calibration"] = calibrate(calibrated)
+    t0 = time.perf_counter()
     with torch.no_grad():
         # The head first: quantizing the largest matrix makes float temporaries of its size, and
         # early on fewer quantized copies exist beside them (the float weights go as they are
         # replaced, when nothing else holds them).
         for (w, g), fqns in sorted(by_config.items(), key=lambda kv: "lm_head" not in kv[1]):
             names = set(fqns)
+            chosen = {} if w.plain else {f: _choose(model.get_submodule(f).weight.detach(), w, g, H.get(f))
+                                         for f in fqns}
             quantize_(model, _linear_config(w, g), filter_fn=lambda mod, fqn, names=names: fqn in names)
+            for f, (q, s) in chosen.items():  # torchao built the tensor's format; the integers are ours
+                t = model.get_submodule(f).weight
+                t.qdata.copy_(q.view_as(t.qdata))
+                t.scale.copy_(s.view_as(t.scale).to(t.scale.dtype))
             facts["quantized_linears"] += len(fqns)
         e = recipe.embedding
         if share:
@@ -125,4 +167,8 @@ def quantize(model: Transformer, recipe: Recipe) -> dict:
                                        granularity=PerGroup(g) if g else PerAxis(0),
                                        scale_dtype=torch.float32)
             quantize_(model, cfg, filter_fn=lambda mod, fqn: isinstance(mod, nn.Embedding))
+    facts["rounding"] = sorted({f"{w.scales}+{w.rounding}{'+act_order' if w.act_order else ''}"
+                                for (w, _) in by_config})
+    facts["rounding_seconds"] = round(time.perf_counter() - t0, 2)
+    facts["weights_sha256"] = digest(model)
     return facts

@@ -34,10 +34,24 @@ class WeightQuant:
     group_size: int = 0  # 0 = one scale per output channel / embedding row
     activations: str = "int8_dynamic"  # linears only: "int8_dynamic" (per token) | "none" (weight-only)
     scale_dtype: str = "bf16"  # XNNPACK keeps 4-bit block scales in bf16: match it in the reference
+    # Which integers fill that format (quant/rounding.py); none changes its size or speed.
+    scales: str = "minmax"  # "minmax" (torchao's rule) | "mse" (activation-weighted search) | "hqq"
+    rounding: str = "nearest"  # "nearest" | "gptq" (error feedback through calibration Hessians)
+    act_order: bool = False  # gptq: visit columns by decreasing input energy (static group scales)
 
     @property
     def quantized(self) -> bool:
         return self.bits != 0
+
+    @property
+    def calibrated(self) -> bool:
+        """Does choosing the integers need calibration activations?"""
+        return self.quantized and (self.rounding == "gptq" or self.scales == "mse")
+
+    @property
+    def plain(self) -> bool:
+        """torchao's own round-to-nearest: nothing to overwrite."""
+        return self.scales == "minmax" and self.rounding == "nearest"
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,18 @@ class Gate:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """Calibration windows for the rounding methods: `tokens` tokens in windows of `window`, at offsets
+    drawn with `seed` from the built-in text (or `--calib-text`). Seeded, so verify rebuilds the
+    same integers; `text_sha256` pins a user text that the bundle was built with."""
+    tokens: int = 8192
+    window: int = 512
+    seed: int = 0
+    text: str = ""  # "" = built-in; else the file the export read
+    text_sha256: str = ""
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     description: str = ""
@@ -89,6 +115,7 @@ class Recipe:
     target_thresholds: dict = field(default_factory=dict)  # target -> {field: bound} overriding `thresholds`
     gate: Gate = field(default_factory=Gate)
     overrides: tuple = ()  # ({"match": "layers.*.mlp.down_proj", "group_size": 128, ...}, ...): last match wins
+    calibration: Calibration = field(default_factory=Calibration)
     path: str = ""
 
     def thresholds_for(self, target: str) -> Thresholds:
@@ -101,6 +128,13 @@ class Recipe:
             if fnmatch.fnmatchcase(fqn, ov["match"]):
                 w = dataclasses.replace(w, **{k: v for k, v in ov.items() if k != "match"})
         return w
+
+    def weights(self) -> list[WeightQuant]:
+        return [self.linear, self.head] + [self.weight_for(o["match"]) for o in self.overrides]
+
+    @property
+    def needs_calibration(self) -> bool:
+        return any(w.calibrated for w in self.weights())
 
     @property
     def is_float(self) -> bool:
@@ -117,7 +151,8 @@ class Recipe:
         return cls(name=r["name"], description=r.get("description", ""), linear=WeightQuant(**r["linear"]),
                    embedding=WeightQuant(**r["embedding"]), head=WeightQuant(**r["head"]),
                    thresholds=Thresholds(**r["thresholds"]), target_thresholds=r.get("target_thresholds", {}),
-                   gate=Gate(**r.get("gate", {})), overrides=tuple(r.get("overrides", ())), path=r.get("path", ""))
+                   gate=Gate(**r.get("gate", {})), overrides=tuple(r.get("overrides", ())),
+                   calibration=Calibration(**r.get("calibration", {})), path=r.get("path", ""))
 
 
 _GROUPS = (0, 16, 32, 64, 128, 256)
@@ -147,6 +182,16 @@ def _check_weight(w: WeightQuant, where: str, linear: bool) -> None:
         raise UserError(f"{where}.activations: embeddings take no activation quantization; use 'none'")
     if w.scale_dtype not in ("bf16", "fp32"):
         raise UserError(f"{where}.scale_dtype = {w.scale_dtype!r}: must be 'bf16' or 'fp32'")
+    from .rounding import SCALE_METHODS
+
+    if w.scales not in SCALE_METHODS:
+        raise UserError(f"{where}.scales = {w.scales!r}: must be one of {', '.join(SCALE_METHODS)}")
+    if w.rounding not in ("nearest", "gptq"):
+        raise UserError(f"{where}.rounding = {w.rounding!r}: must be 'nearest' or 'gptq'")
+    if not isinstance(w.act_order, bool) or (w.act_order and w.rounding != "gptq"):
+        raise UserError(f"{where}.act_order = {w.act_order!r}: a boolean, and only with rounding = 'gptq'")
+    if not linear and not w.plain:
+        raise UserError(f"{where}: embeddings are rounded to nearest (the shared head's integers serve a tied lookup)")
 
 
 def parse_recipe(text: str, name: str, path: str = "") -> Recipe:
@@ -155,7 +200,7 @@ def parse_recipe(text: str, name: str, path: str = "") -> Recipe:
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"recipe {path or name}: invalid TOML: {e}") from None
     where = Path(path).name if path else name
-    top = {"name", "description", "linear", "embedding", "head", "thresholds", "gate", "override"}
+    top = {"name", "description", "linear", "embedding", "head", "thresholds", "gate", "override", "calibration"}
     unknown = sorted(set(raw) - top)
     if unknown:
         raise UserError(f"recipe {where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(top))})")
@@ -189,9 +234,16 @@ def parse_recipe(text: str, name: str, path: str = "") -> Recipe:
         fields = {k: v for k, v in ov.items() if k != "match"}
         base = head if ov["match"] == "lm_head" else linear
         _check_weight(_section(WeightQuant, {**dataclasses.asdict(base), **fields}, at), at, True)
+    cal = _section(Calibration, raw.get("calibration", {}), f"recipe {where} [calibration]")
+    if cal.text or cal.text_sha256:
+        raise UserError(f"recipe {where} [calibration]: give the text with --calib-text, not in the recipe")
+    for k in ("tokens", "window", "seed"):
+        v = getattr(cal, k)
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "seed" else 2):
+            raise UserError(f"recipe {where} [calibration] {k} = {v!r}: must be an integer >= {0 if k == 'seed' else 2}")
     return Recipe(name=raw.get("name", name), description=raw.get("description", ""), linear=linear,
                   embedding=emb, head=head, thresholds=th, target_thresholds=per_target, gate=gate,
-                  overrides=tuple(overrides), path=path)
+                  overrides=tuple(overrides), calibration=cal, path=path)
 
 
 def available() -> list[str]:
