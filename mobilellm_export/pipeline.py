@@ -102,22 +102,77 @@ def with_calib_text(recipe: Recipe, path: str | None) -> Recipe:
     return dataclasses.replace(recipe, calibration=cal)
 
 
+def _calib_spec(recipe: Recipe, max_context: int, **over):
+    from .quant import calibrate
+
+    c = recipe.calibration
+    if c.text_sha256:
+        text, _ = calibrate.read_text(c.text)
+        if hashlib.sha256(text.encode()).hexdigest() != c.text_sha256:
+            raise UserError(f"calibration text {c.text} is not the one the bundle was built with "
+                            f"(sha256 differs); give the original with --calib-text")
+    spec = calibrate.CalibSpec(text=c.text or None, tokens=c.tokens, window=min(c.window, max_context), seed=c.seed)
+    return dataclasses.replace(spec, **over)
+
+
+def with_size_budget(recipe: Recipe, size_mb: float | None) -> Recipe:
+    if recipe.auto is None:
+        if size_mb is not None:
+            raise UserError(f"--size-mb: recipe {recipe.name} has no [auto] table (use --quant 4bit-auto)")
+        return recipe
+    if size_mb is not None:
+        recipe = dataclasses.replace(recipe, auto=dataclasses.replace(recipe.auto, size_mb=float(size_mb)))
+    if recipe.auto.size_mb <= 0:
+        raise UserError(f"recipe {recipe.name} chooses formats under a size budget: give --size-mb N")
+    return recipe
+
+
 def calibrator(ck: Checkpoint, model, recipe: Recipe, bos: int | None, max_context: int):
     """quantize()'s calibrate callback: the float `model` over the recipe's calibration windows
-    (no longer than the context the model was built with)."""
+    (no longer than the context the model was built with). It runs once: a 4bit-auto search and
+    the quantization that follows read the same Hessians."""
+    cache: dict = {}
+
     def run(names):
         from .quant import calibrate
 
-        c = recipe.calibration
-        if c.text_sha256:
-            text, _ = calibrate.read_text(c.text)
-            if hashlib.sha256(text.encode()).hexdigest() != c.text_sha256:
-                raise UserError(f"calibration text {c.text} is not the one the bundle was built with "
-                                f"(sha256 differs); give the original with --calib-text")
-        spec = calibrate.CalibSpec(text=c.text or None, tokens=c.tokens, window=min(c.window, max_context),
-                                   seed=c.seed)
-        return calibrate.collect(model, ck.tokenizer, spec, names, bos)
+        if not cache or not set(names) <= set(cache["H"]):
+            cache["H"], cache["facts"] = calibrate.collect(model, ck.tokenizer, _calib_spec(recipe, max_context),
+                                                           set(names) | set(cache.get("H", {})), bos)
+        return {n: cache["H"][n] for n in names}, cache["facts"]
     return run
+
+
+# Bundle bytes besides the weights' estimate: the program and bundle.json (the tokenizer files are
+# measured); SmolLM2 4bit: 89.83 MB of files for an 88.27 MB weight estimate plus 2.10 MB of tokenizer.
+FILE_OVERHEAD_BYTES = 0.2e6
+
+
+def plan_auto(ck: Checkpoint, model, recipe: Recipe, calibrate_cb, bos: int | None, max_context: int,
+              status=lambda msg: None) -> tuple[Recipe, dict]:
+    """Resolve a 4bit-auto recipe: its per-block formats under the --size-mb budget (quant/auto.py)."""
+    from .quant import auto, calibrate
+    from .quant.recipe import block_linears
+
+    names = {f"layers.{i}.{n}" for i in range(ck.config.n_layers) for n in block_linears(ck.config)}
+    H, _ = calibrate_cb(names)
+    spec = _calib_spec(recipe, max_context, tokens=recipe.auto.tokens, seed=recipe.calibration.seed + 1)
+    text, _ = calibrate.read_text(spec.text)
+    wins = calibrate.calib_windows(ck.tokenizer.encode(text, add_special_tokens=False), spec, bos)
+    with tempfile.TemporaryDirectory(prefix="mobilellm-tok.") as tmp:
+        ck.tokenizer.save(Path(tmp))
+        tok_bytes = sum(f.stat().st_size for f in Path(tmp).iterdir())
+    budget = recipe.auto.size_mb * 1e6 - tok_bytes - FILE_OVERHEAD_BYTES
+    return auto.search(model, recipe, ck.config, H, wins, budget, status)
+
+
+def auto_checks(recipe: Recipe, size_mb: dict) -> list[dict]:
+    """A 4bit-auto bundle's files fit the budget it was planned for."""
+    if recipe.auto is None or not recipe.auto.size_mb:
+        return []
+    total = sum(size_mb.values())
+    return [report_mod.record("absolute", "bundle MB within --size-mb", total, "<=", recipe.auto.size_mb,
+                              "4bit-auto size budget")]
 
 
 def calibration_checks(recipe: Recipe, eval_text: str | None, qfacts: dict, built: dict | None = None) -> list[dict]:
@@ -130,7 +185,7 @@ def calibration_checks(recipe: Recipe, eval_text: str | None, qfacts: dict, buil
         cal, label = read_text(recipe.calibration.text or None)
         shared = overlap(cal, load_text(eval_text))
         out.append(report_mod.record(
-            "metadata", "calibration text disjoint from evaluation text", None, None, None, "200-character probes",
+            "metadata", "calibration text disjoint from evaluation text", None, None, None, "shared passages of 95+ characters",
             status="warn" if shared else "pass",
             message=(f"the calibration text ({label}) shares passages with the evaluation text: quality numbers "
                      f"are optimistic" if shared else f"calibration text ({label}) and evaluation text share no passage")))
@@ -159,8 +214,18 @@ def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_cont
         # From here the model's parameters are the only float copy: each goes as it is quantized,
         # and none is left while lowering (verification reads the weights again from the source).
         ck.drop_weights()
+    cal = calibrator(ck, model, recipe, spec.bos_id, max_context)
+    auto_facts = None
+    if recipe.auto is not None and not recipe.auto.resolved:
+        with progress.step("4bit-auto: sensitivity", f"each block alone in {', '.join(recipe.auto.options)}, "
+                           f"budget {recipe.auto.size_mb:g} MB") as task:
+            recipe, auto_facts = plan_auto(ck, model, recipe, cal, spec.bos_id, max_context, task.status)
+        progress.note(f"  8-bit blocks: {auto_facts['kept_8bit'] or 'none'}; predicted weights "
+                      f"{auto_facts['weights_mb']:.1f} MB")
     with progress.step(f"quantize ({recipe.name})", recipe.description or "no quantization"):
-        qfacts = quantize(model, recipe, calibrator(ck, model, recipe, spec.bos_id, max_context))
+        qfacts = quantize(model, recipe, cal)
+    if auto_facts is not None:
+        qfacts["auto"] = auto_facts
     release()
     reference = target.reference(model)
     rep = {"model": ck.name, "target": target.name, "recipe": recipe.name, "threads": threads,
@@ -190,7 +255,7 @@ def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_cont
             rep.update(verify_parity(ck, target, tmp, manifest, reference, thresholds, eval_text=eval_text,
                                      eval_tokens=eval_tokens, threads=threads, progress=progress, baseline=baseline,
                                      spec=spec))
-            rep["checks"] += calibration_checks(recipe, eval_text, qfacts)
+            rep["checks"] += calibration_checks(recipe, eval_text, qfacts) + auto_checks(recipe, rep["size_mb"])
             positions = rep.pop("positions")
             del model, reference
             ck.drop_weights()
@@ -341,12 +406,13 @@ def measure_latency(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: 
 def export_command(model: str, *, target: str, quant: str, tokenizer: str | None, out: str, max_context: int,
                    max_seq_len: int, eval_text: str | None, eval_tokens: int, no_verify: bool, no_latency: bool,
                    thresholds: tuple[str, ...], threads: int, progress: Progress,
-                   baseline: str | None = None, calib_text: str | None = None) -> tuple[Path, dict]:
+                   baseline: str | None = None, calib_text: str | None = None,
+                   size_mb: float | None = None) -> tuple[Path, dict]:
     from .quant.recipe import load_recipe
     from .sources import load
 
     tgt = targets.get(target)
-    recipe = with_calib_text(load_recipe(quant), calib_text)
+    recipe = with_size_budget(with_calib_text(load_recipe(quant), calib_text), size_mb)
     th = thresholds_for(recipe, tgt.name, thresholds)
     base = gate_mod.load_baseline(baseline) if baseline else None
     if base is not None and no_verify:
@@ -416,7 +482,7 @@ def verify_command(bundle_dir: str, *, eval_text: str | None, eval_tokens: int, 
             built = json.loads((d / "report.json").read_text(encoding="utf-8")).get("quantization")
         except (OSError, ValueError):
             built = None  # an unreadable old report only costs this one comparison
-    rep["checks"] += calibration_checks(recipe, eval_text, qfacts, built)
+    rep["checks"] += calibration_checks(recipe, eval_text, qfacts, built) + auto_checks(recipe, rep["size_mb"])
     positions = rep.pop("positions")
     del qmodel, reference
     ck.drop_weights()

@@ -41,3 +41,15 @@ def tiny_tokenizer(tmp_path_factory):
     tok.save(str(d / "tokenizer.json"))
     (d / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
     return d
+
+
+def calib(model, windows: int = 2, length: int = 12, seed: int = 0):
+    """A quantize() calibrate callback over seeded random token windows (recipes that round with
+    GPTQ or weighted scales need one; real text calibration is tested in test_rounding.py)."""
+    import torch
+
+    from mobilellm_export.quant.calibrate import from_windows
+
+    g = torch.Generator().manual_seed(seed)
+    vocab = model.cfg.vocab_size
+    return from_windows(model, [torch.randint(0, vocab, (length,), generator=g).tolist() for _ in range(windows)])

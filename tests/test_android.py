@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import calib
+
 from mobilellm_export.config import PRESETS
 from mobilellm_export.errors import UserError
 from mobilellm_export.generate import generate
@@ -303,7 +305,7 @@ def test_shared_table_lookup_equals_the_quantized_reference_and_is_stored_once(r
     from mobilellm_export.quant.recipe import load_recipe
 
     m = _model("tiny-llama")
-    quantize(m, load_recipe(recipe))
+    quantize(m, load_recipe(recipe), calib(m))
     assert isinstance(m.embed_tokens, TiedQuantEmbedding)
     lookup = android.TiedEmbeddingLookup(m.embed_tokens).eval()
     tokens = torch.arange(m.cfg.vocab_size)[None]

@@ -15,6 +15,8 @@ import pytest
 import torch
 from faults import BY_NAME, FAULTS, harness
 
+from conftest import calib
+
 from mobilellm_export.targets import Artifact, ExportSpec, Target
 from mobilellm_export.targets.android import Android
 
@@ -51,7 +53,7 @@ def references(tiny_src):
         if recipe not in built:
             ck = load(str(tiny_src))
             model = build_model(ck, MAX_CONTEXT)
-            quantize(model, load_recipe(recipe))
+            quantize(model, load_recipe(recipe), calib(model))
             built[recipe] = model, ExportSpec(config=model.cfg, max_context=MAX_CONTEXT, max_seq_len=32,
                                               eos_ids=(2,), bos_id=1)
         return built[recipe]

@@ -17,6 +17,8 @@ import functools
 import pytest
 import torch
 
+from conftest import calib
+
 from mobilellm_export.config import PRESETS
 from mobilellm_export.model import Transformer, random_weights
 from mobilellm_export.quant.apply import quantize
@@ -35,7 +37,7 @@ def reference():
     logits on TOKENS, to show that localising leaves it as it was."""
     m = Transformer(CFG, max_context=SPEC.max_context)
     m.load_weights(random_weights(CFG, 0))
-    quantize(m.eval(), load_recipe("4bit"))
+    quantize(m.eval(), load_recipe("4bit"), calib(m))
     with torch.no_grad():
         logits = m(torch.tensor([TOKENS]), torch.tensor([0]))
     return m, logits
@@ -224,7 +226,7 @@ def test_android_r1_140m_shapes(fault, tmp_path):
     spec = dataclasses.replace(SPEC, config=cfg)
     m = Transformer(cfg, max_context=spec.max_context)
     m.load_weights(random_weights(cfg, 0))
-    quantize(m.eval(), load_recipe("4bit"))
+    quantize(m.eval(), load_recipe("4bit"), calib(m))
     r = loc.localise(Faulty(fault and functools.partial(scale_fault, layer=2)), m, spec, TOKENS, work_dir=tmp_path)
     print(fault, r["message"])
     assert r["first"] == (fault and "layers.2.mlp"), r["message"]

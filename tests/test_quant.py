@@ -6,6 +6,8 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import calib
+
 from mobilellm_export.config import PRESETS
 from mobilellm_export.errors import UserError
 from mobilellm_export.model import Transformer, random_weights
@@ -32,7 +34,7 @@ def test_shipped_recipes_parse():
 def test_tied_table_is_quantized_once_and_lookup_equals_head_rows(tiny):
     for name in ("4bit", "8bit", "4bit-fast"):
         q = copy.deepcopy(tiny)
-        facts = quantize(q, load_recipe(name))
+        facts = quantize(q, load_recipe(name), calib(q))
         assert facts["tied_stored"] == "once" and isinstance(q.embed_tokens, TiedQuantEmbedding)
         tokens = torch.tensor([[0, 7, 511, 7]])
         assert torch.equal(q.embed_tokens(tokens), q.lm_head.weight.dequantize()[tokens])
@@ -43,7 +45,7 @@ def test_tied_table_is_quantized_once_and_lookup_equals_head_rows(tiny):
 def test_different_grids_for_lookup_and_head_store_two_tables(tiny):
     r = dataclasses.replace(load_recipe("4bit"), embedding=dataclasses.replace(load_recipe("4bit-fast").embedding))
     q = copy.deepcopy(tiny)
-    assert quantize(q, r)["tied_stored"] == "twice"
+    assert quantize(q, r, calib(q))["tied_stored"] == "twice"
     assert not isinstance(q.embed_tokens, TiedQuantEmbedding)
 
 
@@ -52,7 +54,7 @@ def test_group_size_fallback_is_per_layer_and_reported():
     m = Transformer(cfg, max_context=16).eval()
     m.load_weights(random_weights(cfg))
     r = dataclasses.replace(load_recipe("4bit"), linear=dataclasses.replace(load_recipe("4bit").linear, group_size=64))
-    facts = quantize(m, r)
+    facts = quantize(m, r, calib(m))
     fb = {f["layer"]: f["group_size"] for f in facts["fallbacks"]}
     assert fb == {"layers.0.mlp.down_proj": 32, "layers.1.mlp.down_proj": 32}
     assert m.layers[0].mlp.down_proj.weight.block_size[-1] == 32

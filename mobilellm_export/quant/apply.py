@@ -14,6 +14,7 @@ import torch.nn as nn
 from ..errors import UserError
 from ..model import Transformer
 from .recipe import Recipe, WeightQuant
+from .simulate import choose
 
 _SCALE_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -75,14 +76,6 @@ def effective_group(w: WeightQuant, in_features: int) -> int:
         if cand < g and in_features % cand == 0:
             return cand
     return 0
-
-
-def _choose(w: torch.Tensor, wq: WeightQuant, g: int, H: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    from . import rounding
-
-    if wq.rounding == "gptq":
-        return rounding.gptq(w, H, wq.bits, g, wq.scale_dtype, wq.scales, act_order=wq.act_order)
-    return rounding.round_weight(w, wq.bits, g, wq.scale_dtype, wq.scales, None if H is None else torch.diag(H))
 
 
 def digest(model: nn.Module) -> str:
@@ -150,7 +143,7 @@ def quantize(model: Transformer, recipe: Recipe, calibrate=None) -> dict:
         # replaced, when nothing else holds them).
         for (w, g), fqns in sorted(by_config.items(), key=lambda kv: "lm_head" not in kv[1]):
             names = set(fqns)
-            chosen = {} if w.plain else {f: _choose(model.get_submodule(f).weight.detach(), w, g, H.get(f))
+            chosen = {} if w.plain else {f: choose(model.get_submodule(f).weight.detach(), w, g, H.get(f))
                                          for f in fqns}
             quantize_(model, _linear_config(w, g), filter_fn=lambda mod, fqn, names=names: fqn in names)
             for f, (q, s) in chosen.items():  # torchao built the tensor's format; the integers are ours

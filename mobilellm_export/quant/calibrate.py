@@ -97,12 +97,8 @@ class Hessians:
 
 
 @torch.inference_mode()
-def collect(model, tokenizer, spec: CalibSpec, names: set[str], bos: int | None) -> tuple[dict, dict]:
-    """(H per linear name, facts for the report). `model` is the float reference Transformer."""
-    t0 = time.perf_counter()
-    text, label = read_text(spec.text)
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    wins = calib_windows(ids, spec, bos)
+def hessians(model, wins: list[list[int]], names: set[str]) -> dict[str, torch.Tensor]:
+    """H = X^T X / n of each named linear's inputs over the token windows (each from position 0)."""
     hs = Hessians(model, names)
     try:
         for w in wins:
@@ -110,14 +106,32 @@ def collect(model, tokenizer, spec: CalibSpec, names: set[str], bos: int | None)
             hs.next_batch()
     finally:
         H = hs.close()
+    return H
+
+
+def from_windows(model, wins: list[list[int]]):
+    """A quantize() calibrate callback over given token windows (tests, benchmarks)."""
+    return lambda names: (hessians(model, wins, names), {"text": "given windows", "windows": len(wins),
+                                                         "tokens": sum(map(len, wins))})
+
+
+def collect(model, tokenizer, spec: CalibSpec, names: set[str], bos: int | None) -> tuple[dict, dict]:
+    """(H per linear name, facts for the report). `model` is the float reference Transformer."""
+    t0 = time.perf_counter()
+    text, label = read_text(spec.text)
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    wins = calib_windows(ids, spec, bos)
+    H = hessians(model, wins, names)
     facts = {"text": label, "sha256": hashlib.sha256(text.encode()).hexdigest()[:16], "tokens": sum(map(len, wins)),
              "windows": len(wins), "window": spec.window, "seed": spec.seed,
              "seconds": round(time.perf_counter() - t0, 2)}
     return H, facts
 
 
-def overlap(calib_text: str, eval_text: str, probe: int = 200, stride: int = 997) -> bool:
-    """Does any `probe`-character stretch of the calibration text appear in the evaluation text?"""
-    cal = " ".join(calib_text.split())
-    ev = " ".join(eval_text.split())
-    return any(cal[i:i + probe] in ev for i in range(0, max(1, len(cal) - probe), stride))
+def overlap(calib_text: str, eval_text: str, n: int = 64, stride: int = 32) -> bool:
+    """Do the two texts share a passage? Every n-character run of the evaluation text (whitespace
+    normalised) is a key; calibration runs are probed every `stride` characters, so any shared passage
+    of n + stride - 1 characters or more is found."""
+    cal, ev = " ".join(calib_text.split()), " ".join(eval_text.split())
+    grams = {ev[i:i + n] for i in range(len(ev) - n + 1)}
+    return any(cal[i:i + n] in grams for i in range(0, len(cal) - n + 1, stride))

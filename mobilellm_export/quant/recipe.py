@@ -105,6 +105,16 @@ class Calibration:
 
 
 @dataclass(frozen=True)
+class Auto:
+    """Mixed precision under a size budget (quant/auto.py): per decoder block, one of `options`
+    ("bits:group", group 0 = per channel), chosen by measured KL per byte."""
+    size_mb: float = 0.0  # total bundle files, MB; `--size-mb` sets it
+    options: tuple = ("4:128", "4:32", "8:0")
+    tokens: int = 1024  # calibration tokens scored per (block, format) trial
+    resolved: bool = False  # the search ran: the overrides hold its plan (verify re-applies them)
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     description: str = ""
@@ -116,6 +126,7 @@ class Recipe:
     gate: Gate = field(default_factory=Gate)
     overrides: tuple = ()  # ({"match": "layers.*.mlp.down_proj", "group_size": 128, ...}, ...): last match wins
     calibration: Calibration = field(default_factory=Calibration)
+    auto: Auto | None = None
     path: str = ""
 
     def thresholds_for(self, target: str) -> Thresholds:
@@ -152,7 +163,9 @@ class Recipe:
                    embedding=WeightQuant(**r["embedding"]), head=WeightQuant(**r["head"]),
                    thresholds=Thresholds(**r["thresholds"]), target_thresholds=r.get("target_thresholds", {}),
                    gate=Gate(**r.get("gate", {})), overrides=tuple(r.get("overrides", ())),
-                   calibration=Calibration(**r.get("calibration", {})), path=r.get("path", ""))
+                   calibration=Calibration(**r.get("calibration", {})),
+                   auto=None if r.get("auto") is None else Auto(**{**r["auto"], "options": tuple(r["auto"]["options"])}),
+                   path=r.get("path", ""))
 
 
 _GROUPS = (0, 16, 32, 64, 128, 256)
@@ -200,7 +213,7 @@ def parse_recipe(text: str, name: str, path: str = "") -> Recipe:
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"recipe {path or name}: invalid TOML: {e}") from None
     where = Path(path).name if path else name
-    top = {"name", "description", "linear", "embedding", "head", "thresholds", "gate", "override", "calibration"}
+    top = {"name", "description", "linear", "embedding", "head", "thresholds", "gate", "override", "calibration", "auto"}
     unknown = sorted(set(raw) - top)
     if unknown:
         raise UserError(f"recipe {where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(top))})")
@@ -241,9 +254,20 @@ def parse_recipe(text: str, name: str, path: str = "") -> Recipe:
         v = getattr(cal, k)
         if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "seed" else 2):
             raise UserError(f"recipe {where} [calibration] {k} = {v!r}: must be an integer >= {0 if k == 'seed' else 2}")
+    auto = None
+    if "auto" in raw:
+        auto = _section(Auto, raw["auto"], f"recipe {where} [auto]")
+        auto = dataclasses.replace(auto, options=tuple(auto.options))
+        for o in auto.options:
+            bits, _, group = str(o).partition(":")
+            if not (bits.isdigit() and group.isdigit() and int(bits) in (4, 8) and int(group) in _GROUPS):
+                raise UserError(f"recipe {where} [auto] options: {o!r} is not 'bits:group' (bits 4 or 8, group in "
+                                f"{_GROUPS})")
+        if not linear.quantized or isinstance(auto.tokens, bool) or not isinstance(auto.tokens, int) or auto.tokens < 2:
+            raise UserError(f"recipe {where} [auto]: needs a quantized [linear] and tokens >= 2")
     return Recipe(name=raw.get("name", name), description=raw.get("description", ""), linear=linear,
                   embedding=emb, head=head, thresholds=th, target_thresholds=per_target, gate=gate,
-                  overrides=tuple(overrides), calibration=cal, path=path)
+                  overrides=tuple(overrides), calibration=cal, auto=auto, path=path)
 
 
 def available() -> list[str]:
@@ -264,6 +288,22 @@ def load_recipe(name_or_path: str) -> Recipe:
     return parse_recipe(p.read_text(encoding="utf-8"), p.stem, str(p))
 
 
+def block_linears(cfg) -> dict[str, tuple[int, int]]:
+    """A decoder block's linears (names as in model.Transformer) -> (out_features, in_features)."""
+    d, hd, h = cfg.dim, cfg.head_dim, cfg.hidden_dim
+    return {"self_attn.q_proj": (cfg.n_heads * hd, d), "self_attn.k_proj": (cfg.n_kv_heads * hd, d),
+            "self_attn.v_proj": (cfg.n_kv_heads * hd, d), "self_attn.o_proj": (d, cfg.n_heads * hd),
+            "mlp.gate_proj": (h, d), "mlp.up_proj": (h, d), "mlp.down_proj": (d, h)}
+
+
+def weight_bytes(n_rows: int, n_cols: int, w: WeightQuant) -> float:
+    """Bytes of one [n_rows, n_cols] matrix in format `w`: integers plus block scales (fp32 when float)."""
+    if not w.quantized:
+        return n_rows * n_cols * 4
+    groups = n_rows * (n_cols // w.group_size if w.group_size else 1)
+    return n_rows * n_cols * w.bits / 8 + groups * (2 if w.scale_dtype == "bf16" else 4)
+
+
 def estimate_bytes(cfg, recipe: Recipe) -> int:
     """Rough artifact size: weights at their bit widths plus block scales (bf16/fp32).
 
@@ -272,19 +312,13 @@ def estimate_bytes(cfg, recipe: Recipe) -> int:
     """
     from .apply import same_grid
 
-
-    def cost(n_rows: int, n_cols: int, w: WeightQuant) -> float:
-        if not w.quantized:
-            return n_rows * n_cols * 4
-        groups = n_rows * (n_cols // w.group_size if w.group_size else 1)
-        return n_rows * n_cols * w.bits / 8 + groups * (2 if w.scale_dtype == "bf16" else 4)
-
-    d, hd = cfg.dim, cfg.head_dim
-    per_block = (cost(cfg.n_heads * hd, d, recipe.linear) * 2 + cost(cfg.n_kv_heads * hd, d, recipe.linear) * 2
-                 + cost(cfg.hidden_dim, d, recipe.linear) * 2 + cost(d, cfg.hidden_dim, recipe.linear) + 2 * d * 4)
+    cost = weight_bytes
+    d = cfg.dim
+    blocks = sum(cost(n, k, recipe.weight_for(f"layers.{i}.{name}")) for i in range(cfg.n_layers)
+                 for name, (n, k) in block_linears(cfg).items()) + cfg.n_layers * 2 * d * 4
     emb = cost(cfg.vocab_size, d, recipe.embedding)
     head = cost(cfg.vocab_size, d, recipe.head)
     float_tied = not recipe.embedding.quantized and not recipe.head.quantized
     if cfg.tie_embeddings and (float_tied or (recipe.head.quantized and same_grid(recipe.embedding, recipe.head))):
         head = 0
-    return int(cfg.n_layers * per_block + emb + head + d * 4)
+    return int(blocks + emb + head + d * 4)

@@ -117,10 +117,10 @@ def gptq(w: torch.Tensor, H: torch.Tensor, bits: int, group: int, scale_dtype: s
     lo, hi = QRANGE[bits]
     scales = torch.empty(n, k // g)
     static = act_order
+    hdiag = torch.diag(H).clone()  # E[x_j^2]: weights the scale search (undamped)
     if static:
-        hd = torch.diag(H)
-        scales = choose_scale(_grouped(W, g), bits, scale_dtype, method, _grouped(hd[None, :], g))
-    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(k)
+        scales = choose_scale(_grouped(W, g), bits, scale_dtype, method, _grouped(hdiag[None, :], g))
+    perm = torch.argsort(hdiag, descending=True) if act_order else torch.arange(k)
     W, H = W[:, perm], H[perm][:, perm]
     H.diagonal().add_(damp * torch.diag(H).mean())
     L = torch.linalg.cholesky(H)
@@ -134,7 +134,7 @@ def gptq(w: torch.Tensor, H: torch.Tensor, bits: int, group: int, scale_dtype: s
             col = i1 + i
             if not static and col % g == 0:  # a new group: its scale from the weights as updated so far
                 grp = W1[:, i:i + g] if i + g <= i2 - i1 else torch.cat([W1[:, i:], W[:, i2:col + g]], 1)
-                hd = torch.diag(H)[col:col + g]
+                hd = hdiag[col:col + g]  # no act_order here: columns in their own order
                 scales[:, col // g] = choose_scale(grp[:, None, :], bits, scale_dtype, method, hd[None, None, :])[:, 0]
             s = scales[:, perm[col] // g] if static else scales[:, col // g]
             col_scale[:, col] = s

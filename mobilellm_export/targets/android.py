@@ -367,6 +367,15 @@ def export_pte(model: Transformer, cfg: ModelConfig, path: str | Path, *, max_se
     return facts
 
 
+def _auto_options(recipe) -> list:
+    """The formats a 4bit-auto search may choose (each must lower like the base format)."""
+    if recipe.auto is None or recipe.auto.resolved:
+        return []
+    from ..quant.auto import option_quant
+
+    return [(o, option_quant(recipe.linear, o)) for o in recipe.auto.options]
+
+
 def _shares_tied_table(model: Transformer) -> bool:
     """One matrix serves lookup and head: float tied, or one quantized grid (a shared lookup)."""
     from ..quant.apply import TiedQuantEmbedding
@@ -384,8 +393,10 @@ class Android(Target):
 
     def check(self, recipe, spec: ExportSpec) -> list[str]:
         notes = []
-        for part in ("linear", "head"):
-            w = getattr(recipe, part)
+        parts = [("linear", recipe.linear), ("head", recipe.head)]
+        parts += [(f"[override] {o['match']}", recipe.weight_for(o["match"])) for o in recipe.overrides]
+        parts += [(f"[auto] option {o}", w) for o, w in _auto_options(recipe)]
+        for part, w in parts:
             if w.quantized and w.activations != "int8_dynamic":
                 raise UserError(f"target android cannot honour recipe {recipe.name!r}: [{part}] asks for "
                                 f"weight-only int{w.bits} linears; XNNPACK runs quantized linears with int8 "
