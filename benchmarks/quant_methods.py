@@ -53,7 +53,7 @@ METHODS = {  # name -> (linears, head, mse weighted by E[x^2]); the tied embeddi
     "plain (torchao round-to-nearest)": (W(), HEAD8, False),
     "hqq": (W(scales="hqq"), HEAD8, False),
     "mse clip": (W(scales="mse"), HEAD8, False),
-    "mse clip, E[x^2]-weighted": (W(scales="mse"), HEAD8, True),
+    "mse clip E[x^2]-weighted": (W(scales="mse"), HEAD8, True),
     "gptq": (W(4, 32, "minmax", "gptq"), HEAD8, True),
     "gptq + mse": (W(4, 32, "mse", "gptq"), HEAD8, True),
     "gptq + mse + act-order (4bit default)": (GPTQ, HEAD8, True),
@@ -227,12 +227,15 @@ def main() -> None:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
-    rows = []
+    out = Path(a.json)
+    # Rows of other models (or methods) already in the file stay: runs can be split by model.
+    rows = json.loads(out.read_text())["rows"] if out.is_file() else []
     for name in a.models.split(","):
-        rows += run_model(name, methods, a.tokens, a.calib_tokens)
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps({"tokens": a.tokens, "calib_tokens": a.calib_tokens, "rows": rows},
-                                           indent=1))
+        new = run_model(name, methods, a.tokens, a.calib_tokens)
+        done = {(r["model"], r["method"]) for r in new}
+        rows = [r for r in rows if (r["model"], r["method"]) not in done] + new
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"tokens": a.tokens, "calib_tokens": a.calib_tokens, "rows": rows}, indent=1))
     base = {r["model"]: r["kl_mean"] for r in rows if r["method"].startswith("plain")}
     print("\nKL relative to plain rounding (lower is better):")
     for r in rows:

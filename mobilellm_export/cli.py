@@ -130,7 +130,8 @@ EVAL_TOKENS = click.option("--eval-tokens", default=4096, show_default=True, typ
 @EVAL_TOKENS
 @CALIB_TEXT
 @click.option("--size-mb", type=click.FloatRange(min=1, min_open=False),
-              help="Size budget for all bundle files (recipes with an [auto] table, e.g. --quant 4bit-auto).")
+              help="Size budget in MB for the model files, tokenizer excluded (recipes with an [auto] table, "
+                   "e.g. --quant 4bit-auto).")
 @click.option("--no-verify", is_flag=True, help="Skip parity and latency checks.")
 @click.option("--no-latency", is_flag=True, help="Verify parity, skip the latency measurement.")
 @click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE",

@@ -143,9 +143,11 @@ def calibrator(ck: Checkpoint, model, recipe: Recipe, bos: int | None, max_conte
     return run
 
 
-# Bundle bytes besides the weights' estimate: the program and bundle.json (the tokenizer files are
-# measured); SmolLM2 4bit: 89.83 MB of files for an 88.27 MB weight estimate plus 2.10 MB of tokenizer.
-FILE_OVERHEAD_BYTES = 0.2e6
+def artifact_overhead_bytes(cfg, max_context: int) -> float:
+    """Artifact bytes besides estimate_bytes()'s weights: the RoPE tables (fp32 cos and sin,
+    [max_context, head_dim] each) and the program. SmolLM2 4bit at context 2048: 89.81 MB of .pte
+    and .ptd for an 88.27 MB weight estimate, 1.05 MB of them the tables."""
+    return 2 * max_context * cfg.head_dim * 4 + 0.5e6
 
 
 def plan_auto(ck: Checkpoint, model, recipe: Recipe, calibrate_cb, bos: int | None, max_context: int,
@@ -159,31 +161,31 @@ def plan_auto(ck: Checkpoint, model, recipe: Recipe, calibrate_cb, bos: int | No
     spec = _calib_spec(recipe, max_context, tokens=recipe.auto.tokens, seed=recipe.calibration.seed + 1)
     text, _ = calibrate.read_text(spec.text)
     wins = calibrate.calib_windows(ck.tokenizer.encode(text, add_special_tokens=False), spec, bos)
-    with tempfile.TemporaryDirectory(prefix="mobilellm-tok.") as tmp:
-        ck.tokenizer.save(Path(tmp))
-        tok_bytes = sum(f.stat().st_size for f in Path(tmp).iterdir())
-    budget = recipe.auto.size_mb * 1e6 - tok_bytes - FILE_OVERHEAD_BYTES
+    budget = recipe.auto.size_mb * 1e6 - artifact_overhead_bytes(ck.config, max_context)
     return auto.search(model, recipe, ck.config, H, wins, budget, status)
 
 
-def auto_checks(recipe: Recipe, size_mb: dict) -> list[dict]:
-    """A 4bit-auto bundle's files fit the budget it was planned for."""
+def auto_checks(recipe: Recipe, rep: dict) -> list[dict]:
+    """A 4bit-auto artifact (the model files; the tokenizer is not the recipe's to shrink) fits the
+    budget it was planned for."""
     if recipe.auto is None or not recipe.auto.size_mb:
         return []
-    total = sum(size_mb.values())
-    return [report_mod.record("absolute", "bundle MB within --size-mb", total, "<=", recipe.auto.size_mb,
-                              "4bit-auto size budget")]
+    return [report_mod.record("absolute", "artifact MB within --size-mb", gate_mod.artifact_mb(rep), "<=",
+                              recipe.auto.size_mb, "4bit-auto size budget, tokenizer excluded")]
 
 
-def calibration_checks(recipe: Recipe, eval_text: str | None, qfacts: dict, built: dict | None = None) -> list[dict]:
-    """Gate records: calibration and evaluation text share no passage; verify rebuilt the very integers
-    that export serialised (`built`: the export's quantization facts, from its report.json)."""
+def calibration_checks(recipe: Recipe, ck: Checkpoint, eval_text: str | None, eval_tokens: int, qfacts: dict,
+                       built: dict | None = None) -> list[dict]:
+    """Gate records: calibration text and the scored evaluation text (its first `eval_tokens` tokens)
+    share no passage; verify rebuilt the very integers that export serialised (`built`: the export's
+    quantization facts, from its report.json)."""
     out = []
     if recipe.needs_calibration:
         from .quant.calibrate import overlap, read_text
 
         cal, label = read_text(recipe.calibration.text or None)
-        shared = overlap(cal, load_text(eval_text))
+        scored = ck.tokenizer.decode(ck.tokenizer.encode(load_text(eval_text), add_special_tokens=False)[:eval_tokens])
+        shared = overlap(cal, scored)
         out.append(report_mod.record(
             "metadata", "calibration text disjoint from evaluation text", None, None, None, "shared passages of 95+ characters",
             status="warn" if shared else "pass",
@@ -255,7 +257,7 @@ def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_cont
             rep.update(verify_parity(ck, target, tmp, manifest, reference, thresholds, eval_text=eval_text,
                                      eval_tokens=eval_tokens, threads=threads, progress=progress, baseline=baseline,
                                      spec=spec))
-            rep["checks"] += calibration_checks(recipe, eval_text, qfacts) + auto_checks(recipe, rep["size_mb"])
+            rep["checks"] += calibration_checks(recipe, ck, eval_text, eval_tokens, qfacts) + auto_checks(recipe, rep)
             positions = rep.pop("positions")
             del model, reference
             ck.drop_weights()
@@ -438,6 +440,14 @@ def verify_command(bundle_dir: str, *, eval_text: str | None, eval_tokens: int, 
         bundle_mod.check_writable(Path(report_dir))
     m = bundle_mod.read_manifest(d)
     bundle_mod.check_files(d, m)
+    recipe = Recipe.from_dict(m["recipe"])
+    if calib_text is not None:  # the text moved: the same bytes, found elsewhere
+        if not recipe.calibration.text_sha256:
+            raise UserError("--calib-text: this bundle was calibrated on the built-in text (or not at all)")
+        recipe = dataclasses.replace(recipe, calibration=dataclasses.replace(
+            recipe.calibration, text=str(Path(calib_text).resolve())))
+    if recipe.calibration.text_sha256:
+        _calib_spec(recipe, m["generation"]["max_context"])  # a missing or changed text fails before any work
     progress.note(f"{d.name}: all {len(m['files'])} files match their sha256, none unlisted")
     tgt = targets.get(m["target"]["name"])
     meta = metadata.derive(d, m, tgt)
@@ -452,12 +462,6 @@ def verify_command(bundle_dir: str, *, eval_text: str | None, eval_tokens: int, 
         probe = tgt.runner(d, m, threads=threads)
         del probe
         release()
-    recipe = Recipe.from_dict(m["recipe"])
-    if calib_text is not None:  # the text moved: the same bytes, found elsewhere
-        if not recipe.calibration.text_sha256:
-            raise UserError("--calib-text: this bundle was calibrated on the built-in text (or not at all)")
-        recipe = dataclasses.replace(recipe, calibration=dataclasses.replace(
-            recipe.calibration, text=str(Path(calib_text).resolve())))
     th = thresholds_for(recipe, tgt.name, thresholds)
     torch.set_num_threads(threads)
     with progress.step("load", source or m["source"]["id"]):
@@ -482,7 +486,7 @@ def verify_command(bundle_dir: str, *, eval_text: str | None, eval_tokens: int, 
             built = json.loads((d / "report.json").read_text(encoding="utf-8")).get("quantization")
         except (OSError, ValueError):
             built = None  # an unreadable old report only costs this one comparison
-    rep["checks"] += calibration_checks(recipe, eval_text, qfacts, built) + auto_checks(recipe, rep["size_mb"])
+    rep["checks"] += calibration_checks(recipe, ck, eval_text, eval_tokens, qfacts, built) + auto_checks(recipe, rep)
     positions = rep.pop("positions")
     del qmodel, reference
     ck.drop_weights()

@@ -44,10 +44,11 @@ def _x(m=512, k=128, seed=1):
 
 
 def _rtn(w, s, bits, group):
-    """Round-to-nearest on given scales, written independently of rounding.py."""
+    """Round-to-nearest on given bf16 scales, as torchao's quantize_affine does it (written independently)."""
     lo, hi = rounding.QRANGE[bits]
     n, k = w.shape
-    return (w.reshape(n, k // group, group) / s[..., None]).round().clamp(lo, hi).reshape(n, k)
+    inv = (1.0 / s.to(torch.bfloat16)).float()
+    return (w.reshape(n, k // group, group) * inv[..., None]).round().clamp(lo, hi).reshape(n, k)
 
 
 def _deq(q, s, group):
@@ -183,3 +184,29 @@ def test_recipe_rounding_keys_are_validated():
         parse_recipe(base + '[calibration]\ntext = "x.txt"\n', "r")
     r = parse_recipe(base + 'rounding = "gptq"\n[calibration]\ntokens = 4096\n', "r")
     assert r.needs_calibration and r.calibration.tokens == 4096 and not load_recipe("4bit-fast").needs_calibration
+
+
+@pytest.mark.parametrize("recipe", ["4bit", "4bit-fast", "8bit"])
+def test_simulated_arithmetic_equals_torchao_eager(tiny, recipe):
+    """simulate.py (what 4bit-auto and benchmarks/quant_methods.py score) computes what the torchao
+    quantized reference computes, for plain and GPTQ integers alike."""
+    from mobilellm_export.quant import simulate
+    from mobilellm_export.quant.apply import effective_group
+
+    r = load_recipe(recipe)
+    real, sim = copy.deepcopy(tiny), copy.deepcopy(tiny)
+    cb = calib(real)
+    H = cb({n for n, m in real.named_modules() if isinstance(m, torch.nn.Linear)})[0]
+    quantize(real, r, lambda names: ({n: H[n] for n in names}, {}))
+    linears = {n: m for n, m in sim.named_modules() if isinstance(m, torch.nn.Linear)}
+    chosen = {}
+    for n, m in linears.items():
+        wq = r.weight_for(n)
+        g = effective_group(wq, m.in_features)
+        chosen[n] = (*simulate.choose(m.weight.detach(), wq, g, H.get(n) if wq.calibrated else None), wq)
+    tokens = torch.tensor([[3, 17, 99, 4, 250, 8]])
+    with torch.no_grad(), simulate.simulated(linears, chosen):
+        got = sim(tokens, torch.tensor([0]))
+    with torch.no_grad():
+        want = real(tokens, torch.tensor([0]))
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), float((got - want).abs().max())

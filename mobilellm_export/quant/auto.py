@@ -38,9 +38,14 @@ def _kl(ref: torch.Tensor, test: torch.Tensor) -> float:
     return float((a.exp() * (a - b)).sum(-1).mean())
 
 
-@torch.inference_mode()
 def search(model, recipe: Recipe, cfg, H: dict, wins: list[list[int]], budget_bytes: float,
            progress=lambda msg: None) -> tuple[Recipe, dict]:
+    return plan(recipe, cfg, sensitivity(model, recipe, cfg, H, wins, progress), budget_bytes)
+
+
+@torch.inference_mode()
+def sensitivity(model, recipe: Recipe, cfg, H: dict, wins: list[list[int]], progress=lambda msg: None) -> dict:
+    """KL to the float model and bytes of every (block, format) pair, each block quantized alone."""
     t0 = time.perf_counter()
     options = list(recipe.auto.options)
     linears = dict((n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear))
@@ -65,8 +70,18 @@ def search(model, recipe: Recipe, cfg, H: dict, wins: list[list[int]], budget_by
             kl[i][j] = sum(_kl(a, b) * a.shape[0] for a, b in zip(ref, test)) / sum(a.shape[0] for a in ref)
             size[i][j] = sum(weight_bytes(*shapes[n.split(".", 2)[2]], eff[n]) for n in names)
             progress(f"sensitivity {opt}: block {i + 1}/{cfg.n_layers}")
+    return {"options": options, "kl": kl, "size": size, "trial_tokens": sum(map(len, wins)),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def plan(recipe: Recipe, cfg, sens: dict, budget_bytes: float) -> tuple[Recipe, dict]:
+    """The cheapest-in-KL plan whose weights fit `budget_bytes` (Lagrangian knapsack over blocks)."""
+    options, kl, size = sens["options"], sens["kl"], sens["size"]
+    shapes = block_linears(cfg)
     plain = dataclasses.replace(recipe, overrides=())
-    base_blocks = sum(sum(weight_bytes(n, k, recipe.linear) for n, k in shapes.values()) for _ in range(cfg.n_layers))
+    base = {name: dataclasses.replace(recipe.linear, group_size=effective_group(recipe.linear, k))
+            for name, (_, k) in shapes.items()}
+    base_blocks = cfg.n_layers * sum(weight_bytes(n, k, base[name]) for name, (n, k) in shapes.items())
     fixed = estimate_bytes(cfg, plain) - base_blocks  # embedding, head, norms: not searched
     room = budget_bytes - fixed
 
@@ -99,12 +114,12 @@ def search(model, recipe: Recipe, cfg, H: dict, wins: list[list[int]], budget_by
     j_base = options.index(base_opt) if base_opt in options else None
     facts = {
         "budget_mb": round(budget_bytes / 1e6, 3), "weights_mb": round((total(best) + fixed) / 1e6, 3),
-        "options": options, "trial_tokens": sum(map(len, wins)),
+        "options": options, "trial_tokens": sens["trial_tokens"],
         "blocks": [{"block": i, "format": options[j], "kl_alone": {o: round(kl[i][k], 6) for k, o in enumerate(options)}}
                    for i, j in enumerate(best)],
         "kept_8bit": [i for i, j in enumerate(best) if options[j].startswith("8:")],
         "predicted_kl_sum": round(sum(kl[i][j] for i, j in enumerate(best)), 5),
         "predicted_kl_sum_base": None if j_base is None else round(sum(kl[i][j_base] for i in range(cfg.n_layers)), 5),
-        "seconds": round(time.perf_counter() - t0, 1),
+        "seconds": sens["seconds"],
     }
     return resolved, facts

@@ -310,9 +310,10 @@ def estimate_bytes(cfg, recipe: Recipe) -> int:
     A tied matrix counts once when float or when lookup and head share one quantized grid (the
     bundle stores it once, in model.ptd), and twice otherwise.
     """
-    from .apply import same_grid
+    from .apply import effective_group, same_grid
 
-    cost = weight_bytes
+    def cost(n: int, k: int, w: WeightQuant) -> float:  # at the group the linear really gets
+        return weight_bytes(n, k, dataclasses.replace(w, group_size=effective_group(w, k)) if w.quantized else w)
     d = cfg.dim
     blocks = sum(cost(n, k, recipe.weight_for(f"layers.{i}.{name}")) for i in range(cfg.n_layers)
                  for name, (n, k) in block_linears(cfg).items()) + cfg.n_layers * 2 * d * 4

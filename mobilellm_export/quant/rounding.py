@@ -30,9 +30,15 @@ def _stored(s: torch.Tensor, scale_dtype: str) -> torch.Tensor:
     return s.clamp_min(torch.finfo(torch.float32).tiny * 2 ** 30).to(_DTYPES[scale_dtype]).float()
 
 
-def _quant(wg: torch.Tensor, s: torch.Tensor, bits: int) -> torch.Tensor:
+def _inv(s: torch.Tensor, scale_dtype: str) -> torch.Tensor:
+    """1 / scale as torchao's quantize_affine computes it: in the scale's own dtype (bf16 rounds it)."""
+    return (1.0 / s.to(_DTYPES[scale_dtype])).float()
+
+
+def _quant(wg: torch.Tensor, s: torch.Tensor, bits: int, scale_dtype: str) -> torch.Tensor:
+    """Nearest integers on scales `s`, exactly as torchao rounds: times the reciprocal, half to even."""
     lo, hi = QRANGE[bits]
-    return (wg / s.unsqueeze(-1)).round().clamp(lo, hi)
+    return (wg * _inv(s, scale_dtype).unsqueeze(-1)).round().clamp(lo, hi)
 
 
 def _grouped(w: torch.Tensor, group: int) -> torch.Tensor:
@@ -57,17 +63,17 @@ def mse_scale(wg: torch.Tensor, bits: int, scale_dtype: str, h: torch.Tensor | N
     h = torch.ones_like(wg) if h is None else h.expand_as(wg)
     amax = wg.abs().amax(-1)
     best_s = minmax_scale(wg, bits, scale_dtype)
-    best_e = (h * (wg - _quant(wg, best_s, bits) * best_s.unsqueeze(-1)) ** 2).sum(-1)
+    best_e = (h * (wg - _quant(wg, best_s, bits, scale_dtype) * best_s.unsqueeze(-1)) ** 2).sum(-1)
     for d in torch.linspace(hi - 1.5, -lo + 0.25, ratios).tolist():
         s = _stored(amax / d, scale_dtype)
-        e = (h * (wg - _quant(wg, s, bits) * s.unsqueeze(-1)) ** 2).sum(-1)
+        e = (h * (wg - _quant(wg, s, bits, scale_dtype) * s.unsqueeze(-1)) ** 2).sum(-1)
         better = e < best_e
         best_s, best_e = torch.where(better, s, best_s), torch.where(better, e, best_e)
     # Least squares for the scale given the chosen integers, kept where it lowers the error.
-    q = _quant(wg, best_s, bits)
+    q = _quant(wg, best_s, bits, scale_dtype)
     den = (h * q * q).sum(-1)
     ls = _stored(torch.where(den > 0, (h * wg * q).sum(-1) / den.clamp_min(1e-30), best_s), scale_dtype)
-    e = (h * (wg - _quant(wg, ls, bits) * ls.unsqueeze(-1)) ** 2).sum(-1)
+    e = (h * (wg - _quant(wg, ls, bits, scale_dtype) * ls.unsqueeze(-1)) ** 2).sum(-1)
     return torch.where(e < best_e, ls, best_s)
 
 
@@ -96,7 +102,7 @@ def round_weight(w: torch.Tensor, bits: int, group: int, scale_dtype: str, metho
     wg = _grouped(w, group)
     h = None if hdiag is None else _grouped(hdiag[None, :], group)
     s = choose_scale(wg, bits, scale_dtype, method, h)
-    return _quant(wg, s, bits).reshape(w.shape).to(torch.int8), s
+    return _quant(wg, s, bits, scale_dtype).reshape(w.shape).to(torch.int8), s
 
 
 def gptq(w: torch.Tensor, H: torch.Tensor, bits: int, group: int, scale_dtype: str, method: str = "mse",
@@ -138,7 +144,7 @@ def gptq(w: torch.Tensor, H: torch.Tensor, bits: int, group: int, scale_dtype: s
                 scales[:, col // g] = choose_scale(grp[:, None, :], bits, scale_dtype, method, hd[None, None, :])[:, 0]
             s = scales[:, perm[col] // g] if static else scales[:, col // g]
             col_scale[:, col] = s
-            q = (W1[:, i] / s).round().clamp(lo, hi)
+            q = (W1[:, i] * _inv(s, scale_dtype)).round().clamp(lo, hi)
             Q[:, i1 + i] = q
             err = (W1[:, i] - q * s) / Hinv1[i, i]
             W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
