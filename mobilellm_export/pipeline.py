@@ -156,7 +156,7 @@ def plan_auto(ck: Checkpoint, model, recipe: Recipe, calibrate_cb, bos: int | No
     from .quant import auto, calibrate
     from .quant.recipe import block_linears
 
-    names = {f"layers.{i}.{n}" for i in range(ck.config.n_layers) for n in block_linears(ck.config)}
+    names = {f"layers.{i}.{n}" for i in range(ck.config.n_layers) for n in block_linears(ck.config)} | {"lm_head"}
     H, _ = calibrate_cb(names)
     spec = _calib_spec(recipe, max_context, tokens=recipe.auto.tokens, seed=recipe.calibration.seed + 1)
     text, _ = calibrate.read_text(spec.text)
@@ -222,8 +222,8 @@ def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_cont
         with progress.step("4bit-auto: sensitivity", f"each block alone in {', '.join(recipe.auto.options)}, "
                            f"budget {recipe.auto.size_mb:g} MB") as task:
             recipe, auto_facts = plan_auto(ck, model, recipe, cal, spec.bos_id, max_context, task.status)
-        progress.note(f"  8-bit blocks: {auto_facts['kept_8bit'] or 'none'}; predicted weights "
-                      f"{auto_facts['weights_mb']:.1f} MB")
+        progress.note(f"  head {auto_facts['head']}; 8 bits: {', '.join(auto_facts['kept_8bit']) or 'none'}; "
+                      f"predicted weights {auto_facts['weights_mb']:.1f} MB")
     with progress.step(f"quantize ({recipe.name})", recipe.description or "no quantization"):
         qfacts = quantize(model, recipe, cal)
     if auto_facts is not None:

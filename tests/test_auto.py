@@ -26,7 +26,7 @@ WINS = [[(7 * i + 3 * j) % 500 + 3 for j in range(48)] for i in range(2)]
 def model():
     m = Transformer(CFG, max_context=64).eval()
     m.load_weights(random_weights(CFG, 0))
-    names = {f"layers.{i}.{n}" for i in range(CFG.n_layers) for n in block_linears(CFG)}
+    names = {f"layers.{i}.{n}" for i in range(CFG.n_layers) for n in block_linears(CFG)} | {"lm_head"}
     H = calibrate.hessians(m, WINS, names)
     m.sens = auto.sensitivity(m, load_recipe("4bit-auto"), CFG, H, WINS)  # measured once for the module
     return m
@@ -53,17 +53,18 @@ def test_plans_fit_the_budget_and_more_budget_buys_less_kl(model):
         if prev is not None:
             assert facts["predicted_kl_sum"] <= prev + 1e-9
         prev = facts["predicted_kl_sum"]
-    assert facts["kept_8bit"] == [0, 1, 2]  # an ample budget: every block at its best format
+    # an ample budget: every block and the head at their best format
+    assert facts["kept_8bit"] == ["layers.0", "layers.1", "layers.2", "lm_head"] and facts["head"] == "8:0"
 
 
 def test_one_8bit_block_goes_to_the_most_sensitive_block(model):
     # Room for exactly one block at 8 bits beside two at 4-bit g32 (or more blocks at g128).
     room = estimate_bytes(CFG, load_recipe("4bit")) + _block_bytes("8:0") - _block_bytes("4:32")
     r, facts = _search(model, room / 1e6)
-    gain = {b["block"]: b["kl_alone"]["4:32"] - b["kl_alone"]["8:0"] for b in facts["blocks"]}
+    gain = {b["item"]: b["kl_alone"]["4:32"] - b["kl_alone"]["8:0"] for b in facts["plan"] if b["item"] != "lm_head"}
     best = max(gain, key=gain.get)  # blocks cost the same: the budget goes where 8 bits gain most
-    assert best in facts["kept_8bit"] and len(facts["kept_8bit"]) < CFG.n_layers
-    assert any(o["match"] == f"layers.{best}.*" and o["bits"] == 8 for o in r.overrides)
+    assert best in facts["kept_8bit"] and len(facts["kept_8bit"]) <= CFG.n_layers
+    assert any(o["match"] == f"{best}.*" and o["bits"] == 8 for o in r.overrides)
 
 
 def test_resolved_plan_round_trips_and_quantizes_block_by_block(model):
@@ -74,7 +75,7 @@ def test_resolved_plan_round_trips_and_quantizes_block_by_block(model):
     quantize(m, back, calib(m))
     for i in range(CFG.n_layers):
         w = m.get_submodule(f"layers.{i}.mlp.up_proj").weight
-        eight = i in facts["kept_8bit"]
+        eight = f"layers.{i}" in facts["kept_8bit"]
         assert (w.target_dtype == torch.int8) == eight  # 8 bits exactly where the plan said so
 
 

@@ -210,3 +210,23 @@ def test_simulated_arithmetic_equals_torchao_eager(tiny, recipe):
     with torch.no_grad():
         want = real(tokens, torch.tensor([0]))
     assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), float((got - want).abs().max())
+
+
+def test_smoothing_keeps_the_function_and_rescales_the_hessians(tiny):
+    """SmoothQuant folding is exact: same logits; the rescaled H equals H measured on the new model."""
+    from mobilellm_export.quant import smooth
+
+    m = copy.deepcopy(tiny)
+    wins = [[1, 5, 9, 33, 2, 40], [7, 7, 100, 3]]
+    names = {c for _, _, cs in smooth.groups(m) for c in cs}
+    H = calibrate.hessians(m, wins, names)
+    x = torch.tensor([wins[0]])
+    with torch.no_grad():
+        before = m(x, torch.tensor([0]))
+        facts = smooth.smooth(m, H, 0.5)
+        after = m(x, torch.tensor([0]))
+    assert facts["groups"] == 3 * m.cfg.n_layers and facts["max_ratio"] > 1
+    assert torch.allclose(before, after, atol=1e-4, rtol=1e-4)
+    again = calibrate.hessians(m, wins, names)
+    for n in names:
+        assert torch.allclose(H[n], again[n], rtol=1e-3, atol=1e-5), n

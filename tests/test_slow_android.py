@@ -39,7 +39,13 @@ def test_smollm2_4bit_quality_against_float(smollm2_4bit):
     _, rep = smollm2_4bit
     e2e = rep["parity"]["float_vs_artifact"]
     assert abs(e2e["ppl_ref"] - 30.50) <= 1.0  # independent figure (MODEL_FACTS): float ppl over 4,096 tokens
-    assert e2e["kl_mean"] <= 0.42 and e2e["top1"] >= 0.60 and e2e["ppl_delta"] <= 0.35, e2e
+    # Issue 10's acceptance: past llama.cpp's Q4_0 + Q8_0 head at the same size (KL 0.274, top-1 0.688,
+    # +19.3 %, MODEL_FACTS) and under KL 0.25; plain round-to-nearest measured 0.384 / 0.631 / +32.8 %.
+    assert e2e["kl_mean"] <= 0.25 and e2e["top1"] >= 0.72 and e2e["ppl_delta"] <= 0.20, e2e
+    assert rep["quantization"]["calibration"]["tokens"] == 8192 and "mse+gptq+act_order" in rep["quantization"]["rounding"]
+    # the default evaluation (first 4,096 tokens) and the built-in calibration text share no passage
+    assert any(c["name"] == "calibration text disjoint from evaluation text" and c["status"] == "pass"
+               for c in rep["gate"]["checks"])
     assert rep["passed"]
 
 

@@ -131,11 +131,18 @@ def quantize(model: Transformer, recipe: Recipe, calibrate=None) -> dict:
         by_config.setdefault((w, g), []).append(fqn)
     H: dict[str, torch.Tensor] = {}
     calibrated = {f for (w, _), fqns in by_config.items() if w.calibrated for f in fqns}
+    if recipe.smooth:
+        from . import smooth
+
+        calibrated |= {c for _, _, consumers in smooth.groups(model) for c in consumers}
     if calibrated:
         if calibrate is None:
             raise UserError(f"recipe {recipe.name} rounds with calibration ({recipe.linear.rounding}, "
                             f"{recipe.linear.scales} scales) but no calibration text was given")
         H, facts["calibration"] = calibrate(calibrated)
+        H = dict(H)  # smoothing rescales entries: never the caller's dict
+    if recipe.smooth:
+        facts["smooth"] = smooth.smooth(model, H, recipe.smooth)
     t0 = time.perf_counter()
     with torch.no_grad():
         # The head first: quantizing the largest matrix makes float temporaries of its size, and

@@ -24,7 +24,7 @@ import torch
 from ..errors import UserError
 from . import simulate
 from .apply import effective_group
-from .recipe import Recipe, WeightQuant, block_linears, estimate_bytes, weight_bytes
+from .recipe import Recipe, WeightQuant, block_bytes, block_linears, estimate_bytes, weight_bytes
 
 
 def option_quant(base: WeightQuant, option: str) -> WeightQuant:
@@ -33,9 +33,23 @@ def option_quant(base: WeightQuant, option: str) -> WeightQuant:
     return dataclasses.replace(base, bits=bits, group_size=group, scale_dtype="bf16" if group else "fp32")
 
 
-def _kl(ref: torch.Tensor, test: torch.Tensor) -> float:
-    a, b = ref.float().log_softmax(-1), test.float().log_softmax(-1)
-    return float((a.exp() * (a - b)).sum(-1).mean())
+def with_head(recipe: Recipe, option: str) -> Recipe:
+    """The recipe with its head in `option`. The recipe's own head format stays as it is; another
+    one takes the linears' rounding, and a tied lookup follows it onto the same grid (one table)."""
+    if option == f"{recipe.head.bits}:{recipe.head.group_size}":
+        return recipe
+    head = option_quant(dataclasses.replace(recipe.linear, activations=recipe.head.activations), option)
+    emb = dataclasses.replace(recipe.embedding, bits=head.bits, group_size=head.group_size,
+                              scale_dtype=head.scale_dtype)
+    return dataclasses.replace(recipe, head=head, embedding=emb)
+
+
+def _kl(ref: list[torch.Tensor], test: list[torch.Tensor]) -> float:
+    total = 0.0
+    for r, t in zip(ref, test):
+        a, b = r.float().log_softmax(-1), t.float().log_softmax(-1)
+        total += float((a.exp() * (a - b)).sum(-1).sum())
+    return total / sum(r.shape[0] for r in ref)
 
 
 def search(model, recipe: Recipe, cfg, H: dict, wins: list[list[int]], budget_bytes: float,
@@ -45,81 +59,92 @@ def search(model, recipe: Recipe, cfg, H: dict, wins: list[list[int]], budget_by
 
 @torch.inference_mode()
 def sensitivity(model, recipe: Recipe, cfg, H: dict, wins: list[list[int]], progress=lambda msg: None) -> dict:
-    """KL to the float model and bytes of every (block, format) pair, each block quantized alone."""
+    """KL to the float model and bytes of every (item, format) pair, each item quantized alone. Items:
+    the decoder blocks (formats `auto.options`) and the head (`auto.head_options`; its bytes include
+    the tied lookup table and everything else outside the blocks)."""
     t0 = time.perf_counter()
-    options = list(recipe.auto.options)
     linears = dict((n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear))
     shapes = block_linears(cfg)
+    plain = dataclasses.replace(recipe, overrides=())
 
     def logits():
         return [model(torch.tensor([w]), torch.tensor([0]))[0] for w in wins]
 
+    def trial(chosen) -> float:
+        with simulate.simulated(linears, chosen):
+            return _kl(ref, logits())
+
+    def pick(name: str, wq: WeightQuant):
+        wq = dataclasses.replace(wq, group_size=effective_group(wq, linears[name].in_features))  # as quantize()
+        return (*simulate.choose(linears[name].weight.detach(), wq, wq.group_size, H.get(name)), wq)
+
     ref = logits()
-    kl = [[0.0] * len(options) for _ in range(cfg.n_layers)]
-    size = [[0.0] * len(options) for _ in range(cfg.n_layers)]
-    for j, opt in enumerate(options):
-        wq = option_quant(recipe.linear, opt)
-        for i in range(cfg.n_layers):
-            names = [f"layers.{i}.{n}" for n in shapes]
-            # the group each linear really gets (a group that does not divide in_features falls back)
-            eff = {n: dataclasses.replace(wq, group_size=effective_group(wq, linears[n].in_features)) for n in names}
-            chosen = {n: (*simulate.choose(linears[n].weight.detach(), eff[n], eff[n].group_size, H.get(n)), eff[n])
-                      for n in names}
-            with simulate.simulated(linears, chosen):
-                test = logits()
-            kl[i][j] = sum(_kl(a, b) * a.shape[0] for a, b in zip(ref, test)) / sum(a.shape[0] for a in ref)
-            size[i][j] = sum(weight_bytes(*shapes[n.split(".", 2)[2]], eff[n]) for n in names)
-            progress(f"sensitivity {opt}: block {i + 1}/{cfg.n_layers}")
-    return {"options": options, "kl": kl, "size": size, "trial_tokens": sum(map(len, wins)),
-            "seconds": round(time.perf_counter() - t0, 1)}
+    items = []
+    for i in range(cfg.n_layers):
+        item = {"item": f"layers.{i}", "options": {}}
+        for opt in recipe.auto.options:
+            wq = option_quant(recipe.linear, opt)
+            chosen = {f"layers.{i}.{n}": pick(f"layers.{i}.{n}", wq) for n in shapes}
+            item["options"][opt] = {"kl": trial(chosen),
+                                    "bytes": sum(weight_bytes(*shapes[n.split(".", 2)[2]], c[2]) for n, c in chosen.items())}
+            progress(f"sensitivity: block {i + 1}/{cfg.n_layers}, {opt}")
+        items.append(item)
+    head = {"item": "lm_head", "options": {}}
+    for opt in recipe.auto.head_options:
+        r = with_head(plain, opt)
+        chosen = {"lm_head": pick("lm_head", r.head)}
+        head["options"][opt] = {"kl": trial(chosen), "bytes": estimate_bytes(cfg, r) - block_bytes(cfg, r)}
+        progress(f"sensitivity: head, {opt}")
+    items.append(head)
+    return {"items": items, "trial_tokens": sum(map(len, wins)), "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def plan(recipe: Recipe, cfg, sens: dict, budget_bytes: float) -> tuple[Recipe, dict]:
-    """The cheapest-in-KL plan whose weights fit `budget_bytes` (Lagrangian knapsack over blocks)."""
-    options, kl, size = sens["options"], sens["kl"], sens["size"]
-    shapes = block_linears(cfg)
-    plain = dataclasses.replace(recipe, overrides=())
-    base = {name: dataclasses.replace(recipe.linear, group_size=effective_group(recipe.linear, k))
-            for name, (_, k) in shapes.items()}
-    base_blocks = cfg.n_layers * sum(weight_bytes(n, k, base[name]) for name, (n, k) in shapes.items())
-    fixed = estimate_bytes(cfg, plain) - base_blocks  # embedding, head, norms: not searched
-    room = budget_bytes - fixed
+    """The least predicted KL whose bytes fit `budget_bytes`: a Lagrangian knapsack over the items
+    (for a price lambda each item takes the format minimising KL + lambda * bytes; lambda bisected)."""
+    items = sens["items"]
 
-    def plan(lam: float) -> list[int]:
-        return [min(range(len(options)), key=lambda j: kl[i][j] + lam * size[i][j]) for i in range(cfg.n_layers)]
+    def choice(lam: float) -> list[str]:
+        return [min(it["options"], key=lambda o: it["options"][o]["kl"] + lam * it["options"][o]["bytes"])
+                for it in items]
 
-    def total(p: list[int]) -> float:
-        return sum(size[i][j] for i, j in enumerate(p))
+    def total(ch: list[str]) -> float:
+        return sum(it["options"][o]["bytes"] for it, o in zip(items, ch))
 
-    cheapest = [min(range(len(options)), key=lambda j: size[i][j]) for i in range(cfg.n_layers)]
-    if total(cheapest) > room:
-        raise UserError(f"--size-mb {budget_bytes / 1e6:.1f}: the smallest plan of recipe {recipe.name} "
-                        f"({', '.join(options)}) needs {(total(cheapest) + fixed) / 1e6:.1f} MB of weights")
+    cheapest = [min(it["options"], key=lambda o: it["options"][o]["bytes"]) for it in items]
+    if total(cheapest) > budget_bytes:
+        raise UserError(f"--size-mb {budget_bytes / 1e6:.1f}: the smallest plan of recipe {recipe.name} needs "
+                        f"{total(cheapest) / 1e6:.1f} MB of weights")
     lo, hi = 0.0, 1.0
-    while total(plan(hi)) > room:
+    while total(choice(hi)) > budget_bytes:
         hi *= 4
-    for _ in range(60):  # smallest lambda whose plan fits: the most quality the budget buys
+    for _ in range(60):  # the smallest price whose plan fits: the most quality the budget buys
         mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if total(plan(mid)) <= room else (mid, hi)
-    best = plan(hi)
+        lo, hi = (lo, mid) if total(choice(mid)) <= budget_bytes else (mid, hi)
+    best = choice(hi)
+    resolved = with_head(recipe, best[-1])
     base_opt = f"{recipe.linear.bits}:{recipe.linear.group_size}"
     overrides = []
-    for i, j in enumerate(best):
-        if options[j] != base_opt:
-            wq = option_quant(recipe.linear, options[j])
-            overrides.append({"match": f"layers.{i}.*", "bits": wq.bits, "group_size": wq.group_size,
+    for it, opt in zip(items[:-1], best[:-1]):
+        if opt != base_opt:
+            wq = option_quant(recipe.linear, opt)
+            overrides.append({"match": f"{it['item']}.*", "bits": wq.bits, "group_size": wq.group_size,
                               "scale_dtype": wq.scale_dtype})
-    resolved = dataclasses.replace(recipe, overrides=tuple(recipe.overrides) + tuple(overrides),
+    resolved = dataclasses.replace(resolved, overrides=tuple(recipe.overrides) + tuple(overrides),
                                    auto=dataclasses.replace(recipe.auto, resolved=True))
-    j_base = options.index(base_opt) if base_opt in options else None
+
+    def predicted(ch):
+        return round(sum(it["options"][o]["kl"] for it, o in zip(items, ch)), 5)
+
+    base = [base_opt] * (len(items) - 1) + [f"{recipe.head.bits}:{recipe.head.group_size}"]
     facts = {
-        "budget_mb": round(budget_bytes / 1e6, 3), "weights_mb": round((total(best) + fixed) / 1e6, 3),
-        "options": options, "trial_tokens": sens["trial_tokens"],
-        "blocks": [{"block": i, "format": options[j], "kl_alone": {o: round(kl[i][k], 6) for k, o in enumerate(options)}}
-                   for i, j in enumerate(best)],
-        "kept_8bit": [i for i, j in enumerate(best) if options[j].startswith("8:")],
-        "predicted_kl_sum": round(sum(kl[i][j] for i, j in enumerate(best)), 5),
-        "predicted_kl_sum_base": None if j_base is None else round(sum(kl[i][j_base] for i in range(cfg.n_layers)), 5),
-        "seconds": sens["seconds"],
+        "budget_mb": round(budget_bytes / 1e6, 3), "weights_mb": round(total(best) / 1e6, 3),
+        "trial_tokens": sens["trial_tokens"], "seconds": sens["seconds"],
+        "plan": [{"item": it["item"], "format": o, "kl_alone": {k: round(v["kl"], 6) for k, v in it["options"].items()}}
+                 for it, o in zip(items, best)],
+        "kept_8bit": [it["item"] for it, o in zip(items, best) if o.startswith("8:")],
+        "head": best[-1],
+        "predicted_kl_sum": predicted(best),
+        "predicted_kl_sum_base": predicted(base) if all(o in it["options"] for it, o in zip(items, base)) else None,
     }
     return resolved, facts

@@ -110,6 +110,7 @@ class Auto:
     ("bits:group", group 0 = per channel), chosen by measured KL per byte."""
     size_mb: float = 0.0  # total bundle files, MB; `--size-mb` sets it
     options: tuple = ("4:128", "4:32", "8:0")
+    head_options: tuple = ("8:0", "4:32")  # 4:32 puts a tied lookup on the same grid (one table)
     tokens: int = 1024  # calibration tokens scored per (block, format) trial
     resolved: bool = False  # the search ran: the overrides hold its plan (verify re-applies them)
 
@@ -127,6 +128,7 @@ class Recipe:
     overrides: tuple = ()  # ({"match": "layers.*.mlp.down_proj", "group_size": 128, ...}, ...): last match wins
     calibration: Calibration = field(default_factory=Calibration)
     auto: Auto | None = None
+    smooth: float = 0.0  # SmoothQuant alpha (quant/smooth.py); 0 = off
     path: str = ""
 
     def thresholds_for(self, target: str) -> Thresholds:
@@ -145,7 +147,7 @@ class Recipe:
 
     @property
     def needs_calibration(self) -> bool:
-        return any(w.calibrated for w in self.weights())
+        return self.smooth > 0 or any(w.calibrated for w in self.weights())
 
     @property
     def is_float(self) -> bool:
@@ -164,8 +166,10 @@ class Recipe:
                    thresholds=Thresholds(**r["thresholds"]), target_thresholds=r.get("target_thresholds", {}),
                    gate=Gate(**r.get("gate", {})), overrides=tuple(r.get("overrides", ())),
                    calibration=Calibration(**r.get("calibration", {})),
-                   auto=None if r.get("auto") is None else Auto(**{**r["auto"], "options": tuple(r["auto"]["options"])}),
-                   path=r.get("path", ""))
+                   auto=None if r.get("auto") is None else Auto(**{
+                       **r["auto"], "options": tuple(r["auto"]["options"]),
+                       "head_options": tuple(r["auto"].get("head_options", Auto.head_options))}),
+                   smooth=r.get("smooth", 0.0), path=r.get("path", ""))
 
 
 _GROUPS = (0, 16, 32, 64, 128, 256)
@@ -213,7 +217,8 @@ def parse_recipe(text: str, name: str, path: str = "") -> Recipe:
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"recipe {path or name}: invalid TOML: {e}") from None
     where = Path(path).name if path else name
-    top = {"name", "description", "linear", "embedding", "head", "thresholds", "gate", "override", "calibration", "auto"}
+    top = {"name", "description", "linear", "embedding", "head", "thresholds", "gate", "override", "calibration", "auto",
+           "smooth"}
     unknown = sorted(set(raw) - top)
     if unknown:
         raise UserError(f"recipe {where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(top))})")
@@ -257,17 +262,23 @@ def parse_recipe(text: str, name: str, path: str = "") -> Recipe:
     auto = None
     if "auto" in raw:
         auto = _section(Auto, raw["auto"], f"recipe {where} [auto]")
-        auto = dataclasses.replace(auto, options=tuple(auto.options))
-        for o in auto.options:
+        auto = dataclasses.replace(auto, options=tuple(auto.options), head_options=tuple(auto.head_options))
+        for o in auto.options + auto.head_options:
             bits, _, group = str(o).partition(":")
             if not (bits.isdigit() and group.isdigit() and int(bits) in (4, 8) and int(group) in _GROUPS):
                 raise UserError(f"recipe {where} [auto] options: {o!r} is not 'bits:group' (bits 4 or 8, group in "
                                 f"{_GROUPS})")
         if not linear.quantized or isinstance(auto.tokens, bool) or not isinstance(auto.tokens, int) or auto.tokens < 2:
             raise UserError(f"recipe {where} [auto]: needs a quantized [linear] and tokens >= 2")
+    smooth = raw.get("smooth", 0.0)
+    if isinstance(smooth, bool) or not isinstance(smooth, (int, float)) or not 0 <= smooth <= 1:
+        raise UserError(f"recipe {where}: smooth = {smooth!r} must be a number in [0, 1] (SmoothQuant alpha; 0 = off)")
+    if smooth and not (linear.quantized and linear.activations == "int8_dynamic"):
+        raise UserError(f"recipe {where}: smooth flattens activations for int8 dynamic activation quantization; "
+                        f"[linear] has none")
     return Recipe(name=raw.get("name", name), description=raw.get("description", ""), linear=linear,
                   embedding=emb, head=head, thresholds=th, target_thresholds=per_target, gate=gate,
-                  overrides=tuple(overrides), calibration=cal, auto=auto, path=path)
+                  overrides=tuple(overrides), calibration=cal, auto=auto, smooth=float(smooth), path=path)
 
 
 def available() -> list[str]:
@@ -304,22 +315,29 @@ def weight_bytes(n_rows: int, n_cols: int, w: WeightQuant) -> float:
     return n_rows * n_cols * w.bits / 8 + groups * (2 if w.scale_dtype == "bf16" else 4)
 
 
+def block_bytes(cfg, recipe: Recipe) -> float:
+    """Bytes of the decoder blocks' linears under `recipe` (overrides and group fallbacks applied)."""
+    from .apply import effective_group
+
+    def cost(n: int, k: int, w: WeightQuant) -> float:  # at the group the linear really gets
+        return weight_bytes(n, k, dataclasses.replace(w, group_size=effective_group(w, k)) if w.quantized else w)
+
+    return sum(cost(n, k, recipe.weight_for(f"layers.{i}.{name}")) for i in range(cfg.n_layers)
+               for name, (n, k) in block_linears(cfg).items())
+
+
 def estimate_bytes(cfg, recipe: Recipe) -> int:
     """Rough artifact size: weights at their bit widths plus block scales (bf16/fp32).
 
     A tied matrix counts once when float or when lookup and head share one quantized grid (the
     bundle stores it once, in model.ptd), and twice otherwise.
     """
-    from .apply import effective_group, same_grid
+    from .apply import same_grid
 
-    def cost(n: int, k: int, w: WeightQuant) -> float:  # at the group the linear really gets
-        return weight_bytes(n, k, dataclasses.replace(w, group_size=effective_group(w, k)) if w.quantized else w)
     d = cfg.dim
-    blocks = sum(cost(n, k, recipe.weight_for(f"layers.{i}.{name}")) for i in range(cfg.n_layers)
-                 for name, (n, k) in block_linears(cfg).items()) + cfg.n_layers * 2 * d * 4
-    emb = cost(cfg.vocab_size, d, recipe.embedding)
-    head = cost(cfg.vocab_size, d, recipe.head)
+    emb = weight_bytes(cfg.vocab_size, d, recipe.embedding)
+    head = weight_bytes(cfg.vocab_size, d, recipe.head)
     float_tied = not recipe.embedding.quantized and not recipe.head.quantized
     if cfg.tie_embeddings and (float_tied or (recipe.head.quantized and same_grid(recipe.embedding, recipe.head))):
         head = 0
-    return int(blocks + emb + head + d * 4)
+    return int(block_bytes(cfg, recipe) + cfg.n_layers * 2 * d * 4 + emb + head + d * 4)
