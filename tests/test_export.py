@@ -216,7 +216,9 @@ def test_parity_memory_does_not_grow_with_eval_tokens(r1_twice):
     raise the peak (the old code held every window's logits: +2 GB per extra 1,024 tokens here)."""
     peaks = {}
     for n in (256, 4096):
-        r = run_cli("verify", str(r1_twice[0]), "--no-latency", "--eval-tokens", str(n), "--json")
+        # random weights: the quality bounds (set on trained models) are not what this test is about
+        r = run_cli("verify", str(r1_twice[0]), "--no-latency", "--eval-tokens", str(n), "--json",
+                    "--threshold", "kl_mean=1", "--threshold", "top1_min=0")
         assert r.returncode == 0, r.stderr
         rep = json.loads(r.stdout)
         assert rep["eval"]["positions"] >= n
