@@ -95,23 +95,31 @@ def test_calibration_and_budget_flags_fail_in_one_line(tiny_tokenizer, tmp_path,
     assert not any(tmp_path.iterdir())
 
 
-def test_user_calibration_text_is_pinned_and_verify_rebuilds_the_same_integers(tiny_tokenizer, tmp_path):
+def test_auto_export_with_user_calibration_text_verifies_and_rebuilds_the_same_integers(tiny_tokenizer, tmp_path):
+    """One tiny export covers: --calib-text pinned by sha256, a 4bit-auto plan lowered with mixed
+    formats, verify re-applying the recorded plan to the very same integers, and a changed text."""
     text = tmp_path / "calib.txt"
     text.write_text(calibrate.read_text(None)[0][:20000], encoding="utf-8")
     out = tmp_path / "out"
-    r = run_cli("--model", "tiny-llama", "--tokenizer", str(tiny_tokenizer), "--quant", "4bit", "--out", str(out),
-                "--calib-text", str(text), "--max-context", "64", "--max-seq-len", "16", "--eval-tokens", "128",
-                "--no-latency", "--json", "--quiet")
+    r = run_cli("--model", "tiny-llama", "--tokenizer", str(tiny_tokenizer), "--quant", "4bit-auto", "--size-mb", "1",
+                "--out", str(out), "--calib-text", str(text), "--max-context", "64", "--max-seq-len", "16",
+                "--eval-tokens", "128", "--no-latency", "--json", "--quiet")
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
-    d = out / "tiny-llama-android-4bit"
-    cal = json.loads((d / "bundle.json").read_text())["recipe"]["calibration"]
-    assert cal["text"] == str(text.resolve()) and len(cal["text_sha256"]) == 64
+    d = out / "tiny-llama-android-4bit-auto"
+    recipe = json.loads((d / "bundle.json").read_text())["recipe"]
+    assert recipe["calibration"]["text"] == str(text.resolve()) and len(recipe["calibration"]["text_sha256"]) == 64
     assert rep["quantization"]["calibration"]["text"] == str(text)
+    # 1 MB is ample for this model: every block at 8 bits, recorded as overrides
+    assert recipe["auto"]["resolved"] and {o["match"] for o in recipe["overrides"] if o["bits"] == 8} == {
+        "layers.0.*", "layers.1.*"}
+    checks = {c["name"]: c for c in rep["gate"]["checks"]}
+    assert checks["artifact MB within --size-mb"]["status"] == "pass"
+    assert "4bit-auto plan" in (d / "report.md").read_text()
     v = run_cli("verify", str(d), "--eval-tokens", "128", "--no-latency", "--json", "--quiet")
     assert v.returncode == 0, v.stderr
     checks = {c["name"]: c for c in json.loads(v.stdout)["gate"]["checks"]}
-    assert checks["reference integers"]["status"] == "pass"  # seeded calibration: the same GPTQ integers
+    assert checks["reference integers"]["status"] == "pass"  # seeded calibration, recorded plan: same integers
     text.write_text("a different text " * 2000, encoding="utf-8")
     assert_one_line_error(run_cli("verify", str(d), "--eval-tokens", "128", "--no-latency", "--quiet"),
                           "sha256 differs")

@@ -230,3 +230,20 @@ def test_smoothing_keeps_the_function_and_rescales_the_hessians(tiny):
     again = calibrate.hessians(m, wins, names)
     for n in names:
         assert torch.allclose(H[n], again[n], rtol=1e-3, atol=1e-5), n
+
+
+def test_smooth_recipe_key_is_validated_and_applied_by_quantize(tiny):
+    base = '[linear]\nbits = 8\ngroup_size = 0\nscale_dtype = "fp32"\n'
+    for bad, msg in [("smooth = 1.5\n", "smooth"), ("smooth = true\n", "smooth")]:
+        with pytest.raises(UserError, match=msg):
+            parse_recipe(bad + base, "r")
+    with pytest.raises(UserError, match="int8 dynamic"):
+        parse_recipe('smooth = 0.5\n[linear]\nbits = 8\nactivations = "none"\n', "r")
+    with pytest.raises(UserError, match="not supported yet"):
+        parse_recipe('smooth = 0.5\n' + base + '[auto]\nsize_mb = 1.0\n', "r")
+    r = parse_recipe("smooth = 0.5\n" + base, "r")
+    assert r.needs_calibration
+    m = copy.deepcopy(tiny)
+    facts = quantize(m, r, calib(m))
+    assert facts["smooth"]["groups"] == 3 * m.cfg.n_layers
+    assert not torch.equal(m.layers[0].input_layernorm.weight, tiny.layers[0].input_layernorm.weight)

@@ -276,6 +276,8 @@ def parse_recipe(text: str, name: str, path: str = "") -> Recipe:
     if smooth and not (linear.quantized and linear.activations == "int8_dynamic"):
         raise UserError(f"recipe {where}: smooth flattens activations for int8 dynamic activation quantization; "
                         f"[linear] has none")
+    if smooth and auto is not None:  # the search would score blocks of the unsmoothed model
+        raise UserError(f"recipe {where}: smooth and [auto] together are not supported yet")
     return Recipe(name=raw.get("name", name), description=raw.get("description", ""), linear=linear,
                   embedding=emb, head=head, thresholds=th, target_thresholds=per_target, gate=gate,
                   overrides=tuple(overrides), calibration=cal, auto=auto, smooth=float(smooth), path=path)

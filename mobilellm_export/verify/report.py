@@ -176,7 +176,23 @@ def markdown(report: dict) -> str:
         for c in report["metadata"]:
             lines.append(f"| {c['name']} | {_cell(c['manifest'])} | {_cell(c['derived'])} | {c['source']} | "
                          f"{'match' if c['ok'] else 'MISMATCH'} |")
-    fb = report.get("quantization", {}).get("fallbacks")
+    q = report.get("quantization", {})
+    if q.get("calibration"):
+        c = q["calibration"]
+        lines += ["", f"Rounding: {', '.join(q.get('rounding', []))}; calibration: {c.get('text')}, "
+                      f"{c.get('tokens')} tokens ({c.get('seconds', 0):.0f} s), rounding {q.get('rounding_seconds', 0):.0f} s."]
+    if q.get("auto"):
+        a = q["auto"]
+        measured = report.get("parity", {}).get("float_vs_quant", {}).get("kl_mean")
+        lines += ["", f"4bit-auto plan for {a['budget_mb']:.1f} MB of weights ({a['weights_mb']:.1f} MB used, "
+                      f"{a['seconds']:.0f} s of trials): predicted KL {a['predicted_kl_sum']:.4f} (sum of each item "
+                      f"alone; all at the base format: {_fmt(a.get('predicted_kl_sum_base'), '.4f')}), measured "
+                      f"float -> quantized {_fmt(measured, '.4f')}.", "",
+                  "| item | format | KL when alone in each format |", "|---|---|---|"]
+        for it in a["plan"]:
+            alone = ", ".join(f"{o}: {v:.4f}" for o, v in it["kl_alone"].items())
+            lines.append(f"| {it['item']} | {it['format']} | {alone} |")
+    fb = q.get("fallbacks")
     if fb:
         lines += ["", "Group-size fallbacks: " + ", ".join(f"{f['layer']} (in {f['in_features']}: g{f['group_size']})"
                                                           for f in fb)]
