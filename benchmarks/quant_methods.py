@@ -186,12 +186,7 @@ def run_model(name: str, methods: list[str], n_tokens: int, calib_tokens: int) -
     t0 = time.perf_counter()
     cal_ids = model.tokenizer.encode(cal_text, add_special_tokens=False)
     cwins = calibrate.calib_windows(cal_ids, calibrate.CalibSpec(tokens=calib_tokens), model.bos)
-    hs = calibrate.Hessians(model.module, set(model.linears))
-    with torch.inference_mode():
-        for w in cwins:
-            model.logits(w)
-            hs.next_batch()
-    H = hs.close()
+    H = calibrate.hessians(model.module, cwins, set(model.linears), model.logits)
     calib_s = time.perf_counter() - t0
     print(f"\n{name}: float ppl {float_ppl:.2f} on {sum(map(len, wins))} positions; calibration "
           f"{sum(map(len, cwins))} tokens in {calib_s:.0f} s", flush=True)

@@ -22,6 +22,7 @@ import time
 import torch
 
 from ..errors import UserError
+from ..verify import parity
 from . import simulate
 from .apply import effective_group
 from .recipe import Recipe, WeightQuant, block_bytes, block_linears, estimate_bytes, weight_bytes
@@ -44,14 +45,6 @@ def with_head(recipe: Recipe, option: str) -> Recipe:
     return dataclasses.replace(recipe, head=head, embedding=emb)
 
 
-def _kl(ref: list[torch.Tensor], test: list[torch.Tensor]) -> float:
-    total = 0.0
-    for r, t in zip(ref, test):
-        a, b = r.float().log_softmax(-1), t.float().log_softmax(-1)
-        total += float((a.exp() * (a - b)).sum(-1).sum())
-    return total / sum(r.shape[0] for r in ref)
-
-
 def search(model, recipe: Recipe, cfg, H: dict, wins: list[list[int]], budget_bytes: float,
            progress=lambda msg: None) -> tuple[Recipe, dict]:
     return plan(recipe, cfg, sensitivity(model, recipe, cfg, H, wins, progress), budget_bytes)
@@ -72,7 +65,7 @@ def sensitivity(model, recipe: Recipe, cfg, H: dict, wins: list[list[int]], prog
 
     def trial(chosen) -> float:
         with simulate.simulated(linears, chosen):
-            return _kl(ref, logits())
+            return parity.compare(ref, logits(), wins)["kl_mean"]
 
     def pick(name: str, wq: WeightQuant):
         wq = dataclasses.replace(wq, group_size=effective_group(wq, linears[name].in_features))  # as quantize()

@@ -97,12 +97,14 @@ class Hessians:
 
 
 @torch.inference_mode()
-def hessians(model, wins: list[list[int]], names: set[str]) -> dict[str, torch.Tensor]:
-    """H = X^T X / n of each named linear's inputs over the token windows (each from position 0)."""
+def hessians(model, wins: list[list[int]], names: set[str], forward=None) -> dict[str, torch.Tensor]:
+    """H = X^T X / n of each named linear's inputs over the token windows (each from position 0).
+    `forward(ids)` runs the model on one window (default: our Transformer's call)."""
+    forward = forward or (lambda ids: model(torch.tensor([ids]), torch.tensor([0])))
     hs = Hessians(model, names)
     try:
         for w in wins:
-            model(torch.tensor([w]), torch.tensor([0]))
+            forward(w)
             hs.next_batch()
     finally:
         H = hs.close()

@@ -61,20 +61,23 @@ def mse_scale(wg: torch.Tensor, bits: int, scale_dtype: str, h: torch.Tensor | N
     """
     lo, hi = QRANGE[bits]
     h = torch.ones_like(wg) if h is None else h.expand_as(wg)
+
+    def err(s):
+        return (h * (wg - _quant(wg, s, bits, scale_dtype) * s.unsqueeze(-1)) ** 2).sum(-1)
+
     amax = wg.abs().amax(-1)
     best_s = minmax_scale(wg, bits, scale_dtype)
-    best_e = (h * (wg - _quant(wg, best_s, bits, scale_dtype) * best_s.unsqueeze(-1)) ** 2).sum(-1)
+    best_e = err(best_s)
     for d in torch.linspace(hi - 1.5, -lo + 0.25, ratios).tolist():
         s = _stored(amax / d, scale_dtype)
-        e = (h * (wg - _quant(wg, s, bits, scale_dtype) * s.unsqueeze(-1)) ** 2).sum(-1)
+        e = err(s)
         better = e < best_e
         best_s, best_e = torch.where(better, s, best_s), torch.where(better, e, best_e)
     # Least squares for the scale given the chosen integers, kept where it lowers the error.
     q = _quant(wg, best_s, bits, scale_dtype)
     den = (h * q * q).sum(-1)
     ls = _stored(torch.where(den > 0, (h * wg * q).sum(-1) / den.clamp_min(1e-30), best_s), scale_dtype)
-    e = (h * (wg - _quant(wg, ls, bits, scale_dtype) * ls.unsqueeze(-1)) ** 2).sum(-1)
-    return torch.where(e < best_e, ls, best_s)
+    return torch.where(err(ls) < best_e, ls, best_s)
 
 
 def hqq_scale(wg: torch.Tensor, bits: int, scale_dtype: str) -> torch.Tensor:
