@@ -132,6 +132,9 @@ EVAL_TOKENS = click.option("--eval-tokens", default=4096, show_default=True, typ
 @click.option("--size-mb", type=click.FloatRange(min=1, min_open=False),
               help="Size budget in MB for the model files, tokenizer excluded (recipes with an [auto] table, "
                    "e.g. --quant 4bit-auto).")
+@click.option("--onnx-accuracy", type=click.Choice(["int8", "fp32"]),
+              help="--target onnx: MatMulNBits compute, int8 activations (accuracy level 4, ORT's fast CPU path; "
+                   "the default) or fp32 (level 1).")
 @click.option("--no-verify", is_flag=True, help="Skip parity and latency checks.")
 @click.option("--no-latency", is_flag=True, help="Verify parity, skip the latency measurement.")
 @click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE",
@@ -142,7 +145,7 @@ EVAL_TOKENS = click.option("--eval-tokens", default=4096, show_default=True, typ
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @friendly
-def export(model, quiet, as_json, junit, **opts):
+def export(model, quiet, as_json, junit, onnx_accuracy, **opts):
     """Export SOURCE to a verified bundle (the default command)."""
     import time
 
@@ -150,7 +153,8 @@ def export(model, quiet, as_json, junit, **opts):
 
     started = time.monotonic()
     progress = _progress(quiet or as_json)
-    path, rep = export_command(model, progress=progress, **opts)
+    options = {"accuracy": onnx_accuracy} if onnx_accuracy else None
+    path, rep = export_command(model, progress=progress, target_options=options, **opts)
     _emit(rep, progress, as_json, junit, started)
     if rep.get("passed") is False:
         _say_failed(rep, progress, f" (see {path / 'report.md'})")

@@ -44,9 +44,12 @@ PAIRS = {"float_vs_quant": ("float", "reference"), "quant_vs_artifact": ("refere
          "float_vs_artifact": ("float", "artifact"), "quant_noise_floor": ("reference", "noise")}
 
 
-def thresholds_for(recipe: Recipe, target: str, overrides: tuple[str, ...]) -> Thresholds:
-    """The recipe's thresholds for this target, with `--threshold NAME=VALUE` overrides."""
-    th = recipe.thresholds_for(target)
+def thresholds_for(recipe: Recipe, target: str | Target, overrides: tuple[str, ...]) -> Thresholds:
+    """The recipe's thresholds for this target: the recipe's, then the target's own lowering bounds
+    (`Target.thresholds`: what its runtime's arithmetic allows), then the recipe's
+    `[thresholds.<target>]` table, then `--threshold NAME=VALUE` overrides."""
+    tgt = targets.get(target) if isinstance(target, str) else target
+    th = dataclasses.replace(tgt.thresholds(recipe.thresholds), **recipe.target_thresholds.get(tgt.name, {}))
     names = {f.name for f in dataclasses.fields(Thresholds)}
     for item in overrides:
         key, _, val = item.partition("=")
@@ -244,7 +247,8 @@ def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_cont
         ck.tokenizer.save(tmp)
         manifest = bundle_mod.write_manifest(
             tmp, model=ck.name, source={"kind": ck.kind, "id": ck.source},
-            target={"name": target.name, "runtime": target.runtime, "entry": art.entry, **art.manifest},
+            target={"name": target.name, "runtime": target.runtime, "entry": art.entry,
+                    **({"options": target.options} if target.options else {}), **art.manifest},
             recipe=recipe.to_dict(), config=ck.config.to_dict(),
             tokenizer={"file": "tokenizer.json", "config": "tokenizer_config.json", "vocab_size": ck.tokenizer.vocab_size},
             generation=gen, tools=bundle_mod.tool_versions(_tools(recipe, target)))
@@ -409,13 +413,13 @@ def export_command(model: str, *, target: str, quant: str, tokenizer: str | None
                    max_seq_len: int, eval_text: str | None, eval_tokens: int, no_verify: bool, no_latency: bool,
                    thresholds: tuple[str, ...], threads: int, progress: Progress,
                    baseline: str | None = None, calib_text: str | None = None,
-                   size_mb: float | None = None) -> tuple[Path, dict]:
+                   size_mb: float | None = None, target_options: dict | None = None) -> tuple[Path, dict]:
     from .quant.recipe import load_recipe
     from .sources import load
 
-    tgt = targets.get(target)
+    tgt = targets.get(target, target_options)
     recipe = with_size_budget(with_calib_text(load_recipe(quant), calib_text), size_mb)
-    th = thresholds_for(recipe, tgt.name, thresholds)
+    th = thresholds_for(recipe, tgt, thresholds)
     base = gate_mod.load_baseline(baseline) if baseline else None
     if base is not None and no_verify:
         raise UserError("--baseline needs verification; drop --no-verify")
@@ -449,7 +453,7 @@ def verify_command(bundle_dir: str, *, eval_text: str | None, eval_tokens: int, 
     if recipe.calibration.text_sha256:
         _calib_spec(recipe, m["generation"]["max_context"])  # a missing or changed text fails before any work
     progress.note(f"{d.name}: all {len(m['files'])} files match their sha256, none unlisted")
-    tgt = targets.get(m["target"]["name"])
+    tgt = targets.of_bundle(m)
     meta = metadata.derive(d, m, tgt)
     bad = [c["name"] for c in meta if not c["ok"]]
     if base is None:  # a hand-run verify stops at the first disagreement, in one line
@@ -462,7 +466,7 @@ def verify_command(bundle_dir: str, *, eval_text: str | None, eval_tokens: int, 
         probe = tgt.runner(d, m, threads=threads)
         del probe
         release()
-    th = thresholds_for(recipe, tgt.name, thresholds)
+    th = thresholds_for(recipe, tgt, thresholds)
     torch.set_num_threads(threads)
     with progress.step("load", source or m["source"]["id"]):
         ck = load(source or m["source"]["id"], tokenizer=str(d / m["tokenizer"]["file"]))

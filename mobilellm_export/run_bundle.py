@@ -16,7 +16,7 @@ def run_bundle(bundle: str, prompt: str, *, max_new_tokens: int, temperature: fl
     d = Path(bundle)
     m = read_manifest(d)
     check_files(d, m)
-    target = targets.get(m["target"]["name"])
+    target = targets.of_bundle(m)
     gen = m["generation"]
     tok = Tokenizer.from_dir(d / m["tokenizer"]["file"])
     # The chat template (unless raw), then BOS by the bundle's policy: the runtime gets exactly the

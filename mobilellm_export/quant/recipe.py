@@ -64,6 +64,7 @@ class Thresholds:
     lowering_kl_mean: float = 0.05
     lowering_top1_min: float = 0.8
     lowering_max_abs_logit: float | None = None  # fp32 recipes: an absolute bound
+    lowering_max_abs_logit_rel: float | None = None  # max |diff| / max |reference logit|
     # The lowering pair against the noise floor measured in the same run: KL <= factor x floor KL +
     # slack, top-1 >= floor top-1 - slack. A correct artifact sits near the floor whatever the text
     # (SmolLM2 4bit: 0.0258 vs 0.0253 on Botchan, 0.0355 vs 0.0332 on another text), so a bound

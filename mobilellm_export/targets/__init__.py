@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from ..config import ModelConfig
     from ..model import Transformer
-    from ..quant.recipe import Recipe
+    from ..quant.recipe import Recipe, Thresholds
     from ..runners import AppRunner, Runner
 
 
@@ -72,8 +72,22 @@ class Target:
     runtime: ClassVar[str]  # human name of the runtime, for reports
     tools: ClassVar[tuple[str, ...]] = ()  # pip packages whose versions the bundle records
 
+    def __init__(self, **options):
+        if options:  # a target with options (e.g. onnx's accuracy) overrides __init__
+            raise UserError(f"target {self.name} takes no option {sorted(options)[0]!r}")
+
+    @property
+    def options(self) -> dict:
+        """The options this target was built with, recorded in bundle.json (target.options)."""
+        return {}
+
     def check(self, recipe: Recipe, spec: ExportSpec) -> list[str]:
         return []
+
+    def thresholds(self, th: Thresholds) -> Thresholds:
+        """The recipe's thresholds with this target's own lowering bounds (before the recipe's
+        [thresholds.<target>] table and --threshold overrides, which still win)."""
+        return th
 
     def reference(self, quantized: Transformer) -> Transformer:
         return quantized
@@ -138,6 +152,7 @@ def replace_modules(root, fn) -> None:
 
 TARGETS: dict[str, str | type[Target]] = {
     "android": "mobilellm_export.targets.android:Android",
+    "onnx": "mobilellm_export.targets.onnx:Onnx",
 }
 _ENTRY_POINTS = "mobilellm_export.targets"
 
@@ -167,11 +182,18 @@ class Names(Sequence):
         return len(names())
 
 
-def get(name: str) -> Target:
+def get(name: str, options: dict | None = None) -> Target:
+    """The target `name`, built with `options` (e.g. {"accuracy": "fp32"} for onnx)."""
     spec = _all().get(name)
     if spec is None:
         raise UserError(f"unknown target {name!r}: choose one of {', '.join(names())}")
     if isinstance(spec, str):
         module, _, cls = spec.partition(":")
         spec = getattr(importlib.import_module(module), cls)
-    return spec()
+    return spec(**(options or {}))
+
+
+def of_bundle(manifest: dict) -> Target:
+    """The target a bundle was built for, with the options it was built with."""
+    t = manifest["target"]
+    return get(t["name"], t.get("options"))

@@ -409,6 +409,23 @@ class Onnx(Target):
             raise UserError(f"--onnx-accuracy {accuracy!r}: choose one of {', '.join(ACCURACY)}")
         self.accuracy = accuracy
 
+    @property
+    def options(self) -> dict:
+        return {"accuracy": self.accuracy}
+
+    def thresholds(self, th):
+        """Lowering bounds against the weight-only reference. Level 1 computes what the reference
+        computes, to fp32 rounding. Level 4 quantizes activations to int8 per block of 32 along K:
+        neither that reference nor 8da4w, so it has its own absolute bound (not the int8 noise floor,
+        which measures per-token activation noise)."""
+        import dataclasses
+
+        kl, top1 = (1e-4, 0.99) if self.accuracy == "fp32" else (0.03, 0.85)
+        return dataclasses.replace(  # tighter than the recipe's, never looser (an fp32 recipe keeps its own)
+            th, lowering_kl_floor_factor=None, lowering_top1_floor_slack=None,
+            lowering_kl_mean=min(kl, th.lowering_kl_mean), lowering_top1_min=max(top1, th.lowering_top1_min),
+            lowering_max_abs_logit_rel=1e-3 if self.accuracy == "fp32" else th.lowering_max_abs_logit_rel)
+
     def check(self, recipe, spec: ExportSpec) -> list[str]:
         cfg = spec.config
         if cfg.attn_temperature_tuning and any(not cfg.uses_rope(i) for i in range(cfg.n_layers)):
@@ -435,7 +452,7 @@ class Onnx(Target):
         cfg = genai_config(spec, len(model.schedule), spec.config.pad_token_id)
         (Path(out_dir) / "genai_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         manifest = {"data_file": DATA, "accuracy": self.accuracy, "accuracy_level": ACCURACY[self.accuracy],
-                    "genai_config": "genai_config.json", "options": {"accuracy": self.accuracy}}
+                    "genai_config": "genai_config.json"}
         return Artifact(files=[MODEL, DATA, "genai_config.json"], entry=MODEL, manifest=manifest, facts=facts)
 
     def runner(self, bundle_dir: Path, manifest: dict, threads: int | None = None):

@@ -178,7 +178,7 @@ def _main(argv: list[str]) -> None:
         apps, prompts = [], []
         for d in (Path(a.target), Path(a.other)):
             m = read_manifest(d)
-            app = targets.get(m["target"]["name"]).app_runner(d, m, threads=a.threads)
+            app = targets.of_bundle(m).app_runner(d, m, threads=a.threads)
             if app is None:
                 os.write(result_fd, (json.dumps({"unavailable": f"{d.name} has no app runner on this machine"})
                                      + "\n").encode())
@@ -193,7 +193,7 @@ def _main(argv: list[str]) -> None:
 
         d = Path(a.target)
         m = read_manifest(d)
-        target = targets.get(m["target"]["name"])
+        target = targets.of_bundle(m)
         runtime = target.runner(d, m, threads=a.threads) if a.kind == "loop" else target.app_runner(d, m, threads=a.threads)
         if runtime is None:
             what = "runner" if a.kind == "loop" else "app runner"

@@ -32,6 +32,7 @@ class PairStats:
         self.nll_ref = self.nll_test = 0.0
         self.n_nll = 0
         self.max_abs = 0.0
+        self.max_ref = 0.0  # max |reference logit|: the scale of a relative max-difference bound
         self.sum_abs = 0.0
         self.n_el = 0
 
@@ -45,6 +46,7 @@ class PairStats:
             self.agree.append(a.argmax(-1) == b.argmax(-1))
             diff = (a - b).abs()
             self.max_abs = max(self.max_abs, float(diff.max()))
+            self.max_ref = max(self.max_ref, float(a.abs().max()))
             self.sum_abs += float(diff.sum(dtype=torch.float64))
             self.n_el += diff.numel()
             t = targets[i:i + CHUNK]  # the last position of a window has no target
@@ -74,6 +76,7 @@ class PairStats:
             "ppl_test": ppl_test,
             "ppl_delta": ppl_test / ppl_ref - 1.0,
             "max_abs_logit": self.max_abs,
+            "max_abs_logit_rel": self.max_abs / self.max_ref if self.max_ref else None,
             "mean_abs_logit": self.sum_abs / self.n_el,
         }
 

@@ -70,6 +70,8 @@ def checks(parity: dict, th: Thresholds) -> list[dict]:
             add("lowering", "quant->artifact top1", low["top1"], ">=", th.lowering_top1_min, "recipe threshold")
         add("lowering", "quant->artifact max_abs_logit", low["max_abs_logit"], "<=", th.lowering_max_abs_logit,
             "recipe threshold")
+        add("lowering", "quant->artifact max_abs_logit / max_abs_ref", low.get("max_abs_logit_rel"), "<=",
+            th.lowering_max_abs_logit_rel, "target threshold")
     return out
 
 
