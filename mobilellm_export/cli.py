@@ -18,7 +18,7 @@ import click
 
 from . import __version__
 from .errors import user_message
-from .targets import Names
+from .targets import OPTIONS, Names, options_for
 
 
 def _fail(msg: str, code: int = 2):
@@ -117,6 +117,17 @@ EVAL_TOKENS = click.option("--eval-tokens", default=4096, show_default=True, typ
                            help="Tokens of the eval text scored (windows of 512). The recipe thresholds are set on 4096.")
 
 
+def _dest(option) -> str:
+    return option.flag.lstrip("-").replace("-", "_")
+
+
+def TARGET_OPTIONS(fn):
+    """Each target's own options (targets.OPTIONS), e.g. --onnx-accuracy."""
+    for o in reversed(OPTIONS):
+        fn = click.option(o.flag, _dest(o), type=click.Choice(o.choices), help=o.help)(fn)
+    return fn
+
+
 @main.command()
 @click.option("--model", "model", required=True, help="Preset, smollm2-135m, HF directory, .gguf file or hub id.")
 @click.option("--target", type=click.Choice(Names()), default="android", show_default=True)
@@ -132,9 +143,7 @@ EVAL_TOKENS = click.option("--eval-tokens", default=4096, show_default=True, typ
 @click.option("--size-mb", type=click.FloatRange(min=1, min_open=False),
               help="Size budget in MB for the model files, tokenizer excluded (recipes with an [auto] table, "
                    "e.g. --quant 4bit-auto).")
-@click.option("--onnx-accuracy", type=click.Choice(["int8", "fp32"]),
-              help="--target onnx: MatMulNBits compute, int8 activations (accuracy level 4, ORT's fast CPU path; "
-                   "the default) or fp32 (level 1).")
+@TARGET_OPTIONS
 @click.option("--no-verify", is_flag=True, help="Skip parity and latency checks.")
 @click.option("--no-latency", is_flag=True, help="Verify parity, skip the latency measurement.")
 @click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE",
@@ -145,7 +154,7 @@ EVAL_TOKENS = click.option("--eval-tokens", default=4096, show_default=True, typ
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @friendly
-def export(model, quiet, as_json, junit, onnx_accuracy, **opts):
+def export(model, quiet, as_json, junit, **opts):
     """Export SOURCE to a verified bundle (the default command)."""
     import time
 
@@ -153,8 +162,8 @@ def export(model, quiet, as_json, junit, onnx_accuracy, **opts):
 
     started = time.monotonic()
     progress = _progress(quiet or as_json)
-    options = {"accuracy": onnx_accuracy} if onnx_accuracy else None
-    path, rep = export_command(model, progress=progress, target_options=options, **opts)
+    given = {o.flag: opts.pop(_dest(o)) for o in OPTIONS}
+    path, rep = export_command(model, progress=progress, target_options=options_for(opts["target"], given), **opts)
     _emit(rep, progress, as_json, junit, started)
     if rep.get("passed") is False:
         _say_failed(rep, progress, f" (see {path / 'report.md'})")

@@ -150,6 +150,41 @@ def replace_modules(root, fn) -> None:
 
 # ---- registry -----------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Option:
+    """A command-line option of one target (`--<target>-<key>`), declared here so the CLI offers
+    it without importing the target's backend."""
+    target: str
+    key: str  # the keyword its Target class takes
+    choices: tuple[str, ...]
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return f"--{self.target}-{self.key}"
+
+
+OPTIONS: list[Option] = [
+    Option("onnx", "accuracy", ("int8", "fp32"),
+           "--target onnx: MatMulNBits compute, int8 activations (accuracy level 4, ORT's fast CPU path; the "
+           "default) or fp32 (level 1)."),
+]
+
+
+def options_for(target: str, given: dict[str, str | None]) -> dict:
+    """The given options (flag -> value, None = not given) as `target`'s keywords; one line for an
+    option of another target."""
+    out = {}
+    for o in OPTIONS:
+        value = given.get(o.flag)
+        if value is None:
+            continue
+        if o.target != target:
+            raise UserError(f"{o.flag} applies to --target {o.target}, not {target}")
+        out[o.key] = value
+    return out
+
+
 TARGETS: dict[str, str | type[Target]] = {
     "android": "mobilellm_export.targets.android:Android",
     "onnx": "mobilellm_export.targets.onnx:Onnx",
