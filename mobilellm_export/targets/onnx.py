@@ -210,9 +210,11 @@ class _Builder:
                 raise UserError("a shared quantized embedding needs a quantized head")
             _, b, scales, bits, block, n, k = head
             blocks = -(-k // block)
-            flat = self.g.node("Reshape", [b, self.g.const([n, blocks * block * bits // 8])], "embed_tokens/Reshape")
-            rows = self.g.node("GatherBlockQuantized", [flat, ids, scales], "embed_tokens/GatherBlockQuantized",
-                               domain=MS, bits=bits, block_size=block, gather_axis=0, quantize_axis=1)
+            # The head's B [V, blocks, block bytes] itself, quantized along its last axis: no reshape of
+            # the big table (ORT would fold one into a second copy); only the scales get a unit axis.
+            s3 = self.g.node("Reshape", [scales, self.g.const([n, blocks, 1])], "embed_tokens/Scales")
+            rows = self.g.node("GatherBlockQuantized", [b, ids, s3], "embed_tokens/GatherBlockQuantized",
+                               domain=MS, bits=bits, block_size=block, gather_axis=0, quantize_axis=2)
             self.tied_head = head
         else:
             wq = quantized(emb.weight)
