@@ -164,7 +164,7 @@ def fp32_bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     r = run_cli("--model", "tiny-r1", "--tokenizer", str(LLAMA3_TOKENIZER), "--target", "onnx", "--quant", "fp32",
                 "--out", str(out), "--max-context", "128", "--max-seq-len", "16", "--eval-tokens", "96",
-                "--no-latency", "--json", "--quiet")
+                "--onnx-ort", "on", "--no-latency", "--json", "--quiet")
     assert r.returncode == 0, r.stderr
     return out / "tiny-r1-onnx-fp32", json.loads(r.stdout)
 
@@ -174,7 +174,7 @@ def test_fp32_bundle_reproduces_the_float_model(fp32_bundle):
     names = {p.name for p in d.iterdir()}
     assert {"model.onnx", "model.onnx.data", "genai_config.json", "tokenizer.json", "bundle.json"} <= names
     m = json.loads((d / "bundle.json").read_text())
-    assert m["target"]["options"] == {"accuracy": "int8"} and m["target"]["data_file"] == "model.onnx.data"
+    assert m["target"]["options"] == {"accuracy": "int8", "ort": "on"} and m["target"]["data_file"] == "model.onnx.data"
     assert rep["passed"], [c for c in rep["gate"]["checks"] if c["status"] == "fail"]
     assert rep["parity"]["float_vs_artifact"]["max_abs_logit"] <= 1e-3
     # the tied table is stored once: weights file below the fp32 parameters plus a second table
@@ -182,6 +182,21 @@ def test_fp32_bundle_reproduces_the_float_model(fp32_bundle):
     assert (d / "model.onnx.data").stat().st_size < (cfg.param_count() + cfg.vocab_size * cfg.dim // 2) * 4
     g = json.loads((d / "genai_config.json").read_text())
     assert g["model"]["decoder"]["num_hidden_layers"] == cfg.n_layers and g["search"]["past_present_share_buffer"]
+
+
+def test_ort_format_model_computes_what_the_onnx_model_does(fp32_bundle):
+    import onnxruntime as ort
+
+    d, _ = fp32_bundle
+    cfg = PRESETS["tiny-r1"]
+    feed = {"input_ids": np.array([[5, 6, 7, 8]], np.int64), "attention_mask": np.ones((1, 4), np.int64)}
+    for i in range(cfg.n_layers):
+        for part in ("key", "value"):
+            feed[f"past_key_values.{i}.{part}"] = np.zeros((1, cfg.n_kv_heads, 0, cfg.head_dim), np.float32)
+    a, b = (ort.InferenceSession(str(d / f)).run(["logits"], feed)[0] for f in ("model.onnx", "model.ort"))
+    assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
+    ops = (d / "model.required_operators.config").read_text()
+    assert "com.microsoft;1;" in ops and "GroupQueryAttention" in ops and "MatMulNBits" not in ops  # fp32: MatMul
 
 
 def test_a_truncated_data_file_is_one_line_from_verify(fp32_bundle, tmp_path):

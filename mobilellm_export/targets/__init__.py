@@ -168,6 +168,9 @@ OPTIONS: list[Option] = [
     Option("onnx", "accuracy", ("int8", "fp32"),
            "--target onnx: MatMulNBits compute, int8 activations (accuracy level 4, ORT's fast CPU path; the "
            "default) or fp32 (level 1)."),
+    Option("onnx", "ort", ("off", "on"),
+           "--target onnx: also write model.ort (ORT format, for ORT Mobile reduced builds) and its "
+           "required-operators config."),
 ]
 
 

@@ -368,6 +368,34 @@ def export_onnx(model: Transformer, spec: ExportSpec, out_dir: Path, accuracy: s
     return facts
 
 
+def to_ort_format(out_dir: Path, facts: dict) -> list[str]:
+    """model.ort (weights inside) and model.required_operators.config, the op list a reduced ORT
+    Mobile build is made from, by ORT's own converter, optimised for ARM (the phones'), not this
+    machine. It accepts every op the graph uses, contrib ops included (a converter that rejects one
+    fails the export with its message)."""
+    import shutil
+    import tempfile
+
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mobilellm-ort.") as tmp:
+        src = Path(tmp) / "in"
+        src.mkdir()
+        for f in (MODEL, DATA):
+            (src / f).symlink_to(out_dir.resolve() / f)
+        try:
+            convert_onnx_models_to_ort(src / MODEL, Path(tmp) / "out", [OptimizationStyle.Fixed], target_platform="arm")
+        except Exception as e:
+            raise UserError(f"ONNX Runtime's ORT-format converter rejected the model: {str(e).splitlines()[0]}") from None
+        written = ["model.ort", "model.required_operators.config"]
+        for f in written:
+            shutil.move(str(Path(tmp) / "out" / f), out_dir / f)
+    ops = [ln for ln in (out_dir / written[1]).read_text().splitlines() if ln and not ln.startswith("#")]
+    facts.update(ort_s=time.perf_counter() - t0, ort_bytes=(out_dir / written[0]).stat().st_size, ort_operators=ops)
+    return written
+
+
 def genai_config(spec: ExportSpec, n_caches: int, pad_id: int | None) -> dict:
     """onnxruntime-genai's genai_config.json for this graph (the fields its builder writes)."""
     cfg = spec.config
@@ -406,14 +434,16 @@ class Onnx(Target):
     runtime = "ONNX Runtime (CPU EP)"
     tools = ("onnx", "onnxruntime")
 
-    def __init__(self, accuracy: str = "int8"):
+    def __init__(self, accuracy: str = "int8", ort: str = "off"):
         if accuracy not in ACCURACY:
             raise UserError(f"--onnx-accuracy {accuracy!r}: choose one of {', '.join(ACCURACY)}")
-        self.accuracy = accuracy
+        if ort not in ("off", "on"):
+            raise UserError(f"--onnx-ort {ort!r}: choose on or off")
+        self.accuracy, self.ort = accuracy, ort
 
     @property
     def options(self) -> dict:
-        return {"accuracy": self.accuracy}
+        return {"accuracy": self.accuracy, "ort": self.ort}
 
     def thresholds(self, th):
         """Lowering bounds against the weight-only reference. Level 1 computes what the reference
@@ -455,7 +485,11 @@ class Onnx(Target):
         (Path(out_dir) / "genai_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         manifest = {"data_file": DATA, "accuracy": self.accuracy, "accuracy_level": ACCURACY[self.accuracy],
                     "genai_config": "genai_config.json"}
-        return Artifact(files=[MODEL, DATA, "genai_config.json"], entry=MODEL, manifest=manifest, facts=facts)
+        files = [MODEL, DATA, "genai_config.json"]
+        if self.ort == "on":
+            status("converting to the ORT format")
+            files += to_ort_format(Path(out_dir), facts)
+        return Artifact(files=files, entry=MODEL, manifest=manifest, facts=facts)
 
     def runner(self, bundle_dir: Path, manifest: dict, threads: int | None = None):
         gen = manifest["generation"]
