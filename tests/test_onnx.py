@@ -217,3 +217,32 @@ def test_onnx_option_on_another_target_is_one_line(tmp_path):
     assert_one_line_error(r, "--onnx-accuracy applies to --target onnx, not android")
     assert not any(tmp_path.iterdir())
 
+
+
+@pytest.mark.extra
+@pytest.mark.parametrize("model", ["smollm2-135m", "r1-140m"])
+def test_onnxruntime_genai_greedy_on_real_shapes(model, tmp_path):
+    """onnxruntime-genai loads the SmolLM2 and R1-140M bundles (QK-norm, 128K tied vocabulary) and
+    its 16 greedy tokens equal our runner's, at --onnx-accuracy fp32."""
+    tok = [] if model == "smollm2-135m" else ["--tokenizer", str(LLAMA3_TOKENIZER)]
+    r = run_cli("--model", model, *tok, "--target", "onnx", "--onnx-accuracy", "fp32", "--out", str(tmp_path),
+                "--no-verify", "--quiet", timeout=1800)
+    assert r.returncode == 0, r.stderr
+    d = tmp_path / f"{model}-onnx-4bit"
+    m = json.loads((d / "bundle.json").read_text())
+    from tokenizers import Tokenizer
+
+    ids = Tokenizer.from_file(str(d / "tokenizer.json")).encode("The cat sat on the mat because",
+                                                               add_special_tokens=False).ids
+    gen = og.Generator(og.Model(og.Config(str(d))), _params(d, len(ids) + 16))
+    gen.append_tokens(np.asarray(ids, np.int32))
+    theirs = []
+    for _ in range(16):
+        gen.generate_next_token()
+        theirs.append(int(gen.get_next_tokens()[0]))
+    ours = OnnxRunner(d / "model.onnx", threads=2, max_seq_len=128, max_context=2048, cfg=m["config"])
+    tok_, mine = int(ours.prefill(ids).argmax()), []
+    for _ in range(16):
+        mine.append(tok_)
+        tok_ = int(ours.decode(tok_).argmax())
+    assert theirs == mine
