@@ -246,3 +246,20 @@ def test_onnxruntime_genai_greedy_on_real_shapes(model, tmp_path):
         mine.append(tok_)
         tok_ = int(ours.decode(tok_).argmax())
     assert theirs == mine
+
+
+@pytest.mark.extra
+@pytest.mark.parametrize("accuracy", ["fp32", "int8"])
+def test_smollm2_4bit_lowering_on_botchan(accuracy, tmp_path):
+    """The acceptance run: SmolLM2 4bit, first 4,096 novel Botchan tokens, against the weight-only
+    reference. Level 1: KL <= 1e-4 and max |dlogit| <= 1e-3 x max |logit|; level 4: KL <= 0.03, top-1 >= 0.85."""
+    from conftest import BOTCHAN
+
+    r = run_cli("--model", "smollm2-135m", "--target", "onnx", "--onnx-accuracy", accuracy, "--eval-text", str(BOTCHAN),
+                "--no-latency", "--out", str(tmp_path), "--json", "--quiet", timeout=3600)
+    assert r.returncode == 0, r.stderr
+    low = json.loads(r.stdout)["parity"]["quant_vs_artifact"]
+    if accuracy == "fp32":
+        assert low["kl_mean"] <= 1e-4 and low["max_abs_logit_rel"] <= 1e-3, low
+    else:
+        assert low["kl_mean"] <= 0.03 and low["top1"] >= 0.85, low
