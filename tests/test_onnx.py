@@ -121,6 +121,24 @@ def test_logits_match_the_reference_through_chunked_prefill_and_decode(tmp_path,
     assert ((full - want).abs().max() / want.abs().max()).item() <= 1e-3
 
 
+def test_layer_shared_blocks_apply_twice_with_their_own_caches(tmp_path):
+    """MobileLLM v1 layer sharing: each block's weights serve two applications, each with its own
+    KV cache (genai sees 2 x n_layers caches); nodes are per application, weights per block."""
+    from mobilellm_export.model import Transformer, random_weights
+
+    cfg = dataclasses.replace(PRESETS["tiny-llama"], layer_sharing=True)
+    model = Transformer.from_weights(cfg, random_weights(cfg), max_context=CTX)
+    target = Onnx("fp32")
+    spec = ExportSpec(config=cfg, max_context=CTX, max_seq_len=SEQ, eos_ids=(2,), bos_id=1)
+    target.export(target.prepare(model, spec), spec, tmp_path)
+    assert json.loads((tmp_path / "genai_config.json").read_text())["model"]["decoder"]["num_hidden_layers"] == 4
+    toks = torch.randint(0, cfg.vocab_size, (40,), generator=torch.Generator().manual_seed(4)).tolist()
+    a, b = _runner(tmp_path, cfg).score(toks), EagerRunner(model).score(toks)
+    assert ((a - b).abs().max() / b.abs().max()).item() <= 1e-4
+    size = (tmp_path / "model.onnx.data").stat().st_size
+    assert size < cfg.param_count() * 4 * 1.2  # shared weights stored once (plus RoPE tables)
+
+
 def test_int8_accuracy_level_is_close_but_not_exact(tmp_path):
     """Level 4 quantizes activations per block: a measurable, bounded gap from the weight-only
     reference (a level that silently fell back to fp32 would show 0)."""

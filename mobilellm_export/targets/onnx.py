@@ -154,6 +154,8 @@ class _Builder:
         self.m, self.cfg, self.spec, self.level = model, model.cfg, spec, accuracy_level
         self.g = _Graph()
         self.facts = {"matmul_nbits": 0, "matmul_float": 0, "head_scale_repeat_bytes": 0}
+        self.tied_head: tuple | None = None  # the head's MatMulNBits weights, when the embedding reads them
+        self.tied_float = False  # a float table serving lookup and head
 
     # linears ------------------------------------------------------------------------------------------
     def _weights(self, name: str, linears: list[nn.Linear]) -> tuple[str, ...]:
@@ -176,15 +178,17 @@ class _Builder:
         w = torch.cat([lin.weight.detach() for lin in linears]).float()
         return ("float", self.g.init(f"{name}.weight_t", w.t().contiguous().numpy()), w.shape[0], k)
 
-    def linear(self, x: str, name: str, linears: list[nn.Linear], out: str | None = None) -> str:
-        w = self._weights(name, linears)
+    def linear(self, x: str, name: str, linears: list[nn.Linear], out: str | None = None,
+               node: str | None = None) -> str:
+        """`name` names the weights, `node` the node (they differ for a shared block's second use)."""
+        w, node = self._weights(name, linears), node or name
         if w[0] == "nbits":
             _, b, scales, bits, block, n, k = w
             self.facts["matmul_nbits"] += 1
-            return self.g.node("MatMulNBits", [x, b, scales], name, outputs=[out] if out else None, domain=MS,
+            return self.g.node("MatMulNBits", [x, b, scales], node, outputs=[out] if out else None, domain=MS,
                                K=k, N=n, bits=bits, block_size=block, accuracy_level=self.level)
         self.facts["matmul_float"] += 1
-        return self.g.node("MatMul", [x, w[1]], name, outputs=[out] if out else None)
+        return self.g.node("MatMul", [x, w[1]], node, outputs=[out] if out else None)
 
     # pieces -------------------------------------------------------------------------------------------
     def norm(self, x: str, weight: torch.Tensor | None, name: str, eps: float) -> str:
@@ -227,10 +231,9 @@ class _Builder:
                                    gather_axis=0, quantize_axis=1)
             else:
                 w = emb.weight.detach().float()
-                tied = self.m.lm_head.weight is emb.weight
                 rows = self.g.node("Gather", [self.g.init("embed_tokens.weight", w.numpy()), ids],
                                    "embed_tokens/Gather")
-                self.tied_float = tied
+                self.tied_float = self.m.lm_head.weight is emb.weight
             return rows
         padded = self.g.node("Reshape", [rows, self.g.const([0, 0, -1])], "embed_tokens/Flatten")
         if blocks * block == D:
@@ -239,12 +242,12 @@ class _Builder:
                            "embed_tokens/Slice")
 
     def head(self, x: str) -> str:
-        if getattr(self, "tied_head", None) is not None:
+        if self.tied_head is not None:
             _, b, scales, bits, block, n, k = self.tied_head
             self.facts["matmul_nbits"] += 1
             return self.g.node("MatMulNBits", [x, b, scales], "lm_head", outputs=["logits"], domain=MS,
                                K=k, N=n, bits=bits, block_size=block, accuracy_level=self.level)
-        if getattr(self, "tied_float", False):
+        if self.tied_float:
             # One stored matrix for lookup and head: Gemm reads [V, D] transposed in place.
             flat = self.g.node("Reshape", [x, self.g.const([-1, self.cfg.dim])], "lm_head/Flatten")
             y = self.g.node("Gemm", [flat, "embed_tokens.weight"], "lm_head/Gemm", transB=1)
@@ -256,8 +259,8 @@ class _Builder:
 
     def attention(self, x: str, block: int, app: int, seqlens: str, total: str) -> str:
         cfg, attn = self.cfg, self.m.layers[block].self_attn
-        p = f"layers.{block}.attn"
-        qkv = self.linear(x, f"{p}.qkv_proj", [attn.q_proj, attn.k_proj, attn.v_proj])
+        w, p = f"layers.{block}.attn", f"layers.{app}.attn"  # weights by block, nodes by application
+        qkv = self.linear(x, f"{w}.qkv_proj", [attn.q_proj, attn.k_proj, attn.v_proj], node=f"{p}.qkv_proj")
         if attn.qk_norm is not None:
             qd, kd = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
             q, k, v = self.g.node("Split", [qkv, self.g.const([qd, kd, kd])], f"{p}/Split", n_out=3, axis=-1)
@@ -275,14 +278,15 @@ class _Builder:
                           f"{p}/GroupQueryAttention", outputs=[f"{p}/GroupQueryAttention/out0", *present], domain=MS,
                           num_heads=cfg.n_heads, kv_num_heads=cfg.n_kv_heads, scale=cfg.head_dim ** -0.5,
                           do_rotary=int(attn.use_rope), rotary_interleaved=0, local_window_size=-1)
-        return self.linear(out[0], f"{p}.o_proj", [attn.o_proj])
+        return self.linear(out[0], f"{w}.o_proj", [attn.o_proj], node=f"{p}.o_proj")
 
-    def mlp(self, x: str, block: int) -> str:
-        mlp, p = self.m.layers[block].mlp, f"layers.{block}.mlp"
-        gate = self.linear(x, f"{p}.gate_proj", [mlp.gate_proj])
-        up = self.linear(x, f"{p}.up_proj", [mlp.up_proj])
+    def mlp(self, x: str, block: int, app: int) -> str:
+        mlp, w, p = self.m.layers[block].mlp, f"layers.{block}.mlp", f"layers.{app}.mlp"
+        gate = self.linear(x, f"{w}.gate_proj", [mlp.gate_proj], node=f"{p}.gate_proj")
+        up = self.linear(x, f"{w}.up_proj", [mlp.up_proj], node=f"{p}.up_proj")
         silu = self.g.node("Mul", [gate, self.g.node("Sigmoid", [gate], f"{p}/Sigmoid")], f"{p}/SiLU")
-        return self.linear(self.g.node("Mul", [silu, up], f"{p}/Mul"), f"{p}.down_proj", [mlp.down_proj])
+        return self.linear(self.g.node("Mul", [silu, up], f"{p}/Mul"), f"{w}.down_proj", [mlp.down_proj],
+                           node=f"{p}.down_proj")
 
     def build(self):
         from onnx import TensorProto, helper
@@ -309,7 +313,7 @@ class _Builder:
             attn = self.attention(x, block, app, seqlens, total)
             x, residual = self.skip_norm(attn, residual, layer.post_attention_layernorm.weight,
                                          f"layers.{app}/post_attention_norm")
-            pending = self.mlp(x, block)
+            pending = self.mlp(x, block, app)
         x, _ = self.skip_norm(pending, residual, self.m.norm.weight, "final_norm")
         self.head(x)
 
