@@ -262,16 +262,16 @@ class _Builder:
         w, p = f"layers.{block}.attn", f"layers.{app}.attn"  # weights by block, nodes by application
         qkv = self.linear(x, f"{w}.qkv_proj", [attn.q_proj, attn.k_proj, attn.v_proj], node=f"{p}.qkv_proj")
         if attn.qk_norm is not None:
-            qd, kd = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-            q, k, v = self.g.node("Split", [qkv, self.g.const([qd, kd, kd])], f"{p}/Split", n_out=3, axis=-1)
-            normed = []
-            for name, t, width in (("q_norm", q, qd), ("k_norm", k, kd)):
-                heads = self.g.node("Reshape", [t, self.g.const([0, -1, cfg.head_dim])], f"{p}/{name}/Reshape")
-                n = self.norm(heads, None, f"{p}/{name}", cfg.norm_eps)
-                normed.append(self.g.node("Reshape", [n, self.g.const([0, -1, width])], f"{p}/{name}/Back"))
-            qkv_in = [normed[0], normed[1], v]
-        else:
-            qkv_in = [qkv, "", ""]
+            # Weightless QK-norm: q and k heads share the unit weight and epsilon, so one norm over
+            # the q|k heads together (5 nodes a layer, not 7: decode is latency-bound on small ops).
+            # GQA's own q/k-norm inputs run on CUDA and WebGPU only (ORT 1.31 CPU refuses them).
+            qk_width, kd = (cfg.n_heads + cfg.n_kv_heads) * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+            qk, v = self.g.node("Split", [qkv, self.g.const([qk_width, kd])], f"{p}/Split", n_out=2, axis=-1)
+            heads = self.g.node("Reshape", [qk, self.g.const([0, -1, cfg.head_dim])], f"{p}/qk_norm/Reshape")
+            n = self.norm(heads, None, f"{p}/qk_norm", cfg.norm_eps)
+            qk = self.g.node("Reshape", [n, self.g.const([0, -1, qk_width])], f"{p}/qk_norm/Back")
+            qkv = self.g.node("Concat", [qk, v], f"{p}/Pack", axis=-1)
+        qkv_in = [qkv, "", ""]
         past = [f"past_key_values.{app}.key", f"past_key_values.{app}.value"]
         present = [f"present.{app}.key", f"present.{app}.value"]
         out = self.g.node("GroupQueryAttention", qkv_in + past + [seqlens, total, "cos_cache", "sin_cache"],
