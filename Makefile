@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SHARED ?= ../shared
 LLAMA3_TOKENIZER := $(SHARED)/data/llama3-tokenizer/tokenizer.json
 
-.PHONY: setup demo test test-fast test-slow test-wheel test-all bench bench-memory bench-gate bench-quant clean
+.PHONY: setup demo test test-fast test-slow test-wheel test-all bench bench-memory bench-gate bench-quant bench-onnx clean
 
 setup: $(STAMP)
 
@@ -70,6 +70,11 @@ bench-quant: setup
 	$(BIN)/pip install -q accelerate==1.16.0
 	$(BIN)/python benchmarks/quant_methods.py
 	$(BIN)/python benchmarks/rounding_speed.py
+
+# Our ONNX graph against ORT GenAI's model builder and the .pte, paired in one process (~15 min the
+# first time: it exports the .pte; then ~2 min).
+bench-onnx: setup
+	$(BIN)/python benchmarks/bench_onnx.py --rounds 21
 
 # The gate's seeded-fault suite (~1 h) and its SmolLM2 baseline acceptance (~30 min).
 bench-gate: setup
