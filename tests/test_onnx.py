@@ -281,3 +281,44 @@ def test_smollm2_4bit_lowering_on_botchan(accuracy, tmp_path):
         assert low["kl_mean"] <= 1e-4 and low["max_abs_logit_rel"] <= 1e-3, low
     else:
         assert low["kl_mean"] <= 0.03 and low["top1"] >= 0.85, low
+
+
+def test_odd_widths_and_mixed_formats(tmp_path):
+    """dim 48 (no 32-wide groups: per-channel 4-bit, K padded to whole blocks of 32, the padded
+    embedding sliced back) and a plan with an 8-bit k_proj among 4-bit q/v (packed after three
+    MatMuls): still the reference's logits at level 1."""
+    import textwrap
+
+    from mobilellm_export.model import Transformer, random_weights
+
+    cfg = dataclasses.replace(PRESETS["tiny-llama"], dim=48, n_heads=3, n_kv_heads=1, hidden_dim=96)
+    model = Transformer.from_weights(cfg, random_weights(cfg), max_context=CTX)
+    recipe = tmp_path / "mixed.toml"
+    recipe.write_text(textwrap.dedent("""
+        name = "mixed"
+        [linear]
+        bits = 4
+        group_size = 32
+        activations = "int8_dynamic"
+        [embedding]
+        bits = 8
+        group_size = 0
+        [head]
+        bits = 8
+        group_size = 0
+        activations = "int8_dynamic"
+        scale_dtype = "fp32"
+        [[override]]
+        match = "layers.0.self_attn.k_proj"
+        bits = 8
+        group_size = 0
+        scale_dtype = "fp32"
+    """))
+    quantize(model, load_recipe(str(recipe)))
+    target = Onnx("fp32")
+    ref = target.reference(model)
+    spec = ExportSpec(config=cfg, max_context=CTX, max_seq_len=SEQ, eos_ids=(2,), bos_id=1)
+    target.export(target.prepare(ref, spec), spec, tmp_path)
+    toks = torch.randint(0, cfg.vocab_size, (40,), generator=torch.Generator().manual_seed(5)).tolist()
+    a, b = _runner(tmp_path, cfg).score(toks), EagerRunner(ref).score(toks)
+    assert ((a - b).abs().max() / b.abs().max()).item() <= 1e-4

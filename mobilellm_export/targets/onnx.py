@@ -158,6 +158,15 @@ class _Builder:
         self.tied_float = False  # a float table serving lookup and head
 
     # linears ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _one_format(linears: list[nn.Linear]) -> bool:
+        """Can these linears be packed into one MatMul (all float, or one bit width and group)?"""
+        fmts = set()
+        for lin in linears:
+            q = quantized((lin.source[0] if isinstance(lin, DequantLinear) else lin).weight)
+            fmts.add(None if q is None else q[2:])
+        return len(fmts) == 1
+
     def _weights(self, name: str, linears: list[nn.Linear]) -> tuple[str, ...]:
         """Initializers of one (possibly packed) linear: ("nbits", B, scales, bits, block, N, K) or
         ("float", W^T, N, K)."""
@@ -260,7 +269,12 @@ class _Builder:
     def attention(self, x: str, block: int, app: int, seqlens: str, total: str) -> str:
         cfg, attn = self.cfg, self.m.layers[block].self_attn
         w, p = f"layers.{block}.attn", f"layers.{app}.attn"  # weights by block, nodes by application
-        qkv = self.linear(x, f"{w}.qkv_proj", [attn.q_proj, attn.k_proj, attn.v_proj], node=f"{p}.qkv_proj")
+        projs = [attn.q_proj, attn.k_proj, attn.v_proj]
+        if self._one_format(projs):
+            qkv = self.linear(x, f"{w}.qkv_proj", projs, node=f"{p}.qkv_proj")
+        else:  # e.g. a mixed-precision plan: three MatMuls, packed after
+            parts = [self.linear(x, f"{w}.{n}", [m], node=f"{p}.{n}") for n, m in zip(("q_proj", "k_proj", "v_proj"), projs)]
+            qkv = self.g.node("Concat", parts, f"{p}/PackQKV", axis=-1)
         if attn.qk_norm is not None:
             # Weightless QK-norm: q and k heads share the unit weight and epsilon, so one norm over
             # the q|k heads together (5 nodes a layer, not 7: decode is latency-bound on small ops).
