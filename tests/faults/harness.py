@@ -150,7 +150,7 @@ def export_bundle(source: str, out: Path, recipe: str, *, target=None, baseline:
     ck = load(source, tokenizer=tokenizer, seed=seed)
     return pipeline.export(ck, rec, tgt, out=str(out), max_context=SETTINGS["max_context"],
                            max_seq_len=SETTINGS["max_seq_len"], eval_text=None, eval_tokens=SETTINGS["eval_tokens"],
-                           do_verify=verify, threads=threads, thresholds=pipeline.thresholds_for(rec, tgt.name, ()),
+                           do_verify=verify, threads=threads, thresholds=pipeline.thresholds_for(rec, tgt, ()),
                            progress=_progress(), with_latency=False,
                            baseline=gate.load_baseline(baseline) if baseline else None)
 
