@@ -322,3 +322,19 @@ def test_odd_widths_and_mixed_formats(tmp_path):
     toks = torch.randint(0, cfg.vocab_size, (40,), generator=torch.Generator().manual_seed(5)).tolist()
     a, b = _runner(tmp_path, cfg).score(toks), EagerRunner(ref).score(toks)
     assert ((a - b).abs().max() / b.abs().max()).item() <= 1e-4
+
+
+def test_target_options_are_checked():
+    """Options rebuild the target as it was built (bundle.json target.options); one an older
+    version lacks, or a value out of range, is a one-line UserError, not a TypeError."""
+    from mobilellm_export import targets
+    from mobilellm_export.errors import UserError
+
+    assert targets.of_bundle({"target": {"name": "onnx", "options": {"accuracy": "fp32"}}}).accuracy == "fp32"
+    assert targets.of_bundle({"target": {"name": "android"}}).options == {}
+    with pytest.raises(UserError, match="target onnx takes no option 'precision'"):
+        targets.get("onnx", {"precision": "fp16"})
+    with pytest.raises(UserError, match="--onnx-accuracy 'int4': choose one of int8, fp32"):
+        targets.get("onnx", {"accuracy": "int4"})
+    with pytest.raises(UserError, match="target android takes no option 'accuracy'"):
+        targets.get("android", {"accuracy": "fp32"})

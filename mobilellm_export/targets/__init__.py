@@ -228,7 +228,10 @@ def get(name: str, options: dict | None = None) -> Target:
     if isinstance(spec, str):
         module, _, cls = spec.partition(":")
         spec = getattr(importlib.import_module(module), cls)
-    return spec(**(options or {}))
+    try:
+        return spec(**(options or {}))
+    except TypeError:  # e.g. a bundle.json from a newer version naming an option this one lacks
+        raise UserError(f"target {name} takes no option {sorted(options or {})[0]!r}") from None
 
 
 def of_bundle(manifest: dict) -> Target:
