@@ -370,7 +370,7 @@ def export_onnx(model: Transformer, spec: ExportSpec, out_dir: Path, accuracy: s
     facts = {"build_s": time.perf_counter() - t0, **b.facts, "accuracy_level": ACCURACY[accuracy],
              "opset": OPSET}
     t0 = time.perf_counter()
-    status("checking and saving")
+    status("saving")
     # No onnx.checker: it rejects SimplifiedLayerNormalization, which ORT registers in the default
     # domain itself. ORT's own load (verify's first step) checks the graph, contrib ops included.
     out_dir = Path(out_dir)
