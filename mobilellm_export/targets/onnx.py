@@ -110,16 +110,6 @@ def pack_nbits(q: torch.Tensor, s: torch.Tensor, bits: int) -> tuple[np.ndarray,
     return (u.reshape(n, blocks, block * bits // 8).numpy(), scales.float().contiguous().numpy(), block)
 
 
-def unpack_nbits(b: np.ndarray, scales: np.ndarray, bits: int, k: int) -> np.ndarray:
-    """The float weight [N, K] a MatMulNBits B + scales decode to (tests; no zero points)."""
-    n, blocks, _ = b.shape
-    u = b.reshape(n, -1).astype(np.int16)
-    if bits == 4:
-        u = np.stack((u & 0xF, u >> 4), -1).reshape(n, -1)
-    vals = (u - (1 << (bits - 1))).astype(np.float32).reshape(n, blocks, -1)
-    return (vals * scales.reshape(n, blocks, 1)).reshape(n, -1)[:, :k]
-
-
 # ---- the graph ----------------------------------------------------------------------------------------
 
 class _Graph:
