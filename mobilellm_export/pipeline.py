@@ -49,7 +49,7 @@ def thresholds_for(recipe: Recipe, target: str | Target, overrides: tuple[str, .
     (`Target.thresholds`: what its runtime's arithmetic allows), then the recipe's
     `[thresholds.<target>]` table, then `--threshold NAME=VALUE` overrides."""
     tgt = targets.get(target) if isinstance(target, str) else target
-    th = dataclasses.replace(tgt.thresholds(recipe.thresholds), **recipe.target_thresholds.get(tgt.name, {}))
+    th = recipe.thresholds_for(tgt.name, tgt.thresholds)
     names = {f.name for f in dataclasses.fields(Thresholds)}
     for item in overrides:
         key, _, val = item.partition("=")

@@ -132,8 +132,11 @@ class Recipe:
     smooth: float = 0.0  # SmoothQuant alpha (quant/smooth.py); 0 = off
     path: str = ""
 
-    def thresholds_for(self, target: str) -> Thresholds:
-        return dataclasses.replace(self.thresholds, **self.target_thresholds.get(target, {}))
+    def thresholds_for(self, target: str, adjust=None) -> Thresholds:
+        """The thresholds, passed through `adjust` (the target's own bounds), then the recipe's
+        [thresholds.<target>] table, which wins."""
+        th = self.thresholds if adjust is None else adjust(self.thresholds)
+        return dataclasses.replace(th, **self.target_thresholds.get(target, {}))
 
     def weight_for(self, fqn: str) -> WeightQuant:
         """The quantization of the linear named `fqn` (`lm_head` takes [head]), after overrides."""

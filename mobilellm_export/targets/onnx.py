@@ -38,6 +38,7 @@ import torch.nn as nn
 
 from ..errors import UserError
 from ..model import Transformer, rope_frequencies
+from ..quant.simulate import dequant
 from ..runners import AppRunner, Runner
 from . import Artifact, ExportSpec, Target, structural_copy
 
@@ -73,9 +74,9 @@ def quantized(w) -> tuple[torch.Tensor, torch.Tensor, int, int] | None:
     return q, s, bits, q.shape[1] // s.shape[1]
 
 
-def dequant(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    n, k = q.shape
-    return (q.float().reshape(n, s.shape[1], -1) * s.unsqueeze(-1)).reshape(n, k)
+def _source(lin: nn.Module) -> nn.Module:
+    """The torchao linear behind a reference's DequantLinear (export reads its integers)."""
+    return lin.source[0] if isinstance(lin, DequantLinear) else lin
 
 
 def weight_only_reference(model: Transformer) -> Transformer:
@@ -153,14 +154,14 @@ class _Builder:
         """Can these linears be packed into one MatMul (all float, or one bit width and group)?"""
         fmts = set()
         for lin in linears:
-            q = quantized((lin.source[0] if isinstance(lin, DequantLinear) else lin).weight)
+            q = quantized(_source(lin).weight)
             fmts.add(None if q is None else q[2:])
         return len(fmts) == 1
 
     def _weights(self, name: str, linears: list[nn.Linear]) -> tuple[str, ...]:
         """Initializers of one (possibly packed) linear: ("nbits", B, scales, bits, block, N, K) or
         ("float", W^T, N, K)."""
-        linears = [lin.source[0] if isinstance(lin, DequantLinear) else lin for lin in linears]
+        linears = [_source(lin) for lin in linears]
         qs = [quantized(lin.weight) for lin in linears]
         k = linears[0].in_features
         if all(qs) and len({(b, grp) for _, _, b, grp in qs}) == 1:
