@@ -1,4 +1,5 @@
-"""The reference Transformer for Llama / MobileLLM v1 / MobileLLM-R1 (Llama-4 dense) / SmolLM2.
+"""The reference Transformer for Llama / MobileLLM v1 / MobileLLM-R1 (Llama-4 dense) / SmolLM2, and
+the models R1 is compared with: Qwen2/2.5, Qwen3, Gemma 3 and OLMo 2.
 
 One model, driven by ModelConfig flags. State-dict names are HF Llama names without the
 `model.` prefix (`layers.N.self_attn.q_proj.weight`, `layers.N.mlp.gate_proj.weight`, ...).
@@ -39,18 +40,32 @@ class RMS(nn.Module):
 
 
 class RMSNorm(RMS):
-    def __init__(self, dim: int, eps: float):
+    """RMS normalisation with a learned gain: `weight` (Llama), or `1 + weight` in fp32 before the
+    cast back (Gemma, `plus_one`)."""
+
+    def __init__(self, dim: int, eps: float, plus_one: bool = False):
         super().__init__(dim, eps)
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.plus_one = plus_one
+        self.weight = nn.Parameter(torch.zeros(dim) if plus_one else torch.ones(dim))
+
+    def gain(self) -> torch.Tensor:
+        return 1.0 + self.weight.float() if self.plus_one else self.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.plus_one:
+            xf = x.float()
+            return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.gain()).to(x.dtype)
         return super().forward(x) * self.weight
 
 
-def rope_frequencies(cfg: ModelConfig, max_context: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin tables of shape [max_context, head_dim // 2] (fp32)."""
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim))
-    if cfg.rope_scaling is not None:  # Llama 3.1-style long-context frequency scaling
+def rope_frequencies(cfg: ModelConfig, max_context: int, local: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables of shape [max_context, head_dim // 2] (fp32). `local`: the sliding layers'
+    own base (Gemma 3), which takes no scaling."""
+    theta = cfg.rope_local_theta if local else cfg.rope_theta
+    inv_freq = 1.0 / (theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim))
+    if cfg.rope_scaling is not None and not local and cfg.rope_scaling.get("rope_type") == "linear":
+        inv_freq = inv_freq / cfg.rope_scaling["factor"]  # positions divided by the factor
+    elif cfg.rope_scaling is not None and not local:  # Llama 3.1-style long-context frequency scaling
         s = cfg.rope_scaling
         factor, lo, hi = s["factor"], s.get("low_freq_factor", 1.0), s.get("high_freq_factor", 4.0)
         old = s["original_max_position_embeddings"]
@@ -71,10 +86,10 @@ class Rotary(nn.Module):
     once per forward; `forward(x, cos, sin)` rotates q or k, x: [B, S, H, D] -> same, in x's dtype.
     """
 
-    def __init__(self, cfg: ModelConfig, max_context: int):
+    def __init__(self, cfg: ModelConfig, max_context: int, local: bool = False):
         super().__init__()
         self.interleaved = cfg.rope_interleaved
-        cos, sin = rope_frequencies(cfg, max_context)
+        cos, sin = rope_frequencies(cfg, max_context, local)
         cos, sin = (t.repeat_interleave(2, -1) if self.interleaved else torch.cat((t, t), -1) for t in (cos, sin))
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
@@ -118,12 +133,17 @@ class KVCacheAttention(nn.Module):
 
     attend(q, k, v, start_pos) takes q/k/v as [B, S, H, D] for positions start_pos..start_pos+S-1
     and returns [B, S, n_heads * D]. Targets replace this module.
+
+    scale: softmax scale (Gemma's query_pre_attn_scalar ** -0.5, else head_dim ** -0.5).
+    window: a sliding layer's window (query p sees keys p-window+1..p), kept in a full-length cache
+    under a mask: the cache is as long as the context, and the mask is what makes the layer local.
     """
 
     def __init__(self, max_batch: int, max_context: int, n_heads: int, n_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype):
+                 dtype: torch.dtype, scale: float | None = None, window: int | None = None):
         super().__init__()
         self.max_context, self.n_rep = max_context, n_heads // n_kv_heads
+        self.scale, self.window = scale if scale is not None else head_dim ** -0.5, window
         shape = (max_batch, n_kv_heads, max_context, head_dim)
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype), persistent=False)
@@ -137,9 +157,13 @@ class KVCacheAttention(nn.Module):
         self.v_cache[:B, :, p0:p0 + S] = v.transpose(1, 2).to(self.v_cache.dtype)
         keys, values = self.k_cache[:B, :, :p0 + S], self.v_cache[:B, :, :p0 + S]
         # query i (absolute p0+i) sees keys 0..p0+i
-        mask = torch.arange(p0 + S, device=q.device)[None, :] <= (p0 + torch.arange(S, device=q.device))[:, None]
+        kpos, qpos = torch.arange(p0 + S, device=q.device)[None, :], (p0 + torch.arange(S, device=q.device))[:, None]
+        mask = kpos <= qpos
+        if self.window is not None:
+            mask = mask & (kpos > qpos - self.window)
         out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, enable_gqa=self.n_rep > 1)
+            q.transpose(1, 2), keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, enable_gqa=self.n_rep > 1,
+            scale=self.scale)
         return out.transpose(1, 2).reshape(B, -1, H * D)
 
 
@@ -147,21 +171,33 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        q_width, kv_width = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, q_width, bias=cfg.attn_bias)
+        self.k_proj = nn.Linear(cfg.dim, kv_width, bias=cfg.attn_bias)
+        self.v_proj = nn.Linear(cfg.dim, kv_width, bias=cfg.attn_bias)
+        self.o_proj = nn.Linear(q_width, cfg.dim, bias=False)
         self.use_rope = cfg.uses_rope(layer)
         # as in HF Llama-4: only on RoPE layers
         self.qk_norm = RMS(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm and self.use_rope else None
+        # Qwen3 / Gemma 3 (per head) and OLMo 2 (per projection): learned, before RoPE
+        self.learned_qk_norm = cfg.qk_norm_learned
+        if cfg.qk_norm_learned is not None:
+            per_head = cfg.qk_norm_learned == "head"
+            self.q_norm = RMSNorm(cfg.head_dim if per_head else q_width, cfg.norm_eps, cfg.norm_plus_one)
+            self.k_norm = RMSNorm(cfg.head_dim if per_head else kv_width, cfg.norm_eps, cfg.norm_plus_one)
         self.temperature_tuning = cfg.attn_temperature_tuning and not self.use_rope
         self.floor_scale, self.attn_scale = cfg.floor_scale, cfg.attn_scale
 
     def forward(self, x, rope: Rotary, cos, sin, positions, start_pos, cache: KVCacheAttention):
         B = x.shape[0]
-        q = self.q_proj(x).view(B, -1, self.n_heads, self.head_dim)
-        k = self.k_proj(x).view(B, -1, self.n_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(B, -1, self.n_kv_heads, self.head_dim)
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.learned_qk_norm == "proj":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(B, -1, self.n_heads, self.head_dim)
+        k = k.view(B, -1, self.n_kv_heads, self.head_dim)
+        v = v.view(B, -1, self.n_kv_heads, self.head_dim)
+        if self.learned_qk_norm == "head":
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.use_rope:
             q, k = rope(q, cos, sin), rope(k, cos, sin)
         if self.qk_norm is not None:
@@ -173,29 +209,57 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    """Gated MLP: SwiGLU (silu) or Gemma's GeGLU (tanh-approximated GELU)."""
+
+    def __init__(self, dim: int, hidden: int, act: str = "silu"):
         super().__init__()
         self.gate_proj = nn.Linear(dim, hidden, bias=False)
         self.up_proj = nn.Linear(dim, hidden, bias=False)
         self.down_proj = nn.Linear(hidden, dim, bias=False)
+        self.act = act
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        g = self.gate_proj(x)
+        g = F.silu(g) if self.act == "silu" else F.gelu(g, approximate="tanh")
+        return self.down_proj(g * self.up_proj(x))
 
 
 class Block(nn.Module):
+    """One decoder block; where its norms sit is `cfg.norm_layout`:
+    pre (Llama)       h = x + attn(in(x));          out = h + mlp(post_attn(h))
+    sandwich (Gemma)  h = x + post_attn(attn(in(x))); out = h + post_ff(mlp(pre_ff(h)))
+    post (OLMo 2)     h = x + post_attn(attn(x));    out = h + post_ff(mlp(h))
+    """
+
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.layout = cfg.norm_layout
+
+        def norm():
+            return RMSNorm(cfg.dim, cfg.norm_eps, cfg.norm_plus_one)
+
+        if self.layout != "post":
+            self.input_layernorm = norm()
         self.self_attn = Attention(cfg, layer)
-        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.mlp = MLP(cfg.dim, cfg.hidden_dim)
+        self.post_attention_layernorm = norm()
+        if self.layout == "sandwich":
+            self.pre_feedforward_layernorm = norm()
+        self.mlp = MLP(cfg.dim, cfg.hidden_dim, cfg.mlp_act)
+        if self.layout != "pre":
+            self.post_feedforward_layernorm = norm()
 
     def forward(self, x, rope, cos, sin, positions, start_pos, cache, probe: Probe | None = None):
-        h = x + self.self_attn(self.input_layernorm(x), rope, cos, sin, positions, start_pos, cache)
+        a = self.self_attn(x if self.layout == "post" else self.input_layernorm(x), rope, cos, sin, positions,
+                           start_pos, cache)
+        h = x + (a if self.layout == "pre" else self.post_attention_layernorm(a))
         if probe is not None:
             h = probe(h)
-        out = h + self.mlp(self.post_attention_layernorm(h))
+        if self.layout == "pre":
+            out = h + self.mlp(self.post_attention_layernorm(h))
+        elif self.layout == "sandwich":
+            out = h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
+        else:
+            out = h + self.post_feedforward_layernorm(self.mlp(h))
         return out if probe is None else probe(out)
 
 
@@ -224,7 +288,7 @@ class Transformer(nn.Module):
         self.cfg, self.max_context, self.max_batch, self.dtype = cfg, max_context, max_batch, dtype
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.norm_plus_one)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
@@ -244,9 +308,13 @@ class Transformer(nn.Module):
         """(Re)build what is not a weight: KV caches and RoPE tables (fp32 whatever the model dtype)."""
         cfg = self.cfg
         self.caches = nn.ModuleList(
-            KVCacheAttention(self.max_batch, self.max_context, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, self.dtype)
-            for _ in self.schedule)
+            KVCacheAttention(self.max_batch, self.max_context, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, self.dtype,
+                             cfg.attn_scale_factor, cfg.window(layer))
+            for layer in self.schedule)
         self.rope = Rotary(cfg, self.max_context)
+        # Gemma 3's sliding layers rotate with their own base
+        self.rope_local = Rotary(cfg, self.max_context, local=True) if any(
+            cfg.local_rope(i) for i in range(cfg.n_layers)) else None
 
     @classmethod
     def from_weights(cls, cfg: ModelConfig, state_dict: dict[str, torch.Tensor], max_context: int = 2048,
@@ -269,13 +337,18 @@ class Transformer(nn.Module):
         it (see `Probe`): one pass gives every op's own result on another implementation's inputs."""
         S = tokens.shape[1]
         positions = input_pos[0] + torch.arange(S, device=tokens.device)
-        cos, sin = self.rope.tables(positions)
+        ropes = [(self.rope, *self.rope.tables(positions))]
+        if self.rope_local is not None:
+            ropes.append((self.rope_local, *self.rope_local.tables(positions)))
         h = self.embed_tokens(tokens)
+        if self.cfg.scale_embeddings:  # Gemma: sqrt(dim), rounded to the activation dtype as HF does
+            h = h * torch.tensor(self.cfg.dim ** 0.5, dtype=h.dtype)
         probe = Probe(teacher) if self.probe or teacher is not None else None
         if probe is not None:
             h = probe(h)
         for block_idx, cache in zip(self.schedule, self.caches):
-            h = self.layers[block_idx](h, self.rope, cos, sin, positions, input_pos, cache, probe)
+            rope, cos, sin = ropes[int(self.cfg.local_rope(block_idx))]
+            h = self.layers[block_idx](h, rope, cos, sin, positions, input_pos, cache, probe)
         if not self.full_logits:
             h = h[:, -1:, :]
         logits = self.lm_head(self.norm(h)).float()
@@ -305,16 +378,28 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     checkpoint's index against it takes microseconds even for a config that claims a million
     layers (tests/test_sources.py checks it against the Transformer's own state_dict)."""
     D, V, hd = cfg.dim, cfg.vocab_size, cfg.head_dim
+    qw, kvw = cfg.n_heads * hd, cfg.n_kv_heads * hd
     shapes = {"embed_tokens.weight": (V, D)}
     for i in range(cfg.n_layers):
         p = f"layers.{i}."
-        shapes.update({  # in module order: random_weights draws them in this order
-            p + "input_layernorm.weight": (D,),
-            p + "self_attn.q_proj.weight": (cfg.n_heads * hd, D), p + "self_attn.k_proj.weight": (cfg.n_kv_heads * hd, D),
-            p + "self_attn.v_proj.weight": (cfg.n_kv_heads * hd, D), p + "self_attn.o_proj.weight": (D, cfg.n_heads * hd),
-            p + "post_attention_layernorm.weight": (D,),
-            p + "mlp.gate_proj.weight": (cfg.hidden_dim, D), p + "mlp.up_proj.weight": (cfg.hidden_dim, D),
-            p + "mlp.down_proj.weight": (D, cfg.hidden_dim)})
+        a = p + "self_attn."
+        # Llama-family names in this order: random_weights draws them in it, so existing presets keep
+        # their weights; the other architectures' extra tensors follow.
+        if cfg.norm_layout != "post":
+            shapes[p + "input_layernorm.weight"] = (D,)
+        shapes.update({a + "q_proj.weight": (qw, D), a + "k_proj.weight": (kvw, D), a + "v_proj.weight": (kvw, D),
+                       a + "o_proj.weight": (D, qw), p + "post_attention_layernorm.weight": (D,),
+                       p + "mlp.gate_proj.weight": (cfg.hidden_dim, D), p + "mlp.up_proj.weight": (cfg.hidden_dim, D),
+                       p + "mlp.down_proj.weight": (D, cfg.hidden_dim)})
+        if cfg.attn_bias:
+            shapes.update({a + "q_proj.bias": (qw,), a + "k_proj.bias": (kvw,), a + "v_proj.bias": (kvw,)})
+        if cfg.qk_norm_learned is not None:
+            per_head = cfg.qk_norm_learned == "head"
+            shapes.update({a + "q_norm.weight": (hd if per_head else qw,), a + "k_norm.weight": (hd if per_head else kvw,)})
+        if cfg.norm_layout == "sandwich":
+            shapes[p + "pre_feedforward_layernorm.weight"] = (D,)
+        if cfg.norm_layout != "pre":
+            shapes[p + "post_feedforward_layernorm.weight"] = (D,)
     shapes["norm.weight"] = (D,)
     if not cfg.tie_embeddings:
         shapes["lm_head.weight"] = (V, D)
@@ -357,8 +442,10 @@ def random_weights(cfg: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     sd = {}
     for name, shape in expected_shapes(cfg).items():
-        if name.endswith("norm.weight"):
-            sd[name] = 1.0 + 0.1 * torch.randn(shape, generator=g)
+        if name.endswith("norm.weight"):  # a gain near 1: w, or Gemma's 1 + w
+            sd[name] = (0.0 if cfg.norm_plus_one else 1.0) + 0.1 * torch.randn(shape, generator=g)
+        elif name.endswith(".bias"):
+            sd[name] = 0.1 * torch.randn(shape, generator=g)
         else:
             scale = 4.0 * cfg.dim ** -0.5 if name in ("embed_tokens.weight", "lm_head.weight") else shape[-1] ** -0.5
             sd[name] = torch.randn(shape, generator=g) * scale
