@@ -6,6 +6,10 @@ from .quant.recipe import available, estimate_bytes, load_recipe
 from .sources import Checkpoint
 
 
+def _global(c) -> list[int]:
+    return [i for i in range(c.n_layers) if not c.sliding_layers[i]]
+
+
 def describe(ck: Checkpoint) -> str:
     c = ck.config
     rope = "interleaved" if c.rope_interleaved else "rotate_half"
@@ -18,7 +22,16 @@ def describe(ck: Checkpoint) -> str:
         f"embedding {c.vocab_size * c.dim:,})",
         f"attention     RoPE {rope} theta {c.rope_theta:g}"
         + (f", scaling {c.rope_scaling['rope_type']}" if c.rope_scaling else "")
-        + (", QK-norm" if c.qk_norm else "") + (f", NoPE layers {nope}" if nope else ""),
+        + (", QK-norm" if c.qk_norm else "") + (f", NoPE layers {nope}" if nope else "")
+        + ({"head": ", learned q/k norm per head", "proj": ", learned q/k norm over the projection"}.get(
+            c.qk_norm_learned, "")) + (", q/k/v biases" if c.attn_bias else "")
+        + (f", scale {c.query_pre_attn_scalar:g}^-0.5" if c.query_pre_attn_scalar else ""),
+        *([f"sliding       window {c.sliding_window} on {sum(c.sliding_layers)} of {c.n_layers} layers"
+           + (f" (RoPE theta {c.rope_local_theta:g}); full attention on {_global(c)}" if c.rope_local_theta else "")]
+          if c.sliding_layers and any(c.sliding_layers) else []),
+        f"block         {c.norm_layout}-norm ({len(c.norms_per_block)} norms{', 1 + w' if c.norm_plus_one else ''}), "
+        f"{'GeGLU (tanh GELU)' if c.mlp_act == 'gelu_tanh' else 'SwiGLU'} MLP"
+        + (", embeddings x sqrt(dim)" if c.scale_embeddings else ""),
         f"context       {c.max_position_embeddings} positions; KV cache {c.kv_bytes_per_token() / 1000:.1f} KB/token fp16",
     ]
     t = ck.tokenizer

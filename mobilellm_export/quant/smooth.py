@@ -22,11 +22,14 @@ from ..model import Transformer
 def groups(model: Transformer) -> list[tuple[str, object, list[str]]]:
     """(label, producer, consumer linear names) per smoothable input of each block."""
     out = []
+    layout = model.cfg.norm_layout
     for i, blk in enumerate(model.layers):
         p = f"layers.{i}"
-        out.append((f"{p}.input", blk.input_layernorm,
-                    [f"{p}.self_attn.q_proj", f"{p}.self_attn.k_proj", f"{p}.self_attn.v_proj"]))
-        out.append((f"{p}.post_attention", blk.post_attention_layernorm, [f"{p}.mlp.gate_proj", f"{p}.mlp.up_proj"]))
+        if layout != "post":  # OLMo 2's post-norm blocks feed attention and MLP the raw residual stream
+            out.append((f"{p}.input", blk.input_layernorm,
+                        [f"{p}.self_attn.q_proj", f"{p}.self_attn.k_proj", f"{p}.self_attn.v_proj"]))
+            mlp_norm = blk.pre_feedforward_layernorm if layout == "sandwich" else blk.post_attention_layernorm
+            out.append((f"{p}.post_attention", mlp_norm, [f"{p}.mlp.gate_proj", f"{p}.mlp.up_proj"]))
         out.append((f"{p}.mlp_hidden", blk.mlp.up_proj, [f"{p}.mlp.down_proj"]))
     return out
 
@@ -45,6 +48,8 @@ def smooth(model: Transformer, H: dict[str, torch.Tensor], alpha: float) -> dict
         s = s / torch.exp(torch.log(s).mean())  # geometric mean 1: neither side drifts in magnitude
         if isinstance(producer, torch.nn.Linear):
             producer.weight.div_(s[:, None])  # up_proj's rows: down_proj's input channels
+        elif producer.plus_one:  # Gemma's gain is 1 + w
+            producer.weight.copy_((1.0 + producer.weight) / s - 1.0)
         else:
             producer.weight.div_(s)  # an RMSNorm's gain
         for c in consumers:

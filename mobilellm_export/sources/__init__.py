@@ -85,7 +85,8 @@ def load(source: str, tokenizer: str | None = None, seed: int = 0, weights: bool
         from .gguf import load_gguf
 
         path = smollm2_gguf_path()
-        ck = Checkpoint(source, source, "gguf", *load_gguf(path, weights), reload=lambda: load_gguf(path)[1])
+        ck = Checkpoint(source, source, "gguf", *load_gguf(path, weights, tokenizer is None),
+                        reload=lambda: load_gguf(path, tokenizer=False)[1])
     else:
         p = Path(os.path.expanduser(source))
         if p.is_dir():
@@ -98,8 +99,8 @@ def load(source: str, tokenizer: str | None = None, seed: int = 0, weights: bool
                 raise UserError(f"{source}: expected a .gguf file or a HF model directory")
             from .gguf import load_gguf
 
-            ck = Checkpoint(_name_of(source), str(p.resolve()), "gguf", *load_gguf(p, weights),
-                            reload=lambda: load_gguf(p)[1])
+            ck = Checkpoint(_name_of(source), str(p.resolve()), "gguf", *load_gguf(p, weights, tokenizer is None),
+                            reload=lambda: load_gguf(p, tokenizer=False)[1])
         elif _HUB_ID.match(source) and not source.startswith((".", "~")):
             from .hf import load_hf_dir
             from .hub import download

@@ -1,8 +1,14 @@
 """GGUF source: llama.cpp files (e.g. the offline SmolLM2-135M-Instruct Q4_1) -> ModelConfig, fp32 weights, tokenizer.
 
-Weights are dequantized with `gguf.quants.dequantize` to float32 in HF layout ([out, in]) and HF Llama
-names without the `model.` prefix. llama.cpp stores the rows of Q and K permuted for its interleaved
-RoPE kernel; they are un-permuted back to the HF rotate_half order so `rope_interleaved=False` applies.
+Architectures: llama, qwen2, qwen3, gemma3, olmo2. Weights are dequantized with
+`gguf.quants.dequantize` to float32 in HF layout ([out, in]) and HF names without the `model.`
+prefix. llama.cpp's converter changes two things per architecture, undone here:
+- for the llama family only, it permutes the rows of Q and K for its interleaved RoPE kernel; they
+  are un-permuted back to HF's rotate_half order (qwen2/3, gemma3 and olmo2 are stored unpermuted);
+- for gemma3, it stores every `*norm.weight` as w + 1 (HF's Gemma norms scale by 1 + w): 1 is
+  subtracted again.
+Values llama.cpp hard-codes instead of writing (Gemma 3: the local RoPE base 1e4, five sliding
+layers to one global, the attention scale head_dim ** -0.5 below 27B) are filled in the same way.
 
 The tokenizer is rebuilt from `tokenizer.ggml.*` metadata as a HF `tokenizers.Tokenizer` (byte-level
 BPE only: `tokenizer.ggml.model == "gpt2"`). Anything this reader cannot reproduce faithfully
@@ -42,9 +48,20 @@ _LAYER_TENSORS = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
+# Per architecture, where llama.cpp's names differ from the llama ones.
+_ARCH_TENSORS = {
+    "llama": {},
+    "qwen2": {},
+    "qwen3": {"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"},
+    "gemma3": {"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+               "post_attention_norm": "post_attention_layernorm", "ffn_norm": "pre_feedforward_layernorm",
+               "post_ffw_norm": "post_feedforward_layernorm"},
+    "olmo2": {"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+              "post_attention_norm": "post_attention_layernorm", "post_ffw_norm": "post_feedforward_layernorm"},
+}
 _GLOBAL_TENSORS = {"token_embd.weight": "embed_tokens.weight", "output_norm.weight": "norm.weight",
                    "output.weight": "lm_head.weight"}
-_LAYER_RE = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
+_LAYER_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 
 
 def _first_line(e: BaseException) -> str:
@@ -160,13 +177,14 @@ def _dequantize(t, path: Path) -> np.ndarray:
     return w
 
 
-def _hf_name(name: str, n_layers: int, path: Path) -> str:
+def _hf_name(name: str, n_layers: int, path: Path, arch: str = "llama") -> str:
     if name in _GLOBAL_TENSORS:
         return _GLOBAL_TENSORS[name]
     m = _LAYER_RE.fullmatch(name)
-    if m and m.group(2) in _LAYER_TENSORS and int(m.group(1)) < n_layers:
-        return f"layers.{int(m.group(1))}.{_LAYER_TENSORS[m.group(2)]}.weight"
-    raise UserError(f"{path}: unexpected tensor {name!r} for a llama model")
+    names = {**_LAYER_TENSORS, **_ARCH_TENSORS[arch]}
+    if m and m.group(2) in names and int(m.group(1)) < n_layers:
+        return f"layers.{int(m.group(1))}.{names[m.group(2)]}.{m.group(3)}"
+    raise UserError(f"{path}: unexpected tensor {name!r} for a {arch} model")
 
 
 def _llama3_scaling(factors: np.ndarray, theta: float, head_dim: int, path: Path) -> dict | None:
@@ -208,7 +226,7 @@ def _build_tokenizer(meta: _Meta, path: Path, context_length: int) -> Tokenizer:
     if kind is None:
         raise UserError(f"{path}: GGUF has no tokenizer (tokenizer.ggml.model missing)")
     if kind != "gpt2":
-        raise UserError(f"{path}: GGUF tokenizer model {kind!r} is not supported (only byte-level BPE, 'gpt2')")
+        raise UserError(f"{path}: GGUF tokenizer model {kind!r} is not supported (only byte-level BPE, 'gpt2'); pass --tokenizer with its tokenizer.json")
     pre = meta.str("tokenizer.ggml.pre", "default")
     if pre not in _PRE_TOKENIZERS:
         raise UserError(f"{path}: GGUF pre-tokenizer {pre!r} is not supported (supported: {', '.join(_PRE_TOKENIZERS)})")
@@ -300,9 +318,32 @@ _GGUF_NAMES = {"vocab_size": "llama.vocab_size", "dim": "llama.embedding_length"
                "rope_theta": "llama.rope.freq_base"}
 
 
-def load_gguf(path, weights: bool = True) -> tuple[ModelConfig, dict[str, torch.Tensor] | None, Tokenizer]:
-    """Read a llama-architecture GGUF: config, float32 HF-named state dict (None with
-    weights=False: header and metadata only), tokenizer. Errors are UserError."""
+def _arch_flags(arch: str, meta: _Meta, n_layers: int, dim: int, n_heads: int, head_dim: int,
+                shapes: dict) -> dict:
+    """ModelConfig flags of the non-llama architectures, from metadata and llama.cpp's fixed values."""
+    a = arch
+    if arch in ("qwen2", "qwen3"):
+        return {"attn_bias": "layers.0.self_attn.q_proj.bias" in shapes,
+                "qk_norm_learned": "head" if arch == "qwen3" else None}
+    if arch == "olmo2":
+        return {"qk_norm_learned": "proj", "norm_layout": "post"}
+    if arch == "gemma3":
+        window = meta.int(f"{a}.attention.sliding_window", 4096)
+        pattern = meta.int(f"{a}.attention.sliding_window_pattern", 6)  # absent in llama.cpp's files: 6
+        # llama.cpp: 27B scales by (dim / heads) ** -0.5, the others by head_dim ** -0.5
+        scalar = float(dim // n_heads) if n_layers == 62 else float(head_dim)
+        return {"qk_norm_learned": "head", "norm_plus_one": True, "norm_layout": "sandwich", "mlp_act": "gelu_tanh",
+                "scale_embeddings": True, "query_pre_attn_scalar": scalar, "sliding_window": window,
+                "sliding_layers": tuple(int((i + 1) % pattern != 0) for i in range(n_layers)),
+                "rope_local_theta": meta.float(f"{a}.rope.freq_base_swa", 10000.0)}
+    return {}
+
+
+def load_gguf(path, weights: bool = True, tokenizer: bool = True
+              ) -> tuple[ModelConfig, dict[str, torch.Tensor] | None, Tokenizer | None]:
+    """Read a GGUF: config, float32 HF-named state dict (None with weights=False: header and
+    metadata only), tokenizer (None with tokenizer=False: the caller brings its own, e.g. for
+    Gemma's SentencePiece vocabulary, which is not rebuilt here). Errors are UserError."""
     path = Path(path)
     reader = _open(path)
     meta = _Meta(reader, path)
@@ -314,8 +355,8 @@ def load_gguf(path, weights: bool = True) -> tuple[ModelConfig, dict[str, torch.
         # llama.cpp's llama4 metadata records neither QK-norm nor which layers skip RoPE (it hard-codes
         # Llama 4 Scout's layout), so a dense MobileLLM-R1 GGUF cannot be rebuilt faithfully from it.
         raise UserError(f"{path}: GGUF architecture 'llama4' is not supported; export from the HF checkpoint instead")
-    if arch != "llama":
-        raise UserError(f"{path}: GGUF architecture {arch!r} is not supported (only 'llama')")
+    if arch not in _ARCH_TENSORS:
+        raise UserError(f"{path}: GGUF architecture {arch!r} is not supported (only {', '.join(_ARCH_TENSORS)})")
     a = arch
     if (meta.int(f"{a}.expert_count", 0) or 0) > 0:
         raise UserError(f"{path}: mixture-of-experts GGUF ({a}.expert_count > 0) is not supported (dense only)")
@@ -338,8 +379,12 @@ def load_gguf(path, weights: bool = True) -> tuple[ModelConfig, dict[str, torch.
     theta = meta.float(f"{a}.rope.freq_base", 10000.0)
     context = meta.int(f"{a}.context_length", 2048)
     scaling_type = meta.str(f"{a}.rope.scaling.type", "none")
-    if scaling_type not in ("none", "") and not (
-            scaling_type == "linear" and meta.float(f"{a}.rope.scaling.factor", 1.0) == 1.0):
+    linear = None
+    if scaling_type == "linear" and meta.float(f"{a}.rope.scaling.factor", 1.0) != 1.0:
+        if arch != "gemma3":
+            raise UserError(f"{path}: linear RoPE scaling is supported for gemma3 only")
+        linear = {"rope_type": "linear", "factor": meta.float(f"{a}.rope.scaling.factor")}
+    elif scaling_type not in ("none", "", "linear"):
         raise UserError(f"{path}: RoPE scaling {scaling_type!r} is not supported (only Llama 3 scaling)")
 
     tensors = {t.name: t for t in reader.tensors}
@@ -357,7 +402,7 @@ def load_gguf(path, weights: bool = True) -> tuple[ModelConfig, dict[str, torch.
         if name == "rope_freqs.weight":
             rope_scaling = _llama3_scaling(_dequantize(t, path), theta, head_dim, path)
             continue
-        shapes[_hf_name(name, n_layers, path)] = tuple(int(x) for x in reversed(list(t.shape)))  # ggml: [in, out]
+        shapes[_hf_name(name, n_layers, path, arch)] = tuple(int(x) for x in reversed(list(t.shape)))  # ggml: [in, out]
 
     eos_ids: list[int] = []
     for key in ("eos_token_id", "eot_token_id", "eom_token_id"):
@@ -365,12 +410,13 @@ def load_gguf(path, weights: bool = True) -> tuple[ModelConfig, dict[str, torch.
         if i is not None and i not in eos_ids:
             eos_ids.append(i)
     cfg = ModelConfig(
-        arch="llama", vocab_size=vocab, dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
-        head_dim=head_dim, hidden_dim=hidden, norm_eps=eps, rope_theta=theta, rope_interleaved=False,
-        rope_scaling=rope_scaling, tie_embeddings="output.weight" not in tensors,
+        arch={"gemma3": "gemma3_text"}.get(arch, arch), vocab_size=vocab, dim=dim, n_layers=n_layers,
+        n_heads=n_heads, n_kv_heads=n_kv, head_dim=head_dim, hidden_dim=hidden, norm_eps=eps, rope_theta=theta,
+        rope_interleaved=False, rope_scaling=rope_scaling or linear, tie_embeddings="output.weight" not in tensors,
         max_position_embeddings=context, bos_token_id=meta.int("tokenizer.ggml.bos_token_id"),
         eos_token_ids=tuple(eos_ids), pad_token_id=meta.int("tokenizer.ggml.padding_token_id"),
-    ).validate(str(path), _GGUF_NAMES)
+        **_arch_flags(arch, meta, n_layers, dim, n_heads, head_dim, shapes),
+    ).validate(str(path), {k: v.replace("llama.", f"{a}.") for k, v in _GGUF_NAMES.items()})
     # Names and shapes from the header against the config, before any tensor is dequantized.
     from ..model import check_shapes
 
@@ -379,20 +425,22 @@ def load_gguf(path, weights: bool = True) -> tuple[ModelConfig, dict[str, torch.
     except UserError as e:
         raise UserError(f"{path}: {e}" if str(path) not in str(e) else str(e)) from None
 
-    tok = _build_tokenizer(meta, path, context)
+    tok = _build_tokenizer(meta, path, context) if tokenizer else None
     if not weights:
         return cfg, None, tok
     state: dict[str, torch.Tensor] = {}
     for name, t in tensors.items():
         if name == "rope_freqs.weight":
             continue
-        hf = _hf_name(name, n_layers, path)
+        hf = _hf_name(name, n_layers, path, arch)
         w = _dequantize(t, path)
         if tuple(w.shape) != shapes[hf]:
             raise UserError(f"{path}: tensor {name!r} holds {tuple(w.shape)} values, its header says {shapes[hf]}")
-        if hf.endswith("q_proj.weight"):
+        if arch == "llama" and hf.endswith("q_proj.weight"):
             w = _unpermute(w, n_heads)
-        elif hf.endswith("k_proj.weight"):
+        elif arch == "llama" and hf.endswith("k_proj.weight"):
             w = _unpermute(w, n_kv)
+        elif arch == "gemma3" and hf.endswith("norm.weight"):
+            w = w - np.float32(1.0)  # stored as w + 1
         state[hf] = torch.from_numpy(w)
     return cfg, state, tok

@@ -82,14 +82,19 @@ class CustomKVCacheAttention(nn.Module):
 
     Caches are [B, max_context, n_kv_heads, head_dim] (sequence-major, as the ops expect). The ops
     also have CPU kernels in PyTorch, so the prepared model still runs eagerly.
+
+    A sliding-window layer (Gemma 3) keeps the full-length cache and passes custom_sdpa a [S,
+    max_context] additive mask built from the positions; the kernel then attends over the whole
+    cache (is_causal=False), so the window costs mask work, never correctness past the window.
     """
 
     def __init__(self, max_batch: int, max_context: int, n_heads: int, n_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype):
+                 dtype: torch.dtype, scale: float | None = None, window: int | None = None):
         super().__init__()
         _register_ops()
         self.max_context, self.n_heads, self.head_dim = max_context, n_heads, head_dim
-        self.scale = head_dim ** -0.5
+        self.scale = scale if scale is not None else head_dim ** -0.5
+        self.window = window
         shape = (max_batch, max_context, n_kv_heads, head_dim)
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype), persistent=False)
@@ -97,7 +102,7 @@ class CustomKVCacheAttention(nn.Module):
     @classmethod
     def from_reference(cls, ref: KVCacheAttention, n_heads: int) -> CustomKVCacheAttention:
         B, n_kv, C, D = ref.k_cache.shape
-        return cls(B, C, n_heads, n_kv, D, ref.k_cache.dtype)
+        return cls(B, C, n_heads, n_kv, D, ref.k_cache.dtype, ref.scale, ref.window)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: torch.Tensor) -> torch.Tensor:
         B, S, H, D = q.shape
@@ -108,8 +113,14 @@ class CustomKVCacheAttention(nn.Module):
         dt = self.k_cache.dtype
         torch.ops.llama.update_cache(k.to(dt).contiguous(), self.k_cache, p0)
         torch.ops.llama.update_cache(v.to(dt).contiguous(), self.v_cache, p0)
-        out = torch.ops.llama.custom_sdpa(q.to(dt).contiguous(), self.k_cache, self.v_cache, p0, None, 0.0, True,
-                                          self.scale)
+        mask = None
+        if self.window is not None:
+            kpos = torch.arange(self.max_context, device=q.device)[None, :]
+            qpos = p0 + torch.arange(S, device=q.device)[:, None]
+            allowed = (kpos <= qpos) & (kpos > qpos - self.window)
+            mask = torch.zeros(allowed.shape, dtype=dt, device=q.device).masked_fill(~allowed, float("-inf"))
+        out = torch.ops.llama.custom_sdpa(q.to(dt).contiguous(), self.k_cache, self.v_cache, p0, mask, 0.0,
+                                          mask is None, self.scale)
         return out.to(q.dtype).reshape(B, -1, H * D)
 
 
@@ -122,10 +133,14 @@ class LinearMeanRMS(nn.Module):
         self.eps = norm.eps
         self.register_buffer("mean_row", torch.full((1, norm.dim), 1.0 / norm.dim), persistent=False)
         self.weight = norm.weight if isinstance(norm, RMSNorm) else None
+        self.plus_one = isinstance(norm, RMSNorm) and norm.plus_one
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
-        y = (xf * torch.rsqrt(F.linear(xf * xf, self.mean_row) + self.eps)).to(x.dtype)
+        yf = xf * torch.rsqrt(F.linear(xf * xf, self.mean_row) + self.eps)
+        if self.plus_one:  # Gemma: (1 + w) in fp32 before the cast, as RMSNorm does
+            return (yf * (1.0 + self.weight.float())).to(x.dtype)
+        y = yf.to(x.dtype)
         return y * self.weight if self.weight is not None else y
 
 
