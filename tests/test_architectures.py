@@ -54,6 +54,9 @@ def _olmo2():
 
 
 CONFIGS = {"qwen3": _qwen3, "qwen2": _qwen2, "gemma3": _gemma3, "olmo2": _olmo2}
+# llama.cpp has no key for Gemma's query scalar (it uses head_dim, as the real 270M does): the GGUF
+# test's Gemma keeps that equality.
+GGUF_CONFIGS = {"gemma3-gguf": lambda: _gemma3().__class__(**{**_gemma3().to_dict(), "query_pre_attn_scalar": 32})}
 _CACHE: dict = {}
 
 
@@ -61,7 +64,7 @@ def _pair(name, tmp_path_factory):
     """(transformers model, our model loaded from the same saved HF folder)."""
     if name not in _CACHE:
         torch.manual_seed(0)
-        hf_cfg = CONFIGS[name]()
+        hf_cfg = {**CONFIGS, **GGUF_CONFIGS}[name]()
         hf_cfg._attn_implementation = "eager"
         hf = AutoModelForCausalLM.from_config(hf_cfg).eval()
         with torch.no_grad():  # HF initialises norms to 1 (Gemma: 0) and biases to 0: perturb them
@@ -228,3 +231,73 @@ def test_pte_matches_eager_through_chunked_prefill_and_decode(name, tmp_path):
     for i in range(37, 57):
         worst = max(worst, (et.decode(tokens[i]) - full[i]).abs().max().item())
     assert worst <= REL * full.abs().max().item()
+
+
+# ---- GGUF, written the way llama.cpp's convert_hf_to_gguf writes each architecture ----------
+
+_LLAMA_CPP = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+              "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate",
+              "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down", "self_attn.q_norm": "attn_q_norm",
+              "self_attn.k_norm": "attn_k_norm", "post_feedforward_layernorm": "post_ffw_norm"}
+
+
+def _write_llama_cpp_gguf(path, name, hf):
+    """No Q/K row permutation (llama.cpp permutes only the llama family); Gemma's norms stored as
+    w + 1; Gemma's per-layer sliding pattern as booleans; llama.cpp's tensor names."""
+    import gguf
+
+    c = hf.config
+    arch = name.removesuffix("-gguf")
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_context_length(256)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    rp = c.rope_parameters
+    w.add_rope_freq_base((rp["full_attention"] if arch == "gemma3" else rp)["rope_theta"])
+    w.add_vocab_size(V)
+    if arch == "gemma3":
+        w.add_sliding_window(c.sliding_window)
+        w.add_sliding_window_pattern([t == "sliding_attention" for t in c.layer_types])
+    post_attn = "post_attention_norm" if arch in ("gemma3", "olmo2") else "ffn_norm"
+    names = {**_LLAMA_CPP, "post_attention_layernorm": post_attn, "pre_feedforward_layernorm": "ffn_norm"}
+    for k, t in hf.state_dict().items():
+        k = k.removeprefix("model.")
+        t = t.float().numpy()
+        if arch == "gemma3" and k.endswith("norm.weight"):
+            t = t + 1
+        if k == "lm_head.weight":
+            if c.tie_word_embeddings:
+                continue
+            w.add_tensor("output.weight", t)
+        elif k in ("embed_tokens.weight", "norm.weight"):
+            w.add_tensor({"embed_tokens.weight": "token_embd.weight", "norm.weight": "output_norm.weight"}[k], t)
+        else:
+            _, i, rest = k.split(".", 2)
+            mod, kind = rest.rsplit(".", 1)
+            w.add_tensor(f"blk.{i}.{names[mod]}.{kind}", t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.mark.parametrize("name", ["qwen3", "qwen2", "gemma3-gguf", "olmo2"])
+def test_gguf_in_llama_cpp_layout_loads_to_the_same_model(name, tmp_path, tmp_path_factory):
+    from mobilellm_export.sources.gguf import load_gguf
+
+    hf, _ = _pair(name, tmp_path_factory)
+    path = tmp_path / f"{name}.gguf"
+    _write_llama_cpp_gguf(path, name, hf)
+    cfg, sd, tok = load_gguf(path, tokenizer=False)
+    assert tok is None
+    ours = Transformer.from_weights(cfg, sd, max_context=128)
+    tokens = torch.randint(0, V, (1, 40), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        assert _rel(hf(tokens).logits, ours(tokens, torch.tensor([0]))) <= REL

@@ -329,12 +329,23 @@ def _arch_flags(arch: str, meta: _Meta, n_layers: int, dim: int, n_heads: int, h
         return {"qk_norm_learned": "proj", "norm_layout": "post"}
     if arch == "gemma3":
         window = meta.int(f"{a}.attention.sliding_window", 4096)
-        pattern = meta.int(f"{a}.attention.sliding_window_pattern", 6)  # absent in llama.cpp's files: 6
+        # absent in llama.cpp's Gemma 3 files (it hard-codes 6); newer writers give a period or a
+        # per-layer array of booleans (true = sliding)
+        pattern = meta.get(f"{a}.attention.sliding_window_pattern", 6)
+        if isinstance(pattern, list):
+            if len(pattern) != n_layers or not all(isinstance(x, bool) for x in pattern):
+                raise UserError(f"{meta.path}: {a}.attention.sliding_window_pattern must hold one boolean per layer")
+            sliding = tuple(int(x) for x in pattern)
+        else:
+            pattern = meta.int(f"{a}.attention.sliding_window_pattern", 6)
+            if pattern < 1:
+                raise UserError(f"{meta.path}: {a}.attention.sliding_window_pattern = {pattern}: expected >= 1")
+            sliding = tuple(int((i + 1) % pattern != 0) for i in range(n_layers))
         # llama.cpp: 27B scales by (dim / heads) ** -0.5, the others by head_dim ** -0.5
         scalar = float(dim // n_heads) if n_layers == 62 else float(head_dim)
         return {"qk_norm_learned": "head", "norm_plus_one": True, "norm_layout": "sandwich", "mlp_act": "gelu_tanh",
                 "scale_embeddings": True, "query_pre_attn_scalar": scalar, "sliding_window": window,
-                "sliding_layers": tuple(int((i + 1) % pattern != 0) for i in range(n_layers)),
+                "sliding_layers": sliding,
                 "rope_local_theta": meta.float(f"{a}.rope.freq_base_swa", 10000.0)}
     return {}
 
