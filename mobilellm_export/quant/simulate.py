@@ -55,3 +55,41 @@ def simulated(linears: dict[str, nn.Linear], chosen: dict[str, tuple[torch.Tenso
             h.remove()
         for name, w in saved.items():
             linears[name].weight.data = w
+
+
+# ---- weight-only references: the stored integers, float activations ---------------------------------
+
+def quantized(w) -> tuple[torch.Tensor, torch.Tensor, int, int] | None:
+    """(int8 integers [N, K], float scales [N, K // group], bits, group) of a torchao weight, else None."""
+    if not hasattr(w, "qdata"):
+        return None
+    q, s = w.qdata, w.scale.float().reshape(w.qdata.shape[0], -1)
+    bits = 4 if w.target_dtype == torch.int4 else 8
+    return q, s, bits, q.shape[1] // s.shape[1]
+
+
+class DequantLinear(nn.Module):
+    """A quantized linear as a weight-only runtime computes it: the stored integers times their
+    scales, rounded once to `scale_dtype` (the dtype the runtime stores them in: fp32 for ONNX
+    Runtime's MatMulNBits, fp16 for Core ML), with float activations."""
+
+    def __init__(self, linear: nn.Linear, scale_dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.source = [linear]  # the torchao linear whose integers export serialises (a list: not a submodule)
+        q, s, _, _ = quantized(linear.weight)
+        self.register_buffer("weight", dequant(q, s.to(scale_dtype)), persistent=False)
+        self.bias = linear.bias  # Qwen2's q/k/v biases stay float
+
+    def forward(self, x):
+        return nn.functional.linear(x, self.weight, self.bias)
+
+
+def weight_only_reference(model, scale_dtype: torch.dtype = torch.float32):
+    """A structural copy whose quantized linears compute with float activations (DequantLinear, scales
+    rounded to `scale_dtype`); the embedding lookup is unchanged (it already dequantizes)."""
+    from ..targets import replace_modules, structural_copy
+
+    ref = structural_copy(model)
+    replace_modules(ref, lambda m: DequantLinear(m, scale_dtype)
+                    if isinstance(m, nn.Linear) and quantized(m.weight) else None)
+    return ref.eval()

@@ -38,9 +38,9 @@ import torch.nn as nn
 
 from ..errors import UserError
 from ..model import Transformer, rope_frequencies
-from ..quant.simulate import dequant
+from ..quant.simulate import DequantLinear, quantized, weight_only_reference  # noqa: F401  (re-exported)
 from ..runners import AppRunner, Runner
-from . import Artifact, ExportSpec, Target, structural_copy
+from . import Artifact, ExportSpec, Target
 
 MS = "com.microsoft"
 OPSET = 21
@@ -51,42 +51,9 @@ MODEL, DATA = "model.onnx", "model.onnx.data"
 
 # ---- the reference: the same integers, float activations -----------------------------------------
 
-class DequantLinear(nn.Module):
-    """A quantized linear as ONNX Runtime's MatMulNBits computes it at accuracy level 1: the stored
-    integers times their (fp32) scales, with float activations."""
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        self.source = [linear]  # the torchao linear whose integers export serialises (a list: not a submodule)
-        q, s, _, _ = quantized(linear.weight)
-        self.register_buffer("weight", dequant(q, s), persistent=False)
-
-    def forward(self, x):
-        return nn.functional.linear(x, self.weight)
-
-
-def quantized(w) -> tuple[torch.Tensor, torch.Tensor, int, int] | None:
-    """(int8 integers [N, K], float scales [N, K // group], bits, group) of a torchao weight, else None."""
-    if not hasattr(w, "qdata"):
-        return None
-    q, s = w.qdata, w.scale.float().reshape(w.qdata.shape[0], -1)
-    bits = 4 if w.target_dtype == torch.int4 else 8
-    return q, s, bits, q.shape[1] // s.shape[1]
-
-
 def _source(lin: nn.Module) -> nn.Module:
     """The torchao linear behind a reference's DequantLinear (export reads its integers)."""
     return lin.source[0] if isinstance(lin, DequantLinear) else lin
-
-
-def weight_only_reference(model: Transformer) -> Transformer:
-    """A structural copy whose quantized linears compute with float activations (the ONNX artifact's
-    arithmetic at accuracy level 1); the embedding lookup is unchanged (it already dequantizes)."""
-    from . import replace_modules
-
-    ref = structural_copy(model)
-    replace_modules(ref, lambda m: DequantLinear(m) if isinstance(m, nn.Linear) and quantized(m.weight) else None)
-    return ref.eval()
 
 
 # ---- weights as ONNX Runtime stores them ------------------------------------------------------------
@@ -182,15 +149,29 @@ class _Builder:
                node: str | None = None) -> str:
         """`name` names the weights, `node` the node (they differ for a shared block's second use)."""
         w, node = self._weights(name, linears), node or name
+        biases = [_source(lin).bias for lin in linears]
+        mm_out = None if any(b is not None for b in biases) else ([out] if out else None)
         if w[0] == "nbits":
             _, b, scales, bits, block, n, k = w
             self.facts["matmul_nbits"] += 1
-            return self.g.node("MatMulNBits", [x, b, scales], node, outputs=[out] if out else None, domain=MS,
-                               K=k, N=n, bits=bits, block_size=block, accuracy_level=self.level)
-        self.facts["matmul_float"] += 1
-        return self.g.node("MatMul", [x, w[1]], node, outputs=[out] if out else None)
+            y = self.g.node("MatMulNBits", [x, b, scales], node, outputs=mm_out, domain=MS,
+                            K=k, N=n, bits=bits, block_size=block, accuracy_level=self.level)
+        else:
+            self.facts["matmul_float"] += 1
+            y = self.g.node("MatMul", [x, w[1]], node, outputs=mm_out)
+        if mm_out is not None or all(b is None for b in biases):
+            return y
+        bias = torch.cat([b.detach().float() if b is not None else torch.zeros(lin.out_features)
+                          for b, lin in zip(biases, linears)])  # Qwen2: q, k and v biases, packed like them
+        return self.g.node("Add", [y, self.g.init(f"{name}.bias", bias.numpy())], f"{node}/Bias",
+                           outputs=[out] if out else None)
 
     # pieces -------------------------------------------------------------------------------------------
+    @staticmethod
+    def gain(norm) -> torch.Tensor:
+        """A norm's effective weight: Gemma's 1 + w is folded into the stored one."""
+        return norm.gain().detach().float()
+
     def norm(self, x: str, weight: torch.Tensor | None, name: str, eps: float) -> str:
         w = weight if weight is not None else torch.ones(self.cfg.head_dim)
         wname = self.g.init(f"{name}.weight", w.detach().float().numpy()) if weight is not None else \
@@ -266,6 +247,8 @@ class _Builder:
         else:  # e.g. a mixed-precision plan: three MatMuls, packed after
             parts = [self.linear(x, f"{w}.{n}", [m], node=f"{p}.{n}") for n, m in zip(("q_proj", "k_proj", "v_proj"), projs)]
             qkv = self.g.node("Concat", parts, f"{p}/PackQKV", axis=-1)
+        if attn.learned_qk_norm is not None:
+            qkv = self.learned_qk_norm(qkv, attn, w, p)
         if attn.qk_norm is not None:
             # Weightless QK-norm: q and k heads share the unit weight and epsilon, so one norm over
             # the q|k heads together (5 nodes a layer, not 7: decode is latency-bound on small ops).
@@ -279,19 +262,81 @@ class _Builder:
         qkv_in = [qkv, "", ""]
         past = [f"past_key_values.{app}.key", f"past_key_values.{app}.value"]
         present = [f"present.{app}.key", f"present.{app}.value"]
-        out = self.g.node("GroupQueryAttention", qkv_in + past + [seqlens, total, "cos_cache", "sin_cache"],
+        window = cfg.window(block)
+        tables = ["cos_cache_local", "sin_cache_local"] if cfg.local_rope(block) else ["cos_cache", "sin_cache"]
+        # GQA's local_window_size w: each query sees the last w keys, itself included, as HF's window.
+        out = self.g.node("GroupQueryAttention", qkv_in + past + [seqlens, total, *tables],
                           f"{p}/GroupQueryAttention", outputs=[f"{p}/GroupQueryAttention/out0", *present], domain=MS,
-                          num_heads=cfg.n_heads, kv_num_heads=cfg.n_kv_heads, scale=cfg.head_dim ** -0.5,
-                          do_rotary=int(attn.use_rope), rotary_interleaved=0, local_window_size=-1)
+                          num_heads=cfg.n_heads, kv_num_heads=cfg.n_kv_heads, scale=cfg.attn_scale_factor,
+                          do_rotary=int(attn.use_rope), rotary_interleaved=0,
+                          local_window_size=window if window is not None else -1)
         return self.linear(out[0], f"{w}.o_proj", [attn.o_proj], node=f"{p}.o_proj")
+
+    def learned_qk_norm(self, qkv: str, attn, w: str, p: str) -> str:
+        """Qwen3 / Gemma 3 (each head) and OLMo 2 (the whole projection): learned q and k norms
+        before GQA's RoPE, two norms since their weights differ."""
+        cfg = self.cfg
+        qw, kw = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+        q, k, v = self.g.node("Split", [qkv, self.g.const([qw, kw, kw])], f"{p}/Split", n_out=3, axis=-1)
+        normed = []
+        for x, mod, width, tag in ((q, attn.q_norm, qw, "q_norm"), (k, attn.k_norm, kw, "k_norm")):
+            if attn.learned_qk_norm == "head":
+                x = self.g.node("Reshape", [x, self.g.const([0, -1, cfg.head_dim])], f"{p}/{tag}/Reshape")
+            x = self.g.node("SimplifiedLayerNormalization", [x, self.g.init(f"{w}.{tag}.weight", self.gain(mod).numpy())],
+                            f"{p}/{tag}", axis=-1, epsilon=cfg.norm_eps, stash_type=1)
+            if attn.learned_qk_norm == "head":
+                x = self.g.node("Reshape", [x, self.g.const([0, -1, width])], f"{p}/{tag}/Back")
+            normed.append(x)
+        return self.g.node("Concat", [*normed, v], f"{p}/Pack", axis=-1)
 
     def mlp(self, x: str, block: int, app: int) -> str:
         mlp, w, p = self.m.layers[block].mlp, f"layers.{block}.mlp", f"layers.{app}.mlp"
         gate = self.linear(x, f"{w}.gate_proj", [mlp.gate_proj], node=f"{p}.gate_proj")
         up = self.linear(x, f"{w}.up_proj", [mlp.up_proj], node=f"{p}.up_proj")
-        silu = self.g.node("Mul", [gate, self.g.node("Sigmoid", [gate], f"{p}/Sigmoid")], f"{p}/SiLU")
-        return self.linear(self.g.node("Mul", [silu, up], f"{p}/Mul"), f"{w}.down_proj", [mlp.down_proj],
+        if mlp.act == "gelu_tanh":  # Gemma's GeGLU: ORT's fused tanh-approximated GELU
+            act = self.g.node("FastGelu", [gate], f"{p}/FastGelu", domain=MS)
+        else:
+            act = self.g.node("Mul", [gate, self.g.node("Sigmoid", [gate], f"{p}/Sigmoid")], f"{p}/SiLU")
+        return self.linear(self.g.node("Mul", [act, up], f"{p}/Mul"), f"{w}.down_proj", [mlp.down_proj],
                            node=f"{p}.down_proj")
+
+    def pre_norm_blocks(self, residual: str, seqlens: str, total: str) -> tuple[str, str]:
+        """Pre-norm (Llama) and sandwich (Gemma 3) blocks: each residual add is fused into the norm
+        that follows it. Returns the last block's (output, residual) for the final norm."""
+        cfg = self.cfg
+        x, pending = None, None
+        for app, block in enumerate(self.m.schedule):
+            layer, tag = self.m.layers[block], f"layers.{app}"
+            if pending is None:
+                x = self.norm(residual, self.gain(layer.input_layernorm), f"{tag}/input_norm", cfg.norm_eps)
+            else:
+                x, residual = self.skip_norm(pending, residual, self.gain(layer.input_layernorm), f"{tag}/input_norm")
+            attn = self.attention(x, block, app, seqlens, total)
+            if cfg.norm_layout == "sandwich":  # Gemma: the attention and MLP outputs are normed too
+                attn = self.norm(attn, self.gain(layer.post_attention_layernorm), f"{tag}/post_attention_norm",
+                                 cfg.norm_eps)
+                x, residual = self.skip_norm(attn, residual, self.gain(layer.pre_feedforward_layernorm),
+                                             f"{tag}/pre_feedforward_norm")
+                pending = self.norm(self.mlp(x, block, app), self.gain(layer.post_feedforward_layernorm),
+                                    f"{tag}/post_feedforward_norm", cfg.norm_eps)
+            else:
+                x, residual = self.skip_norm(attn, residual, self.gain(layer.post_attention_layernorm),
+                                             f"{tag}/post_attention_norm")
+                pending = self.mlp(x, block, app)
+        return pending, residual
+
+    def post_norm_blocks(self, residual: str, seqlens: str, total: str) -> str:
+        """OLMo 2: attention and MLP read the raw residual stream; their outputs are normed, then added."""
+        cfg = self.cfg
+        for app, block in enumerate(self.m.schedule):
+            layer, tag = self.m.layers[block], f"layers.{app}"
+            a = self.norm(self.attention(residual, block, app, seqlens, total),
+                          self.gain(layer.post_attention_layernorm), f"{tag}/post_attention_norm", cfg.norm_eps)
+            residual = self.g.node("Add", [residual, a], f"{tag}/attn_residual")
+            m = self.norm(self.mlp(residual, block, app), self.gain(layer.post_feedforward_layernorm),
+                          f"{tag}/post_feedforward_norm", cfg.norm_eps)
+            residual = self.g.node("Add", [residual, m], f"{tag}/mlp_residual")
+        return residual
 
     def build(self):
         from onnx import TensorProto, helper
@@ -300,6 +345,10 @@ class _Builder:
         cos, sin = rope_frequencies(cfg, spec.max_context)
         g.init("cos_cache", cos.numpy())
         g.init("sin_cache", sin.numpy())
+        if any(cfg.local_rope(i) for i in range(cfg.n_layers)):  # Gemma 3's sliding layers
+            cos, sin = rope_frequencies(cfg, spec.max_context, local=True)
+            g.init("cos_cache_local", cos.numpy())
+            g.init("sin_cache_local", sin.numpy())
         # GQA's lengths from the 2-D mask, as ORT GenAI feeds it: seqlens_k = sum(mask) - 1, total = width.
         total_len = g.node("Gather", [g.node("Shape", ["attention_mask"], "mask/Shape"), g.const(1)], "mask/Gather",
                            axis=0)
@@ -308,18 +357,14 @@ class _Builder:
         seqlens = g.node("Cast", [g.node("Sub", [summed, g.const([1])], "mask/Sub")], "mask/seqlens_k",
                          to=TensorProto.INT32)
         residual = self.embedding("input_ids")
-        x, pending = None, None
-        for app, block in enumerate(self.m.schedule):
-            layer = self.m.layers[block]
-            if pending is None:
-                x = self.norm(residual, layer.input_layernorm.weight, f"layers.{app}/input_norm", cfg.norm_eps)
-            else:
-                x, residual = self.skip_norm(pending, residual, layer.input_layernorm.weight, f"layers.{app}/input_norm")
-            attn = self.attention(x, block, app, seqlens, total)
-            x, residual = self.skip_norm(attn, residual, layer.post_attention_layernorm.weight,
-                                         f"layers.{app}/post_attention_norm")
-            pending = self.mlp(x, block, app)
-        x, _ = self.skip_norm(pending, residual, self.m.norm.weight, "final_norm")
+        if cfg.scale_embeddings:  # Gemma
+            residual = g.node("Mul", [residual, g.const(np.float32(cfg.dim ** 0.5), np.float32)], "embed_tokens/Scale")
+        if cfg.norm_layout == "post":
+            residual = self.post_norm_blocks(residual, seqlens, total)
+            x = self.norm(residual, self.gain(self.m.norm), "final_norm", cfg.norm_eps)
+        else:
+            pending = self.pre_norm_blocks(residual, seqlens, total)
+            x, _ = self.skip_norm(*pending, self.gain(self.m.norm), "final_norm")
         self.head(x)
 
         f32, i64 = TensorProto.FLOAT, TensorProto.INT64
