@@ -179,7 +179,8 @@ class Tokenizer:
             t = next((x["template"] for x in t if x.get("name") == "default"), None)
         return t
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **context) -> str:
+        """`context`: the template's own switches, e.g. Qwen3's enable_thinking."""
         from .chat_template import render
 
         template = self.chat_template
@@ -187,7 +188,7 @@ class Tokenizer:
             raise UserError("this tokenizer has no chat template; use a plain prompt (--raw)")
         return render(template, messages=messages, add_generation_prompt=add_generation_prompt,
                       bos_token=_token_str(self.config.get("bos_token")) or "",
-                      eos_token=_token_str(self.config.get("eos_token")) or "")
+                      eos_token=_token_str(self.config.get("eos_token")) or "", **context)
 
     def prompt_text(self, prompt: str, policy: dict, system: str | None = None, raw: bool = False,
                     system_prompts: dict | None = None) -> str:

@@ -332,3 +332,30 @@ def test_onnx_matches_the_reference_through_chunked_prefill_and_decode(name, qua
     worst = max((a - b).abs().max().item() for a, b in pairs)
     scale = max(b.abs().max().item() for _, b in pairs)
     assert worst <= 1e-3 * scale, (worst, scale)
+
+
+# ---- chat templates against transformers' own rendering ----------------------------------------
+
+DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
+CHATS = [
+    [{"role": "user", "content": "What is 7 * 6?"}],
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "  Hi there \n"}],
+    [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "<think>\nadd\n</think>\n\n4"},
+     {"role": "user", "content": "and 3+3?"}],
+]
+
+
+@pytest.mark.parametrize("model,switches", [("qwen3", {"enable_thinking": True}), ("qwen3", {"enable_thinking": False}),
+                                            ("qwen3", {}), ("gemma3", {})])
+def test_chat_prompts_render_as_transformers_renders_them(model, switches):
+    from transformers import AutoTokenizer
+
+    from mobilellm_export.tokenizer import Tokenizer
+
+    d = DATA / f"{model}-tokenizer"
+    theirs, ours = AutoTokenizer.from_pretrained(str(d)), Tokenizer.from_dir(str(d))
+    for chat in CHATS:
+        want = theirs.apply_chat_template(chat, tokenize=False, add_generation_prompt=True, **switches)
+        assert ours.apply_chat_template(chat, **switches) == want
+    if model == "gemma3":  # the system prompt is folded into the first user turn
+        assert "<start_of_turn>user\nYou are terse.\n\n" in ours.apply_chat_template(CHATS[1])
