@@ -83,3 +83,33 @@ bench-gate: setup
 
 clean:
 	rm -rf $(VENV) out build *.egg-info
+
+# ---- demo apps (issue 14): Kotlin core tests with the npm kotlinc + JDK 17 + Debian org.json/JUnit 4 ----
+# The tests depend on apps-tools (`make demo` does not: it needs no JDK). Installs once (a stamp
+# under build/tools); apt needs root (CI runs as root), npm installs into build/tools.
+APPS_STAMP := build/tools/.apps-tools
+KOTLIN_DIR := build/tools/kotlin
+APPS_DEBS := openjdk-17-jdk-headless junit4 libhamcrest-java libandroid-json-org-java
+
+.PHONY: apps-tools test-apps apps-vectors
+
+test-fast test-slow test-all: apps-tools
+
+apps-tools: $(APPS_STAMP)
+
+$(APPS_STAMP):
+	dpkg -s $(APPS_DEBS) >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q --no-install-recommends $(APPS_DEBS); }
+	mkdir -p $(KOTLIN_DIR)
+	test -x $(KOTLIN_DIR)/node_modules/kotlin-compiler/bin/kotlinc || \
+		(cd $(KOTLIN_DIR) && npm install --prefer-offline --no-audit --no-fund kotlin-compiler@2.4.20)
+	$(KOTLIN_DIR)/node_modules/kotlin-compiler/bin/kotlinc -version
+	touch $@
+
+# The Kotlin core on the shared vectors (also run by test-fast through tests/test_apps.py).
+test-apps: setup
+	$(BIN)/python android_demo/tools/kotlin_build.py test
+	$(BIN)/python -m pytest -q tests/test_apps.py tests/test_prompt_format.py -m "not extra"
+
+# Rewrite tests/fixtures/apps/ from the references (after a template, tokenizer or format change).
+apps-vectors: setup
+	$(BIN)/python tests/fixtures/apps/build_vectors.py

@@ -84,8 +84,15 @@ def _stream(template: str, context: dict) -> str:
     return "".join(out)
 
 
-def render(template: str, **context) -> str:
-    """The rendered template; UserError (one line) on any error or bound."""
+def render(template: str, *, now: datetime.datetime | None = None, **context) -> str:
+    """The rendered template; UserError (one line) on any error or bound.
+
+    `now` pins what the template's `strftime_now(fmt)` sees (default: the local time), so a
+    template that dates its system prompt renders reproducibly; a `strftime_now` passed in
+    `context` replaces the function altogether."""
+    if now is not None and "strftime_now" not in context:
+        pinned = now
+        context["strftime_now"] = lambda fmt: pinned.strftime(str(fmt))
     try:
         if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
             with _alarm(DEADLINE_S):

@@ -250,14 +250,18 @@ def verify(bundle, eval_text, eval_tokens, thresholds, no_latency, calib_text, b
 
 @main.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
-@click.option("--prompt", required=True)
+@click.option("--prompt")
+@click.option("--conversation", type=click.Path(dir_okay=False), metavar="CONV.json",
+              help='A multi-turn conversation {"messages": [...], "enable_thinking": ...}, formatted as the apps do.')
+@click.option("--thinking/--no-thinking", "enable_thinking", default=None,
+              help="enable_thinking for templates that have it (default: the conversation's, else the template's).")
 @click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(1))
 @click.option("--temperature", type=click.FloatRange(0), help="Default: the bundle's generation default.")
 @click.option("--system", help="System prompt, or 'math' / 'code' for the MobileLLM-R1 prompts.")
 @click.option("--raw", is_flag=True, help="Do not apply the chat template.")
 @THREADS
 @friendly
-def run(bundle, prompt, max_new_tokens, temperature, system, raw, threads):
+def run(bundle, prompt, conversation, enable_thinking, max_new_tokens, temperature, system, raw, threads):
     """Generate through the target runtime's own loop (ExecuTorch's C++ runner), as the apps do."""
     from .console import err, out
     from .run_bundle import run_bundle
@@ -265,7 +269,8 @@ def run(bundle, prompt, max_new_tokens, temperature, system, raw, threads):
     o, e = out(), err()
     stats = run_bundle(bundle, prompt, max_new_tokens=max_new_tokens, temperature=temperature, system=system,
                        raw=raw, threads=threads, write=lambda s: (o.write(s), o.flush()),
-                       warn=lambda s: click.echo(s, file=e))
+                       warn=lambda s: click.echo(s, file=e), conversation=conversation,
+                       enable_thinking=enable_thinking)
     click.echo(file=o)
     rate = stats.get("decode_tok_s")
     click.echo(f"[{stats['generated_tokens']} tokens, {rate or 0:.1f} tok/s decode, "

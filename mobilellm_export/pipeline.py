@@ -63,9 +63,13 @@ def thresholds_for(recipe: Recipe, target: str | Target, overrides: tuple[str, .
 
 
 def generation_defaults(ck: Checkpoint, spec: ExportSpec) -> dict:
+    from .prompt_format import for_tokenizer
+
     tok = ck.tokenizer
     r1 = ck.config.arch == "llama4_text"
     return {
+        # the chat template reduced for the apps (proved equal to it; or why it cannot be)
+        "prompt_format": for_tokenizer(tok, list(spec.eos_ids), SYSTEM_PROMPTS if r1 else {}),
         "bos": tok.bos_policy(ck.config.bos_token_id),
         "eos_ids": list(spec.eos_ids),
         "chat_template": tok.chat_template,

@@ -1,0 +1,515 @@
+// Line-for-line mirror of android_demo/core (Bundle.kt, PromptFormat.kt, Streaming.kt), checked
+// against the same vectors (tests/fixtures/apps/) by Tests/MobileLLMCoreTests. Foundation only.
+import Foundation
+
+public struct BundleError: Error, CustomStringConvertible {
+    public let message: String
+    public var description: String { message }
+}
+
+/// generation.bos: put `text` in front of the prompt when `add` and it is not there yet; never ask the runner.
+public struct BosPolicy: Equatable {
+    public let id: Int?
+    public let text: String?
+    public let add: Bool
+    public func apply(_ prompt: String) -> String {
+        if add, let text = text, !hasScalarPrefix(prompt, text) { return text + prompt }
+        return prompt
+    }
+}
+
+public struct Bundle {
+    public static let schemaVersion = 2
+    public static let promptFormatVersion = 1
+
+    public let schemaVersion: Int
+    public let model: String
+    public let entry: String
+    public let dataFile: String?
+    public let tokenizerFile: String
+    public let eosIds: [Int]
+    public let bos: BosPolicy
+    public let maxContext: Int
+    public let maxSeqLen: Int
+    public let temperature: Double
+    public let topP: Double
+    public let promptFormat: PromptFormat
+
+    /// The text the runner is given for this conversation: prompt_format, then the BOS policy.
+    public func prompt(_ messages: [Message], enableThinking: Bool? = nil, date: SimpleDate = SimpleDate.now()) throws -> String {
+        bos.apply(try promptFormat.render(messages, enableThinking: enableThinking, date: date))
+    }
+
+    public static func parse(_ text: String) throws -> Bundle {
+        let any: Any
+        do {
+            any = try JSONSerialization.jsonObject(with: Data(text.utf8))
+        } catch {
+            throw BundleError(message: "bundle.json is not a JSON object: \(error)")
+        }
+        guard let root = any as? [String: Any] else { throw BundleError(message: "bundle.json is not a JSON object") }
+        let j = Fields(root, "")
+        if root["schema_version"] == nil { throw BundleError(message: "bundle.json: missing schema_version") }
+        let version = try j.int("schema_version")
+        if version > schemaVersion {
+            throw BundleError(message: "bundle.json has schema_version \(version); this app reads schema_version \(schemaVersion): update the app")
+        }
+        if version < schemaVersion {
+            throw BundleError(message: "bundle.json has schema_version \(version); this app reads schema_version \(schemaVersion): re-export the bundle")
+        }
+        let target = try j.obj("target")
+        let gen = try j.obj("generation")
+        let bos = try gen.obj("bos")
+        return Bundle(
+            schemaVersion: version,
+            model: try j.string("model"),
+            entry: try target.string("entry"),
+            dataFile: try target.optString("data_file"),
+            tokenizerFile: try j.obj("tokenizer").string("file"),
+            eosIds: try gen.intList("eos_ids"),
+            bos: BosPolicy(id: try bos.optInt("id"), text: try bos.optString("text"), add: try bos.bool("add")),
+            maxContext: try gen.int("max_context"),
+            maxSeqLen: try gen.int("max_seq_len"),
+            temperature: try gen.double("temperature"),
+            topP: try gen.double("top_p"),
+            promptFormat: try PromptFormat.parse(try gen.obj("prompt_format"))
+        )
+    }
+}
+
+/// Typed access with one clear error naming the field (a missing one, or one of the wrong type).
+struct Fields {
+    let o: [String: Any]
+    let path: String
+    init(_ o: [String: Any], _ path: String) { self.o = o; self.path = path }
+
+    private func name(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
+
+    private func raw(_ key: String) throws -> Any {
+        guard let v = o[key] else { throw BundleError(message: "bundle.json: missing \(name(key))") }
+        return v
+    }
+
+    private func bad(_ key: String, _ want: String) -> BundleError { BundleError(message: "bundle.json: \(name(key)): expected \(want)") }
+
+    func has(_ key: String) -> Bool { o[key] != nil && !(o[key] is NSNull) }
+
+    func obj(_ key: String) throws -> Fields {
+        guard let v = try raw(key) as? [String: Any] else { throw bad(key, "an object") }
+        return Fields(v, name(key))
+    }
+
+    func string(_ key: String) throws -> String {
+        guard let v = try raw(key) as? String else { throw bad(key, "a string") }
+        return v
+    }
+
+    func optString(_ key: String) throws -> String? { has(key) ? try string(key) : nil }
+
+    func bool(_ key: String) throws -> Bool {
+        // JSONSerialization gives NSNumber for both; a boolean is the CFBoolean kind
+        guard let n = try raw(key) as? NSNumber, CFGetTypeID(n) == CFBooleanGetTypeID() else { throw bad(key, "true or false") }
+        return n.boolValue
+    }
+
+    private static func integer(_ v: Any) -> Int? {
+        guard let n = v as? NSNumber, CFGetTypeID(n) != CFBooleanGetTypeID(), !CFNumberIsFloatType(n) else { return nil }
+        return n.intValue
+    }
+
+    func int(_ key: String) throws -> Int {
+        guard let v = Fields.integer(try raw(key)) else { throw bad(key, "an integer") }
+        return v
+    }
+
+    func optInt(_ key: String) throws -> Int? { has(key) ? try int(key) : nil }
+
+    func double(_ key: String) throws -> Double {
+        guard let n = try raw(key) as? NSNumber, CFGetTypeID(n) != CFBooleanGetTypeID() else { throw bad(key, "a number") }
+        return n.doubleValue
+    }
+
+    func intList(_ key: String) throws -> [Int] {
+        guard let a = try raw(key) as? [Any] else { throw bad(key, "a list of integers") }
+        return try a.map { v in
+            guard let i = Fields.integer(v) else { throw bad(key, "a list of integers") }
+            return i
+        }
+    }
+
+    func stringList(_ key: String) throws -> [String] {
+        guard let a = try raw(key) as? [Any] else { throw bad(key, "a list of strings") }
+        return try a.map { v in
+            guard let s = v as? String else { throw bad(key, "a list of strings") }
+            return s
+        }
+    }
+
+    func stringMap(_ key: String) throws -> [String: String] {
+        let m = try obj(key)
+        var out: [String: String] = [:]
+        for k in m.keys() { out[k] = try m.string(k) }
+        return out
+    }
+
+    func keys() -> [String] { o.keys.sorted() }
+}
+
+// MARK: - prompt_format (PromptFormat.kt)
+
+public struct Message: Equatable {
+    public let role: String
+    public let content: String
+    public init(_ role: String, _ content: String) { self.role = role; self.content = content }
+}
+
+public struct Turn: Equatable {
+    public let prefix: String
+    public let suffix: String
+    public let trim: Bool
+}
+
+public struct Thinking: Equatable {
+    public let open: String
+    public let close: String
+    public let history: String // "drop_reasoning" | "keep"
+    public let historyLstrip: String
+    public let generationPromptOn: String
+    public let generationPromptOff: String
+}
+
+/// A calendar date and time, with weekday computed here (no locale, no time zone rules).
+public struct SimpleDate: Equatable {
+    public let year: Int, month: Int, day: Int, hour: Int, minute: Int, second: Int
+    public init(_ year: Int, _ month: Int, _ day: Int, _ hour: Int = 0, _ minute: Int = 0, _ second: Int = 0) {
+        self.year = year; self.month = month; self.day = day; self.hour = hour; self.minute = minute; self.second = second
+    }
+
+    /// 0 = Monday ... 6 = Sunday (Python's weekday()).
+    public var weekday: Int {
+        let t = [0, 3, 2, 5, 0, 3, 5, 1, 4, 6, 2, 4]
+        let y = month < 3 ? year - 1 : year
+        let sunday0 = (y + y / 4 - y / 100 + y / 400 + t[month - 1] + day) % 7
+        return (sunday0 + 6) % 7
+    }
+
+    public static func now() -> SimpleDate {
+        let c = Calendar(identifier: .gregorian).dateComponents([.year, .month, .day, .hour, .minute, .second], from: Date())
+        return SimpleDate(c.year!, c.month!, c.day!, c.hour!, c.minute!, c.second!)
+    }
+
+    /// "2026-03-09T14:05:07"
+    public static func parseIso(_ s: String) -> SimpleDate {
+        let p = s.split(whereSeparator: { $0 == "-" || $0 == "T" || $0 == ":" }).map { Int($0)! }
+        return SimpleDate(p[0], p[1], p[2], p.count > 3 ? p[3] : 0, p.count > 4 ? p[4] : 0, p.count > 5 ? p[5] : 0)
+    }
+}
+
+public struct PromptError: Error, CustomStringConvertible {
+    public let message: String
+    public var description: String { message }
+}
+
+public struct PromptFormat {
+    public let reducible: Bool
+    public let reason: String?
+    public let stopIds: [Int]
+    public let stopStrings: [String]
+    public let systemPrompts: [String: String]
+    let start: String
+    let roles: [String: Turn]
+    let trimChars: String
+    let systemPlacement: String // "turn" | "first_user"
+    let systemSeparator: String
+    let systemDefault: String?
+    let generationPrompt: String
+    let thinking: Thinking?
+    let dateFormat: String?
+    let datePlaceholder: String?
+
+    public var assistantSuffix: String { roles["assistant"]?.suffix ?? "" }
+    public var hasThinking: Bool { thinking != nil }
+
+    public func render(_ messages: [Message], enableThinking: Bool? = nil, date: SimpleDate = SimpleDate.now()) throws -> String {
+        if !reducible { throw PromptError(message: "this bundle's chat template has no prompt_format: \(reason ?? "")") }
+        try PromptFormat.checkConversation(messages)
+        let today: String? = dateFormat.map { PromptFormat.strftime($0, date) }
+
+        func fixed(_ s: String) -> String { today != nil ? s.replacingOccurrences(of: datePlaceholder!, with: today!, options: .literal) : s }
+        func content(_ role: String, _ text: String) -> String { roles[role]!.trim ? PromptFormat.strip(text, trimChars) : text }
+
+        let hasSystem = messages[0].role == "system"
+        var sysText: String? = hasSystem ? messages[0].content : systemDefault
+        if sysText != nil && !hasSystem { sysText = fixed(sysText!) }
+        let turns = hasSystem ? Array(messages.dropFirst()) : messages
+        var out = fixed(start)
+        var fold = ""
+        if let sysText = sysText {
+            if systemPlacement == "turn" {
+                let r = roles["system"]!
+                out += fixed(r.prefix) + content("system", sysText) + fixed(r.suffix)
+            } else {
+                fold = content("system", sysText) + fixed(systemSeparator)
+            }
+        }
+        for (i, m) in turns.enumerated() {
+            var text = m.content
+            if m.role == "assistant", let t = thinking, t.history == "drop_reasoning", text.range(of: t.close, options: .literal) != nil {
+                text = PromptFormat.lstrip(PromptFormat.substringAfterLast(text, t.close), t.historyLstrip)
+            }
+            text = content(m.role, text)
+            if i == 0 { text = fold + text }
+            let r = roles[m.role]!
+            out += fixed(r.prefix) + text + fixed(r.suffix)
+        }
+        out += fixed(generationPrompt)
+        if let t = thinking {
+            out += fixed(enableThinking == false ? t.generationPromptOff : t.generationPromptOn)
+        }
+        return out
+    }
+
+    static let allRoles: Set<String> = ["system", "user", "assistant"]
+
+    static func parse(_ j: Fields) throws -> PromptFormat {
+        let version = try j.int("version")
+        if version != Bundle.promptFormatVersion {
+            throw BundleError(message: "bundle.json: generation.prompt_format version \(version); this app reads version \(Bundle.promptFormatVersion): "
+                + (version > Bundle.promptFormatVersion ? "update the app" : "re-export the bundle"))
+        }
+        let reducible = try j.bool("reducible")
+        let stop = try j.obj("stop")
+        let stopIds = try stop.intList("ids")
+        let stopStrings = try stop.stringList("strings")
+        let prompts = try j.stringMap("system_prompts")
+        if !reducible {
+            return PromptFormat(reducible: false, reason: try j.string("reason"), stopIds: stopIds, stopStrings: stopStrings, systemPrompts: prompts,
+                                start: "", roles: [:], trimChars: "", systemPlacement: "turn", systemSeparator: "", systemDefault: nil,
+                                generationPrompt: "", thinking: nil, dateFormat: nil, datePlaceholder: nil)
+        }
+        let r = try j.obj("roles")
+        var roles: [String: Turn] = [:]
+        for name in allRoles {
+            let t = try r.obj(name)
+            roles[name] = Turn(prefix: try t.string("prefix"), suffix: try t.string("suffix"), trim: try t.bool("trim"))
+        }
+        let sys = try j.obj("system")
+        let placement = try sys.string("placement")
+        if placement != "turn" && placement != "first_user" { throw BundleError(message: "bundle.json: generation.prompt_format.system.placement: unknown value \(placement)") }
+        var thinking: Thinking? = nil
+        if j.has("thinking") {
+            let t = try j.obj("thinking")
+            let history = try t.string("history")
+            if history != "drop_reasoning" && history != "keep" { throw BundleError(message: "bundle.json: generation.prompt_format.thinking.history: unknown value \(history)") }
+            thinking = Thinking(open: try t.string("open"), close: try t.string("close"), history: history, historyLstrip: try t.string("history_lstrip"),
+                                generationPromptOn: try t.string("generation_prompt_on"), generationPromptOff: try t.string("generation_prompt_off"))
+        }
+        let date = j.has("date") ? try j.obj("date") : nil
+        return PromptFormat(
+            reducible: true, reason: nil, stopIds: stopIds, stopStrings: stopStrings, systemPrompts: prompts,
+            start: try j.string("start"),
+            roles: roles,
+            trimChars: try j.string("trim_chars"),
+            systemPlacement: placement,
+            systemSeparator: try sys.string("separator"),
+            systemDefault: try sys.optString("default"),
+            generationPrompt: try j.string("generation_prompt"),
+            thinking: thinking,
+            dateFormat: try date?.string("strftime"),
+            datePlaceholder: try date?.string("placeholder")
+        )
+    }
+
+    /// [system], user, (assistant, user)*: the conversations the apps render.
+    public static func checkConversation(_ messages: [Message]) throws {
+        if messages.isEmpty { throw PromptError(message: "conversation: no messages") }
+        for (i, m) in messages.enumerated() where !allRoles.contains(m.role) {
+            throw PromptError(message: "conversation: message \(i): unknown role \(m.role)")
+        }
+        let rest = messages[0].role == "system" ? Array(messages.dropFirst()) : messages
+        if rest.isEmpty { throw PromptError(message: "conversation: no user message") }
+        for (i, m) in rest.enumerated() {
+            let want = i % 2 == 0 ? "user" : "assistant"
+            if m.role != want { throw PromptError(message: "conversation: turn \(i + 1) is \(m.role), expected \(want)") }
+        }
+        if rest.last!.role != "user" { throw PromptError(message: "conversation: the last message must be the user's") }
+    }
+
+    /// Python's str.strip(chars): both ends, by code point (Unicode scalar).
+    public static func strip(_ s: String, _ chars: String) -> String { rstrip(lstrip(s, chars), chars) }
+
+    public static func lstrip(_ s: String, _ chars: String) -> String {
+        let set = Set(chars.unicodeScalars)
+        var scalars = Substring(s).unicodeScalars[...]
+        while let c = scalars.first, set.contains(c) { scalars = scalars.dropFirst() }
+        return String(String.UnicodeScalarView(scalars))
+    }
+
+    public static func rstrip(_ s: String, _ chars: String) -> String {
+        let set = Set(chars.unicodeScalars)
+        var scalars = Substring(s).unicodeScalars[...]
+        while let c = scalars.last, set.contains(c) { scalars = scalars.dropLast() }
+        return String(String.UnicodeScalarView(scalars))
+    }
+
+    static func substringAfterLast(_ s: String, _ delimiter: String) -> String {
+        guard let r = s.range(of: delimiter, options: [.backwards, .literal]) else { return s }
+        return String(s[r.upperBound...])
+    }
+
+    static let months = ["January", "February", "March", "April", "May", "June", "July", "August",
+                         "September", "October", "November", "December"]
+    static let days = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+
+    static func two(_ n: Int) -> String { n < 10 ? "0\(n)" : "\(n)" }
+
+    /// The strftime subset of prompt_format.STRFTIME, English names (Python's C locale).
+    public static func strftime(_ fmt: String, _ d: SimpleDate) -> String {
+        var out = ""
+        let chars = Array(fmt)
+        var i = 0
+        while i < chars.count {
+            let c = chars[i]
+            if c != "%" || i + 1 >= chars.count {
+                out.append(c)
+                i += 1
+                continue
+            }
+            let f = chars[i + 1]
+            i += 2
+            switch f {
+            case "d": out += two(d.day)
+            case "e": out += d.day < 10 ? " \(d.day)" : "\(d.day)"
+            case "m": out += two(d.month)
+            case "y": out += two(d.year % 100)
+            case "Y": out += "\(d.year)"
+            case "b": out += String(months[d.month - 1].prefix(3))
+            case "B": out += months[d.month - 1]
+            case "a": out += String(days[d.weekday].prefix(3))
+            case "A": out += days[d.weekday]
+            case "H": out += two(d.hour)
+            case "M": out += two(d.minute)
+            case "S": out += two(d.second)
+            case "%": out += "%"
+            default: out += "%\(f)"
+            }
+        }
+        return out
+    }
+}
+
+// MARK: - streaming, stats, cache plan (Streaming.kt)
+
+/// Stop strings matched on streamed text; text that could still grow into one is held back.
+/// Works on Unicode scalars (code points), as Kotlin and Python compare, not on Swift Characters.
+public final class StopFilter {
+    private let stops: [[Unicode.Scalar]]
+    private var held: [Unicode.Scalar] = []
+    public private(set) var stopped = false
+    public private(set) var stopString: String? = nil
+    /// Index of the piece (0-based, counting every push) in which the stop string completed.
+    public private(set) var stopPiece: Int? = nil
+    private var pieces = 0
+
+    public init(_ stops: [String]) { self.stops = stops.map { Array($0.unicodeScalars) } }
+
+    /// The text to show now for this piece ("" while holding or once stopped).
+    public func push(_ piece: String) -> String {
+        let index = pieces
+        pieces += 1
+        if stopped { return "" }
+        held += Array(piece.unicodeScalars)
+        let text = held
+        var first = -1
+        var which: [Unicode.Scalar]? = nil
+        for s in stops {
+            let at = indexOf(text, s)
+            if at >= 0 && (first < 0 || at < first) {
+                first = at
+                which = s
+            }
+        }
+        if first >= 0 {
+            stopped = true
+            stopString = which.map(string)
+            stopPiece = index
+            held = []
+            return string(Array(text[..<first]))
+        }
+        let keep = holdFrom(text)
+        held = Array(text[keep...])
+        return string(Array(text[..<keep]))
+    }
+
+    /// The generation ended without a stop string: what was held back is real text.
+    public func finish() -> String {
+        if stopped { return "" }
+        let rest = held
+        held = []
+        return string(rest)
+    }
+
+    /// The earliest position whose tail could still grow into a stop string.
+    private func holdFrom(_ text: [Unicode.Scalar]) -> Int {
+        for p in 0..<text.count {
+            let tail = text[p...]
+            if stops.contains(where: { $0.starts(with: tail) }) { return p }
+        }
+        return text.count
+    }
+
+    private func indexOf(_ text: [Unicode.Scalar], _ s: [Unicode.Scalar]) -> Int {
+        if s.isEmpty || s.count > text.count { return s.isEmpty ? 0 : -1 }
+        for p in 0...(text.count - s.count) where text[p..<(p + s.count)].elementsEqual(s) { return p }
+        return -1
+    }
+
+    private func string(_ scalars: [Unicode.Scalar]) -> String {
+        var v = String.UnicodeScalarView()
+        v.append(contentsOf: scalars)
+        return String(v)
+    }
+}
+
+func hasScalarPrefix(_ s: String, _ prefix: String) -> Bool { s.unicodeScalars.starts(with: prefix.unicodeScalars) }
+
+/// The runner's stats JSON (ExecuTorch extension/llm/runner/stats.h).
+public struct RunStats: Equatable {
+    public let promptTokens: Int
+    public let generatedTokens: Int
+    public let prefillTokensPerSecond: Double
+    public let decodeTokensPerSecond: Double
+    public let timeToFirstTokenSeconds: Double
+
+    /// nil for text that is not a stats object. Rates as ExecuTorch's print_report computes them.
+    public static func parse(_ json: String) -> RunStats? {
+        guard let any = try? JSONSerialization.jsonObject(with: Data(json.utf8)), let o = any as? [String: Any] else { return nil }
+        func num(_ k: String) -> Double? { (o[k] as? NSNumber)?.doubleValue }
+        let scale = num("SCALING_FACTOR_UNITS_PER_SECOND") ?? 1000.0
+        guard let start = num("inference_start_ms"), let promptEnd = num("prompt_eval_end_ms"), let end = num("inference_end_ms"),
+              let first = num("first_token_ms"), let prompt = num("prompt_tokens"), let generated = num("generated_tokens") else { return nil }
+        return RunStats(
+            promptTokens: Int(prompt),
+            generatedTokens: Int(generated),
+            prefillTokensPerSecond: promptEnd > start ? prompt / ((promptEnd - start) / scale) : 0.0,
+            decodeTokensPerSecond: end > promptEnd ? generated / ((end - promptEnd) / scale) : 0.0,
+            timeToFirstTokenSeconds: (first - start) / scale
+        )
+    }
+}
+
+/// Multi-turn KV-cache reuse (see CachePlan in Streaming.kt): prefill only the new text when the new
+/// rendering extends what the cache holds at a special-token boundary; otherwise reset and prefill all.
+public struct CachePlan: Equatable {
+    public let reset: Bool
+    public let text: String
+
+    public static func plan(cached: String?, rendered: String, format: PromptFormat) -> CachePlan {
+        if let cached = cached, !cached.isEmpty, hasScalarPrefix(rendered, cached) {
+            let delta = String(String.UnicodeScalarView(rendered.unicodeScalars.dropFirst(cached.unicodeScalars.count)))
+            let suffix = format.assistantSuffix
+            if !suffix.isEmpty && hasScalarPrefix(delta, suffix) { return CachePlan(reset: false, text: delta) }
+        }
+        return CachePlan(reset: true, text: rendered)
+    }
+}
