@@ -367,10 +367,8 @@ E2E = {"tiny-gemma3": "gemma3-tokenizer", "tiny-qwen3": "qwen3-tokenizer", "tiny
        "tiny-olmo2": "llama2-tokenizer"}
 
 
-@pytest.mark.parametrize("preset,target", [
-    # CI runs Gemma on Android (BOS required, a window, a 262K vocabulary; ~3 min); the rest is `extra`
-    pytest.param(p, t, marks=pytest.mark.slow if (p, t) == ("tiny-gemma3", "android") else pytest.mark.extra)
-    for p in E2E for t in ("android", "onnx")])
+@pytest.mark.extra  # 3-5 min each; CI covers the pieces (the .pte/ONNX tests above, test_bundle's Gemma BOS)
+@pytest.mark.parametrize("preset,target", [(p, t) for p in E2E for t in ("android", "onnx")])
 def test_cli_exports_verifies_and_runs_each_architecture(preset, target, tmp_path):
     """`--quant 4bit` through export, verification and `run`, with the architecture's own tokenizer
     (Gemma: BOS required and recorded; Qwen: none)."""
