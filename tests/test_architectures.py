@@ -84,12 +84,15 @@ def _rel(ref, got):
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-@pytest.mark.parametrize("S", [1, 9, 64])
-def test_prefill_matches_transformers(name, S, tmp_path_factory):
+def test_prefill_matches_transformers(name, tmp_path_factory):
+    """Every prompt length 1..64 (Gemma's window of 8 is inside most of them)."""
     hf, ours = _pair(name, tmp_path_factory)
-    tokens = torch.randint(0, V, (1, S), generator=torch.Generator().manual_seed(S))
-    with torch.no_grad():
-        assert _rel(hf(tokens).logits, ours(tokens, torch.tensor([0]))) <= REL
+    worst = 0.0
+    for S in range(1, 65):
+        tokens = torch.randint(0, V, (1, S), generator=torch.Generator().manual_seed(S))
+        with torch.no_grad():
+            worst = max(worst, _rel(hf(tokens).logits, ours(tokens, torch.tensor([0]))))
+    assert worst <= REL
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
