@@ -346,4 +346,7 @@ def estimate_bytes(cfg, recipe: Recipe) -> int:
     float_tied = not recipe.embedding.quantized and not recipe.head.quantized
     if cfg.tie_embeddings and (float_tied or (recipe.head.quantized and same_grid(recipe.embedding, recipe.head))):
         head = 0
-    return int(block_bytes(cfg, recipe) + cfg.n_layers * 2 * d * 4 + emb + head + d * 4)
+    # fp32 norms, q/k norms and biases: whatever the config counts that is neither a linear nor a table
+    linears = sum(n * k for _ in range(cfg.n_layers) for n, k in block_linears(cfg).values())
+    small = cfg.param_count() - linears - cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
+    return int(block_bytes(cfg, recipe) + small * 4 + emb + head)
