@@ -191,6 +191,7 @@ def options_for(target: str, given: dict[str, str | None]) -> dict:
 TARGETS: dict[str, str | type[Target]] = {
     "android": "mobilellm_export.targets.android:Android",
     "onnx": "mobilellm_export.targets.onnx:Onnx",
+    "ios": "mobilellm_export.targets.ios:IOS",
 }
 _ENTRY_POINTS = "mobilellm_export.targets"
 
