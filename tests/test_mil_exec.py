@@ -287,3 +287,13 @@ def test_unknown_op_is_named():
     assert "sin" not in OPS
     with pytest.raises(UnsupportedOp, match="'sin'"):
         MILExecutor(program("sin", {"x": f32(3)}))
+
+
+@pytest.mark.parametrize("mode,ref", [
+    ("EXACT", lambda x: torch.nn.functional.gelu(x)),
+    ("TANH_APPROXIMATION", lambda x: torch.nn.functional.gelu(x, approximate="tanh")),  # Gemma's GeGLU
+    ("SIGMOID_APPROXIMATION", lambda x: x * torch.sigmoid(1.702 * x))])
+def test_gelu_modes(mode, ref):
+    x = f32(4, 6, lo=-5, hi=5)
+    got = next(iter(MILExecutor(program("gelu", {"x": x}, mode=mode), "fp32").run({"x": x}).values())).numpy()
+    np.testing.assert_allclose(got, ref(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-6)

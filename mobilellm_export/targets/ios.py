@@ -154,19 +154,24 @@ class BlockwiseLinear(nn.Module):
             "scales_fp16_overflow": int(torch.isinf(s16).sum())}
         self.block, (self.qmin, self.qmax) = q.shape[1] // s.shape[1], QRANGE[bits]
         self.bits = bits
+        self.bias = None  # Qwen2's q/k/v biases (float), set by `of`
 
     @classmethod
     def of(cls, lin: nn.Module) -> BlockwiseLinear | None:
         lin = lin.source[0] if isinstance(lin, DequantLinear) else lin
         qw = quantized(getattr(lin, "weight", None)) if isinstance(lin, nn.Linear) else None
-        return None if qw is None else cls(qw[0], qw[1], qw[2])
+        if qw is None:
+            return None
+        new = cls(qw[0], qw[1], qw[2])
+        new.bias = lin.bias
+        return new
 
     def dequantized(self) -> torch.Tensor:
         return torch.ops.torchao.dequantize_affine(self.qdata, [1, self.block], self.scale, None, torch.int8,
                                                    self.qmin, self.qmax, output_dtype=torch.float32)
 
     def forward(self, x):
-        return F.linear(x, self.dequantized())
+        return F.linear(x, self.dequantized(), self.bias)
 
 
 class SharedRowLookup(nn.Module):
@@ -190,13 +195,16 @@ class ScaledRMS(nn.Module):
         super().__init__()
         self.eps = norm.eps
         self.weight = getattr(norm, "weight", None)
+        self.plus_one = getattr(norm, "plus_one", False)  # Gemma: the gain is 1 + w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
         inv = 1.0 / xf.abs().amax(-1, keepdim=True).clamp(min=2.0 ** -7)
         y = xf * inv
         out = (y * torch.rsqrt((y * y).mean(-1, keepdim=True) + self.eps * inv * inv)).to(x.dtype)
-        return out * self.weight if self.weight is not None else out
+        if self.weight is None:
+            return out
+        return out * (1.0 + self.weight) if self.plus_one else out * self.weight
 
 
 class StateSlices(nn.Module):
@@ -204,10 +212,14 @@ class StateSlices(nn.Module):
     write k, v at [layer, :, :, start:end], attend over [:end] with the caller's additive mask, K/V
     heads repeated before SDPA (coremltools ignores enable_gqa), default SDPA scale (no `scale=`)."""
 
-    def __init__(self, root: StatefulDecoder, layer: int, n_heads: int, n_kv: int, head_dim: int):
+    def __init__(self, root: StatefulDecoder, layer: int, n_heads: int, n_kv: int, head_dim: int,
+                 scale: float | None = None, window: int | None = None):
         super().__init__()
         self.root = [root]  # a list: not a submodule (the states are registered once, on the root)
         self.layer, self.n_rep, self.head_dim, self.n_kv = layer, n_heads // n_kv, head_dim, n_kv
+        # SDPA's default scale is head_dim ** -0.5; another (Gemma's query_pre_attn_scalar) pre-scales q
+        self.q_factor = 1.0 if scale is None else scale * head_dim ** 0.5
+        self.window = window  # a sliding layer (Gemma 3): the caller's causal mask, narrowed here
         self.register_buffer("kv_of_head", torch.arange(n_heads) // self.n_rep, persistent=False)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
@@ -229,8 +241,15 @@ class StateSlices(nn.Module):
         keys, values = kc[self.layer, :, :, :end, :], vc[self.layer, :, :, :end, :]
         if padded:
             keys, values = keys[..., :D], values[..., :D]
+        mask = root.call["mask"]
+        if self.window is not None:  # keys j with i - j >= window are masked too (query i at start + i)
+            j = torch.arange(end)[None, :]
+            i = (start + torch.arange(end - start))[:, None]
+            mask = mask.masked_fill((j <= i - self.window)[None, None], float("-inf"))
+        if self.q_factor != 1.0:
+            q = q * self.q_factor
         out = F.scaled_dot_product_attention(q.transpose(1, 2), self._heads(keys), self._heads(values),
-                                             attn_mask=root.call["mask"])
+                                             attn_mask=mask)
         return out.transpose(1, 2).reshape(B, S, H * D)
 
 
@@ -247,8 +266,9 @@ class StatefulDecoder(nn.Module):
         shape = (len(model.schedule), 1, cfg.n_kv_heads, ctx, hd)
         self.register_buffer("keyCache", torch.zeros(shape), persistent=False)
         self.register_buffer("valueCache", torch.zeros(shape), persistent=False)
-        model.caches = nn.ModuleList(StateSlices(self, i, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim)
-                                     for i in range(len(model.schedule)))
+        model.caches = nn.ModuleList(
+            StateSlices(self, i, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.attn_scale_factor, cfg.window(block))
+            for i, block in enumerate(model.schedule))
         self.call: dict = {}  # this call's (start, end) and mask, read by StateSlices (not tensor attributes)
 
     def forward(self, inputIds: torch.Tensor, causalMask: torch.Tensor) -> torch.Tensor:
@@ -258,12 +278,15 @@ class StatefulDecoder(nn.Module):
         torch._check(end <= self.max_context)
         start = end - S
         self.call.update(span=(start, end), mask=causalMask)
-        cos = m.rope.cos[start:end][None, :, None, :]
-        sin = m.rope.sin[start:end][None, :, None, :]
+        ropes = [(r, r.cos[start:end][None, :, None, :], r.sin[start:end][None, :, None, :])
+                 for r in (m.rope, m.rope_local) if r is not None]  # Gemma 3: a local base for sliding layers
         positions = torch.arange(start, end)
         h = m.embed_tokens(inputIds)
+        if m.cfg.scale_embeddings:  # Gemma
+            h = h * m.cfg.dim ** 0.5
         for block, cache in zip(m.schedule, m.caches):
-            h = m.layers[block](h, m.rope, cos, sin, positions, None, cache)
+            rope, cos, sin = ropes[int(m.cfg.local_rope(block))]
+            h = m.layers[block](h, rope, cos, sin, positions, None, cache)
         return m.lm_head(m.norm(h))
 
 

@@ -157,6 +157,17 @@ def _binary(f):
     return lambda ex, op, a: f(a("x"), a("y"))
 
 
+def _gelu(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """MIL gelu's three modes, from their formulas in coremltools' op definition."""
+    if mode == "EXACT":
+        return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
+    if mode == "TANH_APPROXIMATION":
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    if mode == "SIGMOID_APPROXIMATION":
+        return x * torch.sigmoid(1.702 * x)
+    raise UnsupportedOp(f"gelu mode {mode!r} is not implemented")
+
+
 def _real_div(x, y):
     if not x.dtype.is_floating_point and not y.dtype.is_floating_point:
         return torch.div(x, y, rounding_mode="trunc")
@@ -335,6 +346,7 @@ OPS = {
     "clip": lambda ex, op, a: torch.clamp(a("x"), float(a("alpha")), float(a("beta"))),
     "exp": lambda ex, op, a: torch.exp(a("x")),
     "silu": lambda ex, op, a: a("x") * torch.sigmoid(a("x")),
+    "gelu": lambda ex, op, a: _gelu(a("x"), str(a("mode")) if a("mode") is not None else "EXACT"),
     "sigmoid": lambda ex, op, a: torch.sigmoid(a("x")),
     "softmax": lambda ex, op, a: torch.softmax(a("x"), _axis(int(a("axis")), a("x").dim())),
     "reduce_mean": _reduce(lambda x, d, k: x.float().mean(d, keepdim=k)),
