@@ -312,7 +312,7 @@ def from_hf_config(d: dict, where: str = "config.json") -> ModelConfig:
             raise UserError(f"{flag}=true is not supported")
     act_key = "hidden_activation" if arch == "gemma3_text" and d.get("hidden_activation") else "hidden_act"
     act = d.get(act_key, "gelu_pytorch_tanh" if arch == "gemma3_text" else "silu")
-    if act not in _ACTS:
+    if not isinstance(act, str) or act not in _ACTS:
         raise UserError(f"{act_key} {act!r} is not supported (only {', '.join(sorted(_ACTS))})")
     for cap in ("final_logit_softcapping", "attn_logit_softcapping"):
         if d.get(cap) is not None:
@@ -381,7 +381,8 @@ def from_hf_config(d: dict, where: str = "config.json") -> ModelConfig:
         if types is None:  # older configs: every `sliding_window_pattern`-th layer is global
             pattern = f.int("sliding_window_pattern", 6)
             types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n_layers)]
-        if not isinstance(types, list) or len(types) != n_layers or not set(types) <= {"sliding_attention", "full_attention"}:
+        if not isinstance(types, list) or len(types) != n_layers or not all(
+                t in ("sliding_attention", "full_attention") for t in types):
             raise UserError(f"{where}: layer_types must list 'sliding_attention' or 'full_attention' for each of {n_layers} layers")
         common.update(
             qk_norm_learned="head", norm_plus_one=True, norm_layout="sandwich", scale_embeddings=True,
