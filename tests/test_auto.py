@@ -95,6 +95,7 @@ def test_calibration_and_budget_flags_fail_in_one_line(tiny_tokenizer, tmp_path,
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.extra  # ~2 min: moved out of CI's budget (make test-all runs it)
 def test_auto_export_with_user_calibration_text_verifies_and_rebuilds_the_same_integers(tiny_tokenizer, tmp_path):
     """One tiny export covers: --calib-text pinned by sha256, a 4bit-auto plan lowered with mixed
     formats, verify re-applying the recorded plan to the very same integers, and a changed text."""

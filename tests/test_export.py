@@ -211,6 +211,7 @@ def test_two_exports_are_byte_identical_but_the_report(r1_twice):
     assert "not verified" in (a / "report.md").read_text()  # --no-verify says so instead of PASS
 
 
+@pytest.mark.extra  # ~2 min: moved out of CI's budget (make test-all runs it)
 def test_parity_memory_does_not_grow_with_eval_tokens(r1_twice):
     """Parity is streamed window by window: scoring 16x more tokens of a 128K vocabulary must not
     raise the peak (the old code held every window's logits: +2 GB per extra 1,024 tokens here)."""
