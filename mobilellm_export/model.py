@@ -128,6 +128,13 @@ def to_rotate_half(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> tuple[Model
     return dataclasses.replace(cfg, rope_interleaved=False), out
 
 
+def visible(kpos: torch.Tensor, qpos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Which keys each query sees: causal, and within `window` keys (itself included) on a sliding
+    layer. kpos [1, K], qpos [S, 1] -> bool [S, K]; every target builds its mask from this."""
+    allowed = kpos <= qpos
+    return allowed if window is None else allowed & (kpos > qpos - window)
+
+
 class KVCacheAttention(nn.Module):
     """Static KV cache + causal attention: the reference (eager PyTorch) implementation.
 
@@ -158,9 +165,7 @@ class KVCacheAttention(nn.Module):
         keys, values = self.k_cache[:B, :, :p0 + S], self.v_cache[:B, :, :p0 + S]
         # query i (absolute p0+i) sees keys 0..p0+i
         kpos, qpos = torch.arange(p0 + S, device=q.device)[None, :], (p0 + torch.arange(S, device=q.device))[:, None]
-        mask = kpos <= qpos
-        if self.window is not None:
-            mask = mask & (kpos > qpos - self.window)
+        mask = visible(kpos, qpos, self.window)
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, enable_gqa=self.n_rep > 1,
             scale=self.scale)

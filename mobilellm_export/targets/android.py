@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 from ..errors import UserError
-from ..model import RMS, KVCacheAttention, RMSNorm, Rotary, Transformer
+from ..model import RMS, KVCacheAttention, RMSNorm, Rotary, Transformer, visible
 from . import Artifact, ExportSpec, Target, replace_modules, structural_copy
 
 
@@ -117,7 +117,7 @@ class CustomKVCacheAttention(nn.Module):
         if self.window is not None:
             kpos = torch.arange(self.max_context, device=q.device)[None, :]
             qpos = p0 + torch.arange(S, device=q.device)[:, None]
-            allowed = (kpos <= qpos) & (kpos > qpos - self.window)
+            allowed = visible(kpos, qpos, self.window)
             mask = torch.zeros(allowed.shape, dtype=dt, device=q.device).masked_fill(~allowed, float("-inf"))
         out = torch.ops.llama.custom_sdpa(q.to(dt).contiguous(), self.k_cache, self.v_cache, p0, mask, 0.0,
                                           mask is None, self.scale)

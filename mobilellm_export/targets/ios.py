@@ -242,7 +242,9 @@ class StateSlices(nn.Module):
         if padded:
             keys, values = keys[..., :D], values[..., :D]
         mask = root.call["mask"]
-        if self.window is not None:  # keys j with i - j >= window are masked too (query i at start + i)
+        # keys j with i - j >= window are masked too (query i at start + i); the caller's mask is
+        # already causal, and coremltools 9.0 cannot convert the `&` that model.visible() uses
+        if self.window is not None:
             j = torch.arange(end)[None, :]
             i = (start + torch.arange(end - start))[:, None]
             mask = mask.masked_fill((j <= i - self.window)[None, None], float("-inf"))
