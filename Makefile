@@ -26,11 +26,12 @@ demo: setup
 
 test: setup test-fast test-slow test-wheel
 
+# --durations: the log names the slowest tests, to keep CI inside its time budget.
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow and not extra"
+	$(BIN)/python -m pytest -q --durations=20 -m "not slow and not extra"
 
 test-slow: setup
-	$(BIN)/python -m pytest -q -m "slow and not extra"
+	$(BIN)/python -m pytest -q --durations=20 -m "slow and not extra"
 
 # The package as a user installs it: build the wheel, install it into a fresh venv (dependencies
 # resolved from its own metadata), and export from a folder where the source tree is not importable.

@@ -342,22 +342,29 @@ class Transformer(nn.Module):
         it (see `Probe`): one pass gives every op's own result on another implementation's inputs."""
         S = tokens.shape[1]
         positions = input_pos[0] + torch.arange(S, device=tokens.device)
-        ropes = [(self.rope, *self.rope.tables(positions))]
-        if self.rope_local is not None:
-            ropes.append((self.rope_local, *self.rope_local.tables(positions)))
-        h = self.embed_tokens(tokens)
-        if self.cfg.scale_embeddings:  # Gemma: sqrt(dim), rounded to the activation dtype as HF does
-            h = h * torch.tensor(self.cfg.dim ** 0.5, dtype=h.dtype)
+        h = self.embed(tokens)
         probe = Probe(teacher) if self.probe or teacher is not None else None
         if probe is not None:
             h = probe(h)
-        for block_idx, cache in zip(self.schedule, self.caches):
-            rope, cos, sin = ropes[int(self.cfg.local_rope(block_idx))]
+        for block_idx, cache, (rope, cos, sin) in self.applied_blocks(lambda r: r.tables(positions)):
             h = self.layers[block_idx](h, rope, cos, sin, positions, input_pos, cache, probe)
         if not self.full_logits:
             h = h[:, -1:, :]
         logits = self.lm_head(self.norm(h)).float()
         return (logits, torch.stack(probe.seen)) if probe is not None else logits
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.embed_tokens(tokens)
+        if self.cfg.scale_embeddings:  # Gemma: sqrt(dim), rounded to the activation dtype as HF does
+            h = h * torch.tensor(self.cfg.dim ** 0.5, dtype=h.dtype)
+        return h
+
+    def applied_blocks(self, tables):
+        """(block index, cache, (rope, cos, sin)) per block application, in order. Gemma 3's sliding
+        layers take the local-base rope. `tables(rope)` gives its (cos, sin) for the positions run:
+        a target may need them as a slice rather than an index."""
+        ropes = [(r, *tables(r)) for r in (self.rope, self.rope_local) if r is not None]
+        return [(b, cache, ropes[int(self.cfg.local_rope(b))]) for b, cache in zip(self.schedule, self.caches)]
 
     def probe_names(self) -> list[tuple[str, int | None, str]]:
         """(name, block, op) of each probed hidden state: the embedding, then per block application

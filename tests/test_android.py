@@ -293,7 +293,8 @@ def test_swapped_rms_and_rope_match_the_reference_modules():
         assert torch.equal(rope(x, cos, sin), android.MatmulRotary(rope)(x, cos, sin))
 
 
-@pytest.mark.parametrize("recipe", ["4bit", "4bit-fast"])
+# 4bit-fast's shared table is also checked end to end by test_export's lowering test: extra, for CI time.
+@pytest.mark.parametrize("recipe", ["4bit", pytest.param("4bit-fast", marks=pytest.mark.extra)])
 def test_shared_table_lookup_equals_the_quantized_reference_and_is_stored_once(recipe, tmp_path):
     """The prepared TiedEmbeddingLookup (ExecuTorch's embedding kernels over XNNPACK's own packing)
     returns exactly the eager TiedQuantEmbedding rows when ExecuTorch runs it, and model.ptd holds

@@ -209,7 +209,9 @@ def _small_vocab(name):
     return dataclasses.replace(PRESETS[name], vocab_size=V, bos_token_id=1, eos_token_ids=(2,), pad_token_id=0)
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen3", "tiny-qwen2", "tiny-gemma3", "tiny-olmo2"])
+# Qwen2 and OLMo 2 add no lowering path Qwen3 and Gemma 3 lack (bias Adds, a whole-projection norm): extra, for CI time.
+@pytest.mark.parametrize("name", ["tiny-qwen3", pytest.param("tiny-qwen2", marks=pytest.mark.extra), "tiny-gemma3",
+                                  pytest.param("tiny-olmo2", marks=pytest.mark.extra)])
 def test_pte_matches_eager_through_chunked_prefill_and_decode(name, tmp_path):
     """fp32 .pte against the eager reference: 37 tokens prefilled in chunks of 16, 16, 5, then 20
     decode steps. Gemma's window of 8 is passed many times over, through custom_sdpa's mask."""

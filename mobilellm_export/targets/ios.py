@@ -280,14 +280,11 @@ class StatefulDecoder(nn.Module):
         torch._check(end <= self.max_context)
         start = end - S
         self.call.update(span=(start, end), mask=causalMask)
-        ropes = [(r, r.cos[start:end][None, :, None, :], r.sin[start:end][None, :, None, :])
-                 for r in (m.rope, m.rope_local) if r is not None]  # Gemma 3: a local base for sliding layers
         positions = torch.arange(start, end)
-        h = m.embed_tokens(inputIds)
-        if m.cfg.scale_embeddings:  # Gemma
-            h = h * m.cfg.dim ** 0.5
-        for block, cache in zip(m.schedule, m.caches):
-            rope, cos, sin = ropes[int(m.cfg.local_rope(block))]
+        h = m.embed(inputIds)
+        # the span as a slice: start and end come from the input shapes
+        for block, cache, (rope, cos, sin) in m.applied_blocks(
+                lambda r: (r.cos[start:end][None, :, None, :], r.sin[start:end][None, :, None, :])):
             h = m.layers[block](h, rope, cos, sin, positions, None, cache)
         return m.lm_head(m.norm(h))
 
