@@ -465,7 +465,7 @@ def verify_command(bundle_dir: str, *, eval_text: str | None, eval_tokens: int, 
     elif bad:  # a CI gate run goes on: the disagreement is a failed check in the report and JUnit file
         progress.note(f"{d.name}: bundle.json disagrees with the files on {', '.join(bad)} (a failed gate check)")
     if not bad:
-        progress.note(f"{d.name}: EOS ids, context, vocabulary, chat template and BOS policy match the files")
+        progress.note(f"{d.name}: EOS ids, context, vocabulary, chat template, BOS policy and pre-normalization match the files")
     with progress.step("load the artifact", "fails fast on a file its runtime cannot load"):
         probe = tgt.runner(d, m, threads=threads)
         del probe

@@ -8,7 +8,7 @@ earlier assistant turn with thinking on and off, with the date pinned). A templa
 be reduced, or whose reduction fails the proof, gives `{"reducible": false, "reason": ...}`: the
 apps must then not format prompts themselves.
 
-The format (bundle.json `generation.prompt_format`, version 1):
+The format (bundle.json `generation.prompt_format`, version 1, or 2 with `pre_normalize`):
     start               text once before the first turn (e.g. the template's `bos_token`)
     roles.<r>           {prefix, suffix, trim} for r in system, user, assistant: a turn renders as
                         prefix + content + suffix; with trim, content is first stripped of
@@ -28,7 +28,19 @@ The format (bundle.json `generation.prompt_format`, version 1):
                         in STRFTIME (English month and day names) before rendering
     stop                {ids, strings}: the EOS ids, and their texts (LlmCallback delivers text)
     system_prompts      named system prompts (MobileLLM-R1: math, code)
+    pre_normalize       (version 2 only, non-empty) steps, in order, applied to the prompt text (BOS
+                        included) before it goes to the runtime: {"type": "NFC"} or {"type": "Replace",
+                        "pattern": literal string, "content": string}. They are the normalizer steps the
+                        bundle's tokenizer.json no longer holds (tokenizer.py explains why); applied to
+                        a reducible or irreducible format's text alike.
 BOS is not part of the format: after rendering, `generation.bos` applies (`Tokenizer.with_bos`).
+
+Why pre_normalize lives here and bumps the version: the apps read the tokenizer file and the
+prompt_format, and this is their recipe for turning a conversation into the text LlmModule is given,
+so the steps belong next to it. An app that ignored them would mis-tokenize silently, and older apps
+ignore unknown fields; but every app refuses a prompt_format version it does not know ("update the
+app"). So pre_normalize is required-when-present: a format carries it exactly when its version is 2,
+and bundles that need no pre-normalization stay version 1, readable by older apps.
 
 Conversations the apps render: an optional system message first, then user and assistant turns
 alternating, starting and ending with a user turn; the generation prompt always follows.
@@ -42,7 +54,8 @@ import re
 
 from .errors import UserError
 
-VERSION = 1
+VERSION = 1  # a format without pre_normalize
+VERSION_PRE_NORMALIZE = 2  # a format with it (see above)
 PLACEHOLDER = "{date}"
 # Python's str.strip() whitespace (what jinja's `trim` removes); Kotlin's trim() and Swift's
 # whitespacesAndNewlines differ from it (e.g. U+0085, U+200B), so the set travels with the format.
@@ -217,10 +230,13 @@ _S, _U1, _A1, _U2, _R = "Qz7sys", "Qz7usr", "Qz7ast", "Qz8usr", "Qz7rsn"
 
 
 def reduce_template(template: str | None, *, bos_token: str | None, eos_token: str | None, specials: list[str],
-                    eos_ids: list[int], eos_texts: list[str], system_prompts: dict | None = None) -> dict:
+                    eos_ids: list[int], eos_texts: list[str], system_prompts: dict | None = None,
+                    pre_normalize: list[dict] | None = None) -> dict:
     """The template's prompt_format, proved on PROOF_CONVERSATIONS; {"reducible": false, ...} if not."""
     base = {"version": VERSION, "stop": {"ids": list(eos_ids), "strings": list(eos_texts)},
             "system_prompts": dict(system_prompts or {})}
+    if pre_normalize:
+        base.update(version=VERSION_PRE_NORMALIZE, pre_normalize=list(pre_normalize))
     if not template:
         return {**base, "reducible": False, "reason": "the tokenizer has no chat template"}
     try:
@@ -370,8 +386,14 @@ def _thinking(r, template: str, a_tail: str, su_gen: str, c1: str, conv: list[di
             "generation_prompt_on": on[len(su_gen):], "generation_prompt_off": off[len(su_gen):]}
 
 
+def steps(fmt: dict | None) -> list[dict]:
+    """A format's pre_normalize steps ([] for none, or no format)."""
+    return list((fmt or {}).get("pre_normalize", []))
+
+
 def for_tokenizer(tok, eos_ids: list[int], system_prompts: dict | None = None) -> dict:
-    """The prompt_format of a `Tokenizer` (what the export writes into bundle.json)."""
+    """The prompt_format of a `Tokenizer` (what the export writes into bundle.json), with the
+    pre-normalization its bundle's tokenizer.json needs (`Tokenizer.bundle_pre_normalize`)."""
     added = tok.tok.get_added_tokens_decoder()
     specials = sorted({t.content for t in added.values() if t.special}, key=len, reverse=True)
     eos_texts = []
@@ -383,7 +405,8 @@ def for_tokenizer(tok, eos_ids: list[int], system_prompts: dict | None = None) -
 
     return reduce_template(tok.chat_template, bos_token=_token_str(tok.config.get("bos_token")),
                            eos_token=_token_str(tok.config.get("eos_token")), specials=specials,
-                           eos_ids=list(eos_ids), eos_texts=eos_texts, system_prompts=system_prompts)
+                           eos_ids=list(eos_ids), eos_texts=eos_texts, system_prompts=system_prompts,
+                           pre_normalize=tok.bundle_pre_normalize())
 
 
 def dumps(fmt: dict) -> str:

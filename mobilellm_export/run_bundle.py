@@ -52,7 +52,7 @@ def conversation_text(m: dict, tok: Tokenizer, messages: list[dict], *, enable_t
         text = jinja
     else:
         raise UserError("this bundle has no chat template; use --prompt with --raw")
-    return tok.with_bos(text, gen["bos"])
+    return tok.with_bos(text, gen["bos"])  # the runtime is given tok.runner_text() of it
 
 
 def _eos_text(tok: Tokenizer) -> str:
@@ -69,7 +69,7 @@ def run_bundle(bundle: str, prompt: str | None, *, max_new_tokens: int, temperat
     check_files(d, m)
     target = targets.of_bundle(m)
     gen = m["generation"]
-    tok = Tokenizer.from_dir(d / m["tokenizer"]["file"])
+    tok = Tokenizer.from_bundle(d, m)
     if conversation is not None:
         if prompt is not None or system is not None or raw:
             raise UserError("--conversation replaces --prompt, --system and --raw")
@@ -87,5 +87,7 @@ def run_bundle(bundle: str, prompt: str | None, *, max_new_tokens: int, temperat
     app = target.app_runner(d, m, threads=threads)
     if app is None:
         raise UserError(f"target {target.name}: its runtime ({target.runtime}) cannot run on this machine")
-    return app.generate(text, max_new_tokens, temperature=gen["temperature"] if temperature is None else temperature,
-                        on_text=write)
+    # As the apps do: the runtime reads the bundle's tokenizer.json as it is, so it gets the text
+    # pre-normalized (prompt_format.pre_normalize; tokenizer.py explains why).
+    return app.generate(tok.runner_text(text), max_new_tokens,
+                        temperature=gen["temperature"] if temperature is None else temperature, on_text=write)

@@ -2,12 +2,26 @@
 
 Only `tokenizer.json` (+ `tokenizer_config.json`) is used: it is also what the ExecuTorch LLM
 runner and the demo apps read, so the bundle ships exactly what was verified here.
+
+Pre-normalization. ExecuTorch's C++ tokenizer (pytorch_tokenizers 1.5.0) applies some normalizers
+differently from `tokenizers`: its NFC turns "Ç" into "C" (Qwen3), and it matches added tokens
+before Gemma 3's Replace(" " -> "▁") where `tokenizers` matches after it. So a bundle's
+tokenizer.json leaves those simple steps to the caller: when the normalizer is NFC, a Replace of a
+literal string, or a Sequence of only those (`movable_steps`), the bundle's copy has `normalizer: null`
+and the steps, in order, are applied to the text before tokenizing (`pre_normalize`). Then
+C++(bundle file, pre(text)) == tokenizers(bundle file, pre(text)) == tokenizers(original, text),
+except where NFC composes a combining mark into the last character of a special-token string
+typed in the text ("<|im_end|>" + U+0338 -> "<|im_end|≯"; `tokenizers` normalizes around added
+tokens). The steps travel in the bundle's tokenizer_config.json (CONFIG_KEY: the copy this
+wrapper reads and `verify` checks) and in bundle.json `generation.prompt_format.pre_normalize`
+(the copy the apps read). Any other normalizer stays in tokenizer.json untouched.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +39,59 @@ SYSTEM_PROMPTS = {
 
 
 _TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
+CONFIG_KEY = "mobilellm_pre_normalize"  # tokenizer_config.json: the steps moved out of tokenizer.json
+
+
+# ---- pre-normalization (mirrored by android_demo/core and ios_demo) --------------------------------
+
+def pre_normalize(steps: list[dict], text: str) -> str:
+    """`text` with the steps applied in order: NFC, or Replace (every non-overlapping occurrence of
+    the literal `pattern`, left to right, by `content`: Python's str.replace)."""
+    for s in steps:
+        if s["type"] == "NFC":
+            text = unicodedata.normalize("NFC", text)
+        elif s["type"] == "Replace":
+            text = text.replace(s["pattern"], s["content"])
+        else:
+            raise UserError(f"pre_normalize: unknown step {s['type']!r}")
+    return text
+
+
+def check_steps(steps, where: str) -> list[dict]:
+    """A pre_normalize list as read from a file: [{type: NFC} | {type: Replace, pattern, content}]."""
+    if not isinstance(steps, list):
+        raise UserError(f"{where}: expected a list of pre-normalization steps")
+    for i, s in enumerate(steps):
+        ok = isinstance(s, dict) and (
+            s == {"type": "NFC"} or (s.get("type") == "Replace" and set(s) == {"type", "pattern", "content"}
+                                     and isinstance(s["pattern"], str) and s["pattern"]
+                                     and isinstance(s["content"], str)))
+        if not ok:
+            raise UserError(f"{where}[{i}] = {json.dumps(s, ensure_ascii=False)[:80]}: expected {{\"type\": \"NFC\"}} "
+                            "or {\"type\": \"Replace\", \"pattern\": non-empty string, \"content\": string}")
+    return steps
+
+
+def movable_steps(normalizer: dict | None) -> list[dict] | None:
+    """The steps of a tokenizer.json normalizer when it is made only of PRE_STEPS (Replace of a
+    String pattern); None for any other normalizer (Prepend, Lowercase, NFKC, a Regex Replace, ...)."""
+    if normalizer is None:
+        return []
+    t = normalizer.get("type")
+    if t == "NFC":
+        return [{"type": "NFC"}]
+    pattern = normalizer.get("pattern")
+    if t == "Replace" and isinstance(pattern, dict) and set(pattern) == {"String"} and pattern["String"]:
+        return [{"type": "Replace", "pattern": pattern["String"], "content": normalizer["content"]}]
+    if t == "Sequence":
+        out = []
+        for n in normalizer.get("normalizers", []):
+            part = movable_steps(n)
+            if part is None:
+                return None
+            out += part
+        return out
+    return None
 
 
 def check_tokenizer_config(cfg: dict, where: str) -> dict:
@@ -38,6 +105,8 @@ def check_tokenizer_config(cfg: dict, where: str) -> dict:
     v = cfg.get("add_bos_token")
     if v is not None and not isinstance(v, bool):
         raise UserError(f"{where}: add_bos_token = {v!r}: expected true, false or null")
+    if CONFIG_KEY in cfg:
+        check_steps(cfg[CONFIG_KEY], f"{where}: {CONFIG_KEY}")
     t = cfg.get("chat_template")
     if t is not None and not isinstance(t, str) and not (
             isinstance(t, list) and all(isinstance(x, dict) and isinstance(x.get("name"), str)
@@ -55,7 +124,10 @@ def _token_str(v) -> str | None:
 @dataclass
 class Tokenizer:
     tok: HFTokenizer
-    config: dict = field(default_factory=dict)  # tokenizer_config.json contents
+    config: dict = field(default_factory=dict)  # tokenizer_config.json contents (CONFIG_KEY taken out)
+    # Steps applied to text before `tok`: a bundle's (its tokenizer.json has them removed); empty for
+    # a source tokenizer, whose tokenizer.json still normalizes by itself. encode() applies them.
+    pre_normalize: list[dict] = field(default_factory=list)
 
     # ---- loading ---------------------------------------------------------------------------
     @classmethod
@@ -72,16 +144,61 @@ class Tokenizer:
         cfg_path = tj.parent / "tokenizer_config.json"
         if cfg_path.is_file():
             cfg = check_tokenizer_config(load_json(cfg_path), str(cfg_path))
+        pre = cfg.pop(CONFIG_KEY, [])
         jinja = tj.parent / "chat_template.jinja"
         if "chat_template" not in cfg and jinja.is_file():
             try:
                 cfg["chat_template"] = jinja.read_text(encoding="utf-8")
             except UnicodeDecodeError:
                 raise UserError(f"{jinja}: not UTF-8 text") from None
-        return cls(tok, cfg)
+        return cls(tok, cfg, pre)
+
+    @classmethod
+    def from_bundle(cls, d: str | Path, manifest: dict) -> Tokenizer:
+        """A bundle's tokenizer, its pre-normalization (from tokenizer_config.json) checked against
+        the copy the apps read (bundle.json); `verify` reports a disagreement as a metadata check."""
+        tok = cls.from_dir(Path(d) / manifest["tokenizer"]["file"])
+        steps = (manifest["generation"].get("prompt_format") or {}).get("pre_normalize", [])
+        if steps != tok.pre_normalize:
+            raise UserError(f"bundle.json's prompt_format.pre_normalize {steps} differs from "
+                            f"{manifest['tokenizer']['config']}'s {tok.pre_normalize}: re-export the bundle")
+        return tok
+
+    # ---- pre-normalization ---------------------------------------------------------------------
+    def runner_text(self, text: str) -> str:
+        """What a runtime reading this tokenizer's tokenizer.json as it is (ExecuTorch's C++
+        tokenizer, ORT GenAI, the apps) must be given for `text`."""
+        return pre_normalize(self.pre_normalize, text)
+
+    def _moved(self) -> list[dict]:
+        """The steps of tokenizer.json's normalizer that a bundle moves out of it, or []."""
+        n = self.tok.normalizer
+        steps = movable_steps(json.loads(n.__getstate__()) if n is not None else None)
+        if not steps:
+            return []
+        added = self.tok.get_added_tokens_decoder().values()
+        # Added tokens are matched on the text as given (normalized=false) or on the normalized text
+        # with their content normalized too: exact only when no content changes under the steps,
+        # and when none strips or bounds on whitespace a Replace may have turned into something else.
+        if any(pre_normalize(steps, t.content) != t.content for t in added):
+            return []
+        if any(s["type"] == "Replace" for s in steps) and any(t.lstrip or t.rstrip or t.single_word for t in added):
+            return []
+        return steps
+
+    def bundle_pre_normalize(self) -> list[dict]:
+        """The steps a bundle of this tokenizer records: its own, then those moved out of its
+        tokenizer.json's normalizer (what `save` writes)."""
+        return self.pre_normalize + self._moved()
 
     def save(self, out_dir: Path) -> list[str]:
+        """tokenizer.json (its normalizer removed when `_moved` takes it) and tokenizer_config.json
+        (with the steps under CONFIG_KEY)."""
+        moved = self._moved()
+        normalizer = self.tok.normalizer
         try:
+            if moved:
+                self.tok.normalizer = None
             self.tok.save(str(out_dir / "tokenizer.json"))
         except Exception as e:  # tokenizers raises a bare Exception ("No space left on device (os error 28)")
             import errno
@@ -91,7 +208,12 @@ class Tokenizer:
             if code is not None:
                 raise OSError(code, os.strerror(code), str(out_dir / "tokenizer.json")) from None
             raise
-        (out_dir / "tokenizer_config.json").write_text(json.dumps(self.config, indent=2, ensure_ascii=False))
+        finally:
+            if moved:
+                self.tok.normalizer = normalizer
+        steps = self.pre_normalize + moved
+        config = {**self.config, **({CONFIG_KEY: steps} if steps else {})}
+        (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
         return ["tokenizer.json", "tokenizer_config.json"]
 
     # ---- ids -------------------------------------------------------------------------------
@@ -126,9 +248,10 @@ class Tokenizer:
         return self.token_id("eos_token")
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """add_special_tokens lets tokenizer.json's post-processor add BOS. Prompts use `prompt_ids`,
+        """The ids of `text` (pre-normalized first: never pass `runner_text` output here).
+        add_special_tokens lets tokenizer.json's post-processor add BOS. Prompts use `prompt_ids`,
         which applies the bundle's BOS policy instead."""
-        return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
+        return self.tok.encode(self.runner_text(text), add_special_tokens=add_special_tokens).ids
 
     # ---- BOS policy ------------------------------------------------------------------------
     def bos_policy(self, fallback_id: int | None = None) -> dict:

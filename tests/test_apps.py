@@ -41,20 +41,25 @@ def test_kotlin_core_passes_the_shared_vectors(kotlin_tests):
 
 
 def test_a_wrong_vector_fails_the_kotlin_tests(tmp_path, kotlin_tests):
-    """The Kotlin tests are not vacuous: one byte changed in an expected prompt, a stop string
-    shown where it must not be, a future schema declared parseable, and a wrong cache decision
-    each fail, and the report names exactly those vectors."""
+    """The Kotlin tests are not vacuous: one byte changed in an expected prompt, a runner text
+    left un-normalized, a stop string shown where it must not be, a future schema and an unknown
+    pre_normalize step declared parseable, and a wrong cache decision each fail, and the report
+    names exactly those vectors."""
     bad = tmp_path / "apps"
     shutil.copytree(APPS, bad)
     prompts = json.loads((bad / "prompts.json").read_text())
     v = next(v for v in prompts if v["bundle"] == "gemma3" and v["conversation"] == "single-system")
     v["text"] = v["text"].replace("\n\n", "\n", 1)  # Gemma's folded system separator, one byte short
+    w = next(v for v in prompts if v["bundle"] == "gemma3" and v["conversation"] == "multi")
+    w["runner_text"] = w["prompt"]  # Gemma's spaces not replaced
     stream = json.loads((bad / "stream.json").read_text())
     s = next(s for s in stream if s["name"] == "split-stop")
     s["expect"]["shown_after_each"][0] += "<|eo"  # a partial stop string on screen
     parse = json.loads((bad / "parse.json").read_text())
     p = next(p for p in parse if p["name"] == "future-schema")
     p["expect"] = next(q for q in parse if q["name"] == "valid-r1-llama3")["expect"]
+    u = next(p for p in parse if p["name"] == "pre-normalize-unknown-step")
+    u["expect"] = next(q for q in parse if q["name"] == "pre-normalize-two-steps")["expect"]
     kv = json.loads((bad / "kv.json").read_text())
     k = next(k for k in kv if k["name"] == "qwen3-reasoning")
     k["expect"]["reuse"] = True
@@ -64,11 +69,13 @@ def test_a_wrong_vector_fails_the_kotlin_tests(tmp_path, kotlin_tests):
     out = r.stdout + r.stderr
     assert r.returncode != 0
     assert "Tests run: 6,  Failures: 4" in out, out
-    for name in ("gemma3/single-system: rendered prompt", "split-stop: shown after piece 0",
+    for name in ("gemma3/single-system: rendered prompt", "gemma3/multi: runner text", "split-stop: shown after piece 0",
                  "future-schema: bundle.json has schema_version 3",
+                 "pre-normalize-unknown-step: bundle.json: generation.prompt_format.pre_normalize[1]: unknown step type",
                  "qwen3-reasoning: reuse"):
         assert name in out, out
-    assert "1 of 55 vectors failed" in out and "stats.json: 4 vectors passed" in out
+    assert "2 of 55 vectors failed" in out and "stats.json: 4 vectors passed" in out
+    assert f"2 of {len(parse)} vectors failed" in out
 
 
 def test_core_is_pure_kotlin():
@@ -174,5 +181,6 @@ def test_swift_core_mirrors_the_kotlin_core():
     files = set(re.findall(r'"(\w+\.json)"', kt_tests))
     assert files == {"parse.json", "prompts.json", "stream.json", "stats.json", "kv.json"} == set(
         re.findall(r'"(\w+\.json)"', swift_tests))
-    for check in ("rendered prompt", "prompt with BOS policy", "shown after piece", "stop piece", "text to prefill"):
+    for check in ("rendered prompt", "prompt with BOS policy", "runner text", "pre_normalize", "probe runner text",
+                  "shown after piece", "stop piece", "text to prefill", "runner text to prefill"):
         assert check in kt_tests and check in swift_tests

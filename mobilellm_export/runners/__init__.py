@@ -54,7 +54,9 @@ class AppRunner:
     generate() returns stats with the keys `text`, `prompt_tokens`, `generated_tokens` (all new
     tokens, the first one from prefill included), `prefill_tok_s`, `decode_tok_s` and `ttft_ms`
     (None where the runtime's clock could not time a phase). The prompt is passed as text, BOS
-    included where the bundle's BOS policy wants one: the runtime is never asked to add BOS.
+    included where the bundle's BOS policy wants one: the runtime is never asked to add BOS. It is
+    the runner text (`Tokenizer.runner_text`: pre-normalized), tokenized with the bundle's
+    tokenizer.json as it is, as the apps give it to their runtime.
     """
 
     max_context: int

@@ -645,6 +645,8 @@ class GenAIRunner(AppRunner):
         if threads:
             config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": int(threads)}}}}))
         self.model = og.Model(config)
+        # The bundle's tokenizer.json as it is: prompts arrive pre-normalized (AppRunner), as an app
+        # on ORT GenAI gives them to its tokenizer.
         self.tok = Tokenizer.from_file(str(Path(bundle_dir) / manifest["tokenizer"]["file"]))
         self.max_context = manifest["generation"]["max_context"]
         self.eos = set(manifest["generation"]["eos_ids"])

@@ -87,6 +87,15 @@ def prompt_prefix(tokenizer, text: str, n: int) -> str:
     return prefix
 
 
+def runner_prefix(d: Path, m: dict, text: str, n: int) -> str:
+    """A bundle's app-runner prompt of exactly n tokens: the runner text (pre-normalized) of `text`,
+    cut with the bundle's tokenizer.json as the runtime reads it."""
+    from ..tokenizer import Tokenizer
+
+    tok = Tokenizer.from_bundle(d, m)
+    return prompt_prefix(tok.tok, tok.runner_text(text), n)
+
+
 def peak_rss_mb() -> float:
     from ..memory import self_peak_mb
 
@@ -169,8 +178,6 @@ def _main(argv: list[str]) -> None:
         prompt = _prompt(ck.config.vocab_size, a.prompt_len)
         out = measure(lambda: loop_round(runner, prompt, a.decode_tokens), a.rounds)
     elif a.kind == "paired":
-        from tokenizers import Tokenizer
-
         from .. import targets
         from ..bundle import read_manifest
         from .text import load_text
@@ -184,8 +191,7 @@ def _main(argv: list[str]) -> None:
                                      + "\n").encode())
                 return
             apps.append(app)
-            prompts.append(prompt_prefix(Tokenizer.from_file(str(d / m["tokenizer"]["file"])), load_text(None),
-                                         a.prompt_len))
+            prompts.append(runner_prefix(d, m, load_text(None), a.prompt_len))
         out = _paired(apps, prompts, a.prompt_len, a.decode_tokens, a.rounds)
     else:
         from .. import targets
@@ -205,12 +211,10 @@ def _main(argv: list[str]) -> None:
             prompt = _prompt(m["config"]["vocab_size"], a.prompt_len)
             out = measure(lambda: loop_round(runner, prompt, a.decode_tokens), a.rounds)
         else:
-            from tokenizers import Tokenizer
-
             from .text import load_text
 
             app = runtime
-            text = prompt_prefix(Tokenizer.from_file(str(d / m["tokenizer"]["file"])), load_text(None), a.prompt_len)
+            text = runner_prefix(d, m, load_text(None), a.prompt_len)
             out = measure(lambda: app_round(app, text, a.prompt_len, a.decode_tokens), a.rounds)
     out["peak_rss_mb"] = peak_rss_mb()
     out["threads"] = a.threads

@@ -2,15 +2,16 @@
 
 The manifest is not trusted: an attacker who edits `bundle.json` can recompute any digest in it.
 So `verify` derives each value the apps act on from the files whose sha256 it just checked (the
-artifact's own metadata through the target, the chat template and BOS policy from
-`tokenizer_config.json`, the vocabulary from `tokenizer.json`) and fails when the manifest
-disagrees. A numbers-only parity gate misses all of these.
+artifact's own metadata through the target, the chat template, BOS policy and pre-normalization
+from `tokenizer_config.json` and `tokenizer.json`, the vocabulary from `tokenizer.json`) and fails
+when the manifest disagrees. A numbers-only parity gate misses all of these.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from .. import prompt_format
 from ..errors import UserError
 from ..tokenizer import Tokenizer
 
@@ -24,9 +25,19 @@ def derive(bundle_dir: Path, manifest: dict, target) -> list[dict]:
     d = Path(bundle_dir)
     gen, cfg = manifest["generation"], manifest["config"]
     tok = Tokenizer.from_dir(d / manifest["tokenizer"]["file"])
+    files = f"{manifest['tokenizer']['config']} and {manifest['tokenizer']['file']}"
+    # The steps the apps apply (bundle.json) against the steps tokenizer_config.json records plus any
+    # tokenizer.json still holds that ExecuTorch's C++ tokenizer gets wrong (an older export, or a
+    # tokenizer.json swapped back for the original): what the runtimes must be given, from the files.
+    pre = _check("pre-normalization", prompt_format.steps(gen.get("prompt_format")), tok.bundle_pre_normalize(),
+                 files)
+    if not pre["ok"]:
+        pre["message"] = (f"bundle.json's prompt_format.pre_normalize {pre['manifest']} differs from {pre['derived']}, "
+                          f"what {files} need: re-export the bundle")
     out = [
         _check("chat template", gen["chat_template"], tok.chat_template, manifest["tokenizer"]["config"]),
         _check("tokenizer vocabulary", manifest["tokenizer"]["vocab_size"], tok.vocab_size, manifest["tokenizer"]["file"]),
+        pre,
     ]
     policy = tok.bos_policy(cfg.get("bos_token_id"))
     for key in ("id", "text", "add"):

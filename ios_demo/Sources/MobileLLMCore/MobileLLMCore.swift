@@ -20,7 +20,8 @@ public struct BosPolicy: Equatable {
 
 public struct Bundle {
     public static let schemaVersion = 2
-    public static let promptFormatVersion = 1
+    /// prompt_format versions read: 1, and 2 (= 1 + the required pre_normalize list).
+    public static let promptFormatVersion = 2
 
     public let schemaVersion: Int
     public let model: String
@@ -35,9 +36,14 @@ public struct Bundle {
     public let topP: Double
     public let promptFormat: PromptFormat
 
-    /// The text the runner is given for this conversation: prompt_format, then the BOS policy.
+    /// The prompt for this conversation: prompt_format, then the BOS policy (the chat template's text).
     public func prompt(_ messages: [Message], enableThinking: Bool? = nil, date: SimpleDate = SimpleDate.now()) throws -> String {
         bos.apply(try promptFormat.render(messages, enableThinking: enableThinking, date: date))
+    }
+
+    /// The text the runner is given for this conversation: `prompt`, pre-normalized (prompt_format.pre_normalize).
+    public func runnerPrompt(_ messages: [Message], enableThinking: Bool? = nil, date: SimpleDate = SimpleDate.now()) throws -> String {
+        promptFormat.runnerText(try prompt(messages, enableThinking: enableThinking, date: date))
     }
 
     public static func parse(_ text: String) throws -> Bundle {
@@ -145,6 +151,15 @@ struct Fields {
         }
     }
 
+    /// A list of objects, each named key[i] in errors.
+    func objList(_ key: String) throws -> [Fields] {
+        guard let a = try raw(key) as? [Any] else { throw bad(key, "a list") }
+        return try a.enumerated().map { (i, v) in
+            guard let o = v as? [String: Any] else { throw bad("\(key)[\(i)]", "an object") }
+            return Fields(o, "\(name(key))[\(i)]")
+        }
+    }
+
     func stringMap(_ key: String) throws -> [String: String] {
         let m = try obj(key)
         var out: [String: String] = [:]
@@ -210,6 +225,26 @@ public struct PromptError: Error, CustomStringConvertible {
     public var description: String { message }
 }
 
+/// One step of prompt_format.pre_normalize: "NFC" (precomposedStringWithCanonicalMapping) or "Replace"
+/// (every non-overlapping occurrence of the literal `pattern`, left to right, by `content`; compared
+/// by UTF-16 code unit, as Kotlin and Python do, not by Character). The bundle's tokenizer.json no
+/// longer holds these normalizer steps (ExecuTorch's C++ tokenizer applies them differently from the
+/// `tokenizers` library), so the text is given to the runner with them applied.
+public struct NormalizeStep: Equatable {
+    public let type: String
+    public let pattern: String
+    public let content: String
+    public init(_ type: String, _ pattern: String = "", _ content: String = "") { self.type = type; self.pattern = pattern; self.content = content }
+
+    public func apply(_ text: String) throws -> String {
+        switch type {
+        case "NFC": return text.precomposedStringWithCanonicalMapping
+        case "Replace": return (text as NSString).replacingOccurrences(of: pattern, with: content, options: .literal, range: NSRange(location: 0, length: (text as NSString).length))
+        default: throw PromptError(message: "unknown pre_normalize step \(type)") // parse() refuses it first
+        }
+    }
+}
+
 public struct PromptFormat {
     public let reducible: Bool
     public let reason: String?
@@ -226,9 +261,16 @@ public struct PromptFormat {
     let thinking: Thinking?
     let dateFormat: String?
     let datePlaceholder: String?
+    public var preNormalize: [NormalizeStep] = []
 
     public var assistantSuffix: String { roles["assistant"]?.suffix ?? "" }
     public var hasThinking: Bool { thinking != nil }
+
+    /// What the runner is given for prompt text `text` (a whole prompt or the new part of one): pre_normalize applied.
+    public func runnerText(_ text: String) -> String {
+        // parse() accepts only steps apply() knows, so apply() cannot throw here
+        preNormalize.reduce(text) { t, step in (try? step.apply(t)) ?? t }
+    }
 
     public func render(_ messages: [Message], enableThinking: Bool? = nil, date: SimpleDate = SimpleDate.now()) throws -> String {
         if !reducible { throw PromptError(message: "this bundle's chat template has no prompt_format: \(reason ?? "")") }
@@ -273,10 +315,11 @@ public struct PromptFormat {
 
     static func parse(_ j: Fields) throws -> PromptFormat {
         let version = try j.int("version")
-        if version != Bundle.promptFormatVersion {
-            throw BundleError(message: "bundle.json: generation.prompt_format version \(version); this app reads version \(Bundle.promptFormatVersion): "
+        if version < 1 || version > Bundle.promptFormatVersion {
+            throw BundleError(message: "bundle.json: generation.prompt_format version \(version); this app reads versions 1 to \(Bundle.promptFormatVersion): "
                 + (version > Bundle.promptFormatVersion ? "update the app" : "re-export the bundle"))
         }
+        let pre = try parsePreNormalize(j, version)
         let reducible = try j.bool("reducible")
         let stop = try j.obj("stop")
         let stopIds = try stop.intList("ids")
@@ -285,7 +328,7 @@ public struct PromptFormat {
         if !reducible {
             return PromptFormat(reducible: false, reason: try j.string("reason"), stopIds: stopIds, stopStrings: stopStrings, systemPrompts: prompts,
                                 start: "", roles: [:], trimChars: "", systemPlacement: "turn", systemSeparator: "", systemDefault: nil,
-                                generationPrompt: "", thinking: nil, dateFormat: nil, datePlaceholder: nil)
+                                generationPrompt: "", thinking: nil, dateFormat: nil, datePlaceholder: nil, preNormalize: pre)
         }
         let r = try j.obj("roles")
         var roles: [String: Turn] = [:]
@@ -316,8 +359,33 @@ public struct PromptFormat {
             generationPrompt: try j.string("generation_prompt"),
             thinking: thinking,
             dateFormat: try date?.string("strftime"),
-            datePlaceholder: try date?.string("placeholder")
+            datePlaceholder: try date?.string("placeholder"),
+            preNormalize: pre
         )
+    }
+
+    /// Version 2 requires pre_normalize (a non-empty list) and version 1 has none: an app that knew
+    /// only version 1 refuses such a bundle instead of mis-tokenizing. A step this app does not know
+    /// is an error too, never skipped.
+    static func parsePreNormalize(_ j: Fields, _ version: Int) throws -> [NormalizeStep] {
+        if version < 2 {
+            if j.has("pre_normalize") { throw BundleError(message: "bundle.json: generation.prompt_format: pre_normalize needs prompt_format version 2") }
+            return []
+        }
+        let steps = try j.objList("pre_normalize")
+        if steps.isEmpty { throw BundleError(message: "bundle.json: generation.prompt_format.pre_normalize: expected a non-empty list") }
+        return try steps.enumerated().map { (i, s) in
+            let type = try s.string("type")
+            switch type {
+            case "NFC": return NormalizeStep("NFC")
+            case "Replace":
+                let pattern = try s.string("pattern")
+                if pattern.isEmpty { throw BundleError(message: "bundle.json: generation.prompt_format.pre_normalize[\(i)].pattern: expected a non-empty string") }
+                return NormalizeStep("Replace", pattern, try s.string("content"))
+            default:
+                throw BundleError(message: "bundle.json: generation.prompt_format.pre_normalize[\(i)]: unknown step type \(type); this app applies NFC and Replace: update the app")
+            }
+        }
     }
 
     /// [system], user, (assistant, user)*: the conversations the apps render.

@@ -40,8 +40,10 @@ final class ChatEngine {
         var rendered: String
         do { rendered = try bundle.prompt(turns, enableThinking: enableThinking) } catch { return Reply(text: "", stopped: false, reusedCache: false, error: "\(error)") }
         var plan = CachePlan.plan(cached: cached, rendered: rendered, format: bundle.promptFormat)
-        // TextRunner reports no stats JSON at 1.4.1: bound the tokens by UTF-8 bytes (a token is at least one byte).
-        func fits(_ p: CachePlan) -> Bool { (p.reset ? 0 : cachedBytes) + p.text.utf8.count + maxNewTokens <= bundle.maxContext }
+        // TextRunner reports no stats JSON at 1.4.1: bound the tokens by UTF-8 bytes of the text
+        // tokenized (a token is at least one byte). The plan works on the prompt text; the runner is
+        // given it pre-normalized (prompt_format.pre_normalize, PromptFormat.runnerText).
+        func fits(_ p: CachePlan) -> Bool { (p.reset ? 0 : cachedBytes) + bundle.promptFormat.runnerText(p.text).utf8.count + maxNewTokens <= bundle.maxContext }
         while !fits(plan) {
             let system = turns.first?.role == "system" ? 1 : 0
             if turns.count - system < 3 { return Reply(text: "", stopped: false, reusedCache: false, error: "the message does not fit in the \(bundle.maxContext)-token context") }
@@ -58,7 +60,7 @@ final class ChatEngine {
         var shown = ""
         var error: String? = nil
         do {
-            try runner.generate(plan.text, Config {
+            try runner.generate(bundle.promptFormat.runnerText(plan.text), Config {
                 $0.sequenceLength = bundle.maxContext
                 $0.maximumNewTokens = maxNewTokens
                 $0.temperature = bundle.temperature
@@ -83,7 +85,7 @@ final class ChatEngine {
         }
         if error == nil && filter.stopped {
             cached = rendered + shown
-            cachedBytes += plan.text.utf8.count + shown.utf8.count
+            cachedBytes += bundle.promptFormat.runnerText(plan.text).utf8.count + shown.utf8.count
         } else {
             cached = nil
         }

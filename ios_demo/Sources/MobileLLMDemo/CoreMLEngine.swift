@@ -2,7 +2,8 @@
 // Inputs / outputs / states as mobilellm_export/targets/ios.py writes them: inputIds [1, q] int32,
 // causalMask [1, 1, q, start + q] fp16 (0 or -inf), logits [1, q, vocab] fp16, states keyCache / valueCache.
 // Tokenizer: swift-transformers' Tokenizers reading the bundle's tokenizer.json + tokenizer_config.json.
-// Greedy decoding; the prompt text comes from prompt_format + generation.bos exactly as on Android.
+// Greedy decoding; the prompt text comes from prompt_format + generation.bos + pre_normalize exactly
+// as on Android (the bundle's tokenizer.json has the pre_normalize steps removed).
 import CoreML
 import Foundation
 import MobileLLMCore
@@ -71,7 +72,7 @@ final class CoreMLEngine {
     func reply(_ conversation: [Message], maxNewTokens: Int, enableThinking: Bool?, onText: (String) -> Void) throws -> String {
         reset()
         stopRequested = false
-        let prompt = try bundle.prompt(conversation, enableThinking: enableThinking)
+        let prompt = try bundle.runnerPrompt(conversation, enableThinking: enableThinking)
         let ids = tokenizer.encode(text: prompt, addSpecialTokens: false)
         if ids.count + maxNewTokens > bundle.maxContext { throw PromptError(message: "the conversation does not fit in \(bundle.maxContext) tokens") }
         var logits = try feed(ids)

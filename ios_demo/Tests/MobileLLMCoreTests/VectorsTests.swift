@@ -67,6 +67,11 @@ final class VectorsTests: XCTestCase {
             try eq("stop_strings", want["stop_strings"] as! [String], b.promptFormat.stopStrings)
             try eq("reducible", want["reducible"] as! Bool, b.promptFormat.reducible)
             try eq("system_prompts", want["system_prompts"] as! [String], b.promptFormat.systemPrompts.keys.sorted())
+            let steps = (want["pre_normalize"] as! [[String: Any]]).map {
+                NormalizeStep($0["type"] as! String, $0["pattern"] as? String ?? "", $0["content"] as? String ?? "")
+            }
+            try eq("pre_normalize", steps, b.promptFormat.preNormalize)
+            try eq("probe runner text", want["probe_runner_text"] as! String, b.promptFormat.runnerText(want["probe"] as! String))
             if !b.promptFormat.reducible {
                 if (try? b.prompt([Message("user", "hi")])) != nil { throw Mismatch(description: "an irreducible format rendered a prompt") }
             }
@@ -84,6 +89,7 @@ final class VectorsTests: XCTestCase {
             let msgs = messages(v["messages"])
             try eq("rendered prompt", v["text"] as! String, try b.promptFormat.render(msgs, enableThinking: thinking, date: date))
             try eq("prompt with BOS policy", v["prompt"] as! String, try b.prompt(msgs, enableThinking: thinking, date: date))
+            try eq("runner text", v["runner_text"] as! String, try b.runnerPrompt(msgs, enableThinking: thinking, date: date))
         }
     }
 
@@ -131,6 +137,7 @@ final class VectorsTests: XCTestCase {
             let want = v["expect"] as! [String: Any]
             try eq("reuse", want["reuse"] as! Bool, !plan.reset)
             try eq("text to prefill", want["delta"] as! String, plan.text)
+            try eq("runner text to prefill", want["runner_text"] as! String, b.promptFormat.runnerText(plan.text))
         }
     }
 

@@ -34,7 +34,9 @@ data class Reply(val text: String, val stopped: Boolean, val reusedCache: Boolea
  *  - stop(): ends generate() early (called from onResult when a stop string shows up; stop() takes
  *    no lock, unlike the other methods, which must not be called from a callback).
  * BOS is in the prompt text (generation.bos), so numBos = 0; the runner stops by itself on the
- * .pte's get_eos_ids.
+ * .pte's get_eos_ids. The cache plan works on the prompt text; LlmModule is given the text to
+ * prefill pre-normalized (prompt_format.pre_normalize: the bundle's tokenizer.json leaves NFC and
+ * Gemma's space replacement to the app, see PromptFormat.runnerText).
  */
 class ChatEngine(val dir: File, val bundle: Bundle, private val temperature: Float = bundle.temperature.toFloat()) : AutoCloseable {
     private val module: LlmModule = bundle.dataFile.let { data ->
@@ -58,8 +60,8 @@ class ChatEngine(val dir: File, val bundle: Bundle, private val temperature: Flo
         var turns = conversation
         var rendered = bundle.prompt(turns, enableThinking, date)
         var plan = CachePlan.plan(cached, rendered, bundle.promptFormat)
-        // A token is at least one UTF-8 byte of text, so bytes bound the tokens from above.
-        fun fits(p: CachePlan) = (if (p.reset) 0 else cachedTokens) + utf8(p.text) + maxNewTokens <= bundle.maxContext
+        // A token is at least one UTF-8 byte of the text tokenized, so bytes bound the tokens from above.
+        fun fits(p: CachePlan) = (if (p.reset) 0 else cachedTokens) + utf8(bundle.promptFormat.runnerText(p.text)) + maxNewTokens <= bundle.maxContext
         while (!fits(plan)) {
             val system = if (turns.first().role == "system") 1 else 0
             if (turns.size - system < 3) return Reply("", false, false, "the message does not fit in the ${bundle.maxContext}-token context")
@@ -101,7 +103,7 @@ class ChatEngine(val dir: File, val bundle: Bundle, private val temperature: Flo
         // prefills in chunks (max_seq_len < max_context, our exports) and the position otherwise.
         val seqLen = if (bundle.maxSeqLen < bundle.maxContext) maxNewTokens else bundle.maxContext
         try {
-            module.generate(plan.text, seqLen, callback, false, temperature, 0, 0)
+            module.generate(bundle.promptFormat.runnerText(plan.text), seqLen, callback, false, temperature, 0, 0)
         } catch (e: RuntimeException) {
             error = e.message ?: e.toString()
         }

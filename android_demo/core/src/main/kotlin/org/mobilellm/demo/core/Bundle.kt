@@ -27,13 +27,18 @@ data class Bundle(
     val topP: Double,
     val promptFormat: PromptFormat,
 ) {
-    /** The text LlmModule is given for this conversation: prompt_format, then the BOS policy. */
+    /** The prompt for this conversation: prompt_format, then the BOS policy (the chat template's text). */
     fun prompt(messages: List<Message>, enableThinking: Boolean? = null, date: SimpleDate = SimpleDate.now()): String =
         bos.apply(promptFormat.render(messages, enableThinking, date))
 
+    /** The text LlmModule is given for this conversation: [prompt], pre-normalized (prompt_format.pre_normalize). */
+    fun runnerPrompt(messages: List<Message>, enableThinking: Boolean? = null, date: SimpleDate = SimpleDate.now()): String =
+        promptFormat.runnerText(prompt(messages, enableThinking, date))
+
     companion object {
         const val SCHEMA_VERSION = 2
-        const val PROMPT_FORMAT_VERSION = 1
+        /** prompt_format versions read: 1, and 2 (= 1 + the required pre_normalize list). */
+        const val PROMPT_FORMAT_VERSION = 2
 
         fun parse(text: String): Bundle {
             val root = try {
@@ -112,6 +117,12 @@ internal class Fields(private val o: JSONObject, private val path: String) {
     fun stringList(key: String): List<String> {
         val a = raw(key) as? JSONArray ?: bad(key, "a list of strings")
         return (0 until a.length()).map { i -> a.get(i) as? String ?: bad(key, "a list of strings") }
+    }
+
+    /** A list of objects, each named key[i] in errors. */
+    fun objList(key: String): List<Fields> {
+        val a = raw(key) as? JSONArray ?: bad(key, "a list")
+        return (0 until a.length()).map { i -> (a.get(i) as? JSONObject)?.let { Fields(it, "${name(key)}[$i]") } ?: bad("$key[$i]", "an object") }
     }
 
     fun stringMap(key: String): Map<String, String> {

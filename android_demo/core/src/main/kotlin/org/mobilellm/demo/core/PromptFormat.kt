@@ -42,6 +42,20 @@ data class SimpleDate(val year: Int, val month: Int, val day: Int, val hour: Int
 
 class PromptError(message: String) : Exception(message)
 
+/**
+ * One step of prompt_format.pre_normalize: "NFC" (java.text.Normalizer) or "Replace" (every
+ * non-overlapping occurrence of the literal [pattern], left to right, by [content]). The bundle's
+ * tokenizer.json no longer holds these normalizer steps (ExecuTorch's C++ tokenizer applies them
+ * differently from the `tokenizers` library), so the text is given to LlmModule with them applied.
+ */
+data class NormalizeStep(val type: String, val pattern: String = "", val content: String = "") {
+    fun apply(text: String): String = when (type) {
+        "NFC" -> java.text.Normalizer.normalize(text, java.text.Normalizer.Form.NFC)
+        "Replace" -> text.replace(pattern, content)
+        else -> throw PromptError("unknown pre_normalize step $type") // parse() refuses it first
+    }
+}
+
 class PromptFormat(
     val reducible: Boolean,
     val reason: String?,
@@ -58,9 +72,13 @@ class PromptFormat(
     private val thinking: Thinking?,
     private val dateFormat: String?,
     private val datePlaceholder: String?,
+    val preNormalize: List<NormalizeStep> = emptyList(),
 ) {
     val assistantSuffix: String get() = roles["assistant"]?.suffix ?: ""
     val hasThinking: Boolean get() = thinking != null
+
+    /** What LlmModule is given for prompt text [text] (a whole prompt or the new part of one): pre_normalize applied. */
+    fun runnerText(text: String): String = preNormalize.fold(text) { t, step -> step.apply(t) }
 
     fun render(messages: List<Message>, enableThinking: Boolean? = null, date: SimpleDate = SimpleDate.now()): String {
         if (!reducible) throw PromptError("this bundle's chat template has no prompt_format: $reason")
@@ -106,17 +124,18 @@ class PromptFormat(
 
         internal fun parse(j: Fields): PromptFormat {
             val version = j.int("version")
-            if (version != Bundle.PROMPT_FORMAT_VERSION) {
-                throw BundleError("bundle.json: generation.prompt_format version $version; this app reads version ${Bundle.PROMPT_FORMAT_VERSION}: " +
+            if (version < 1 || version > Bundle.PROMPT_FORMAT_VERSION) {
+                throw BundleError("bundle.json: generation.prompt_format version $version; this app reads versions 1 to ${Bundle.PROMPT_FORMAT_VERSION}: " +
                     if (version > Bundle.PROMPT_FORMAT_VERSION) "update the app" else "re-export the bundle")
             }
+            val pre = parsePreNormalize(j, version)
             val reducible = j.bool("reducible")
             val stop = j.obj("stop")
             val stopIds = stop.intList("ids")
             val stopStrings = stop.stringList("strings")
             val prompts = j.stringMap("system_prompts")
             if (!reducible) {
-                return PromptFormat(false, j.string("reason"), stopIds, stopStrings, prompts, "", emptyMap(), "", "turn", "", null, "", null, null, null)
+                return PromptFormat(false, j.string("reason"), stopIds, stopStrings, prompts, "", emptyMap(), "", "turn", "", null, "", null, null, null, pre)
             }
             val r = j.obj("roles")
             val roles = ROLES.associateWith { name ->
@@ -145,7 +164,33 @@ class PromptFormat(
                 thinking = thinking,
                 dateFormat = date?.string("strftime"),
                 datePlaceholder = date?.string("placeholder"),
+                preNormalize = pre,
             )
+        }
+
+        /**
+         * Version 2 requires pre_normalize (a non-empty list) and version 1 has none: an app that
+         * knew only version 1 refuses such a bundle instead of mis-tokenizing. A step this app does
+         * not know is an error too, never skipped.
+         */
+        private fun parsePreNormalize(j: Fields, version: Int): List<NormalizeStep> {
+            if (version < 2) {
+                if (j.has("pre_normalize")) throw BundleError("bundle.json: generation.prompt_format: pre_normalize needs prompt_format version 2")
+                return emptyList()
+            }
+            val steps = j.objList("pre_normalize")
+            if (steps.isEmpty()) throw BundleError("bundle.json: generation.prompt_format.pre_normalize: expected a non-empty list")
+            return steps.mapIndexed { i, s ->
+                when (val type = s.string("type")) {
+                    "NFC" -> NormalizeStep("NFC")
+                    "Replace" -> {
+                        val pattern = s.string("pattern")
+                        if (pattern.isEmpty()) throw BundleError("bundle.json: generation.prompt_format.pre_normalize[$i].pattern: expected a non-empty string")
+                        NormalizeStep("Replace", pattern, s.string("content"))
+                    }
+                    else -> throw BundleError("bundle.json: generation.prompt_format.pre_normalize[$i]: unknown step type $type; this app applies NFC and Replace: update the app")
+                }
+            }
         }
 
         /** [system], user, (assistant, user)*: the conversations the apps render. */

@@ -68,6 +68,11 @@ class VectorsTest {
         assertEquals(strings(want.getJSONArray("stop_strings")), b.promptFormat.stopStrings)
         assertEquals(want.getBoolean("reducible"), b.promptFormat.reducible)
         assertEquals(strings(want.getJSONArray("system_prompts")), b.promptFormat.systemPrompts.keys.sorted())
+        val steps = want.getJSONArray("pre_normalize")
+        assertEquals("pre_normalize", (0 until steps.length()).map { steps.getJSONObject(it) }.map {
+            NormalizeStep(it.getString("type"), it.optString("pattern", ""), it.optString("content", ""))
+        }, b.promptFormat.preNormalize)
+        assertEquals("probe runner text", want.getString("probe_runner_text"), b.promptFormat.runnerText(want.getString("probe")))
         if (!b.promptFormat.reducible) {
             try {
                 b.prompt(listOf(Message("user", "hi")))
@@ -88,6 +93,7 @@ class VectorsTest {
             val text = b.promptFormat.render(msgs, thinking, date)
             assertEquals("rendered prompt", v.getString("text"), text)
             assertEquals("prompt with BOS policy", v.getString("prompt"), b.prompt(msgs, thinking, date))
+            assertEquals("runner text", v.getString("runner_text"), b.runnerPrompt(msgs, thinking, date))
         }
     }
 
@@ -134,6 +140,7 @@ class VectorsTest {
         val want = v.getJSONObject("expect")
         assertEquals("reuse", want.getBoolean("reuse"), !plan.reset)
         assertEquals("text to prefill", want.getString("delta"), plan.text)
+        assertEquals("runner text to prefill", want.getString("runner_text"), b.promptFormat.runnerText(plan.text))
     }
 
     @Test
