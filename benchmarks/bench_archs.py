@@ -142,9 +142,12 @@ def speed(rounds: int = 5, prompt_len: int = 64, decode: int = 32) -> dict:
             t0 = time.perf_counter()
             r = subprocess.run([sys.executable, "-m", "mobilellm_export.cli", "--model", model, "--tokenizer", str(tok),
                                 "--target", "android", "--quant", "4bit", "--out", str(out), "--eval-tokens", "512",
+                                # random weights: float -> artifact quality means nothing (qwen3-0.6b measures
+                                # KL 1.16); the lowering bounds still gate the export
+                                "--threshold", "kl_mean=10", "--threshold", "top1_min=0", "--threshold", "ppl_delta_max=100",
                                 "--no-latency", "--json", "--quiet"], capture_output=True, text=True)
             if r.returncode != 0:
-                raise SystemExit(f"{model} export failed:\n{r.stderr[-3000:]}")
+                raise SystemExit(f"{model} export failed:\n{r.stderr[-3000:]}{r.stdout[-3000:]}")
             print(f"{model}: exported in {time.perf_counter() - t0:.0f} s")
         paths[model] = d
     runners = {m: ExecuTorchRunner(d / "model.pte", threads=2, data_path=d / "model.ptd") for m, d in paths.items()}
