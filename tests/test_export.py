@@ -160,8 +160,11 @@ _INTERRUPT = textwrap.dedent("""
     import mobilellm_export.targets.android as android
     real = android.export_pte
     def export_then_interrupt(model, cfg, path, **kw):
-        real(model, cfg, path, **kw)             # a full artifact is on disk in the temp bundle ...
-        os.kill(os.getpid(), {signal})           # ... when the user interrupts
+        facts = real(model, cfg, path, **kw)     # a full artifact is on disk in the temp bundle ...
+        # ... when the user interrupts. raise_signal runs the handler before it returns; os.kill
+        # let one more line run under load (the None return failed before the KeyboardInterrupt).
+        signal.raise_signal({signal})
+        return facts
     android.export_pte = export_then_interrupt
     from mobilellm_export.cli import main
     sys.argv = ["mobilellm-export"] + sys.argv[1:]
@@ -178,7 +181,7 @@ def test_interrupted_or_failed_export_leaves_no_bundle(tiny_tokenizer, fp32_bund
     shutil.copytree(fp32_bundle[0], old)  # an earlier good bundle under the same name must survive
     before = {p.name: sha256(p) for p in old.iterdir()}
     code = _INTERRUPT.format(signal=how) if how.startswith("signal") else _INTERRUPT.replace(
-        "os.kill(os.getpid(), {signal})", "raise OSError(28, 'No space left on device')")
+        "signal.raise_signal({signal})", "raise OSError(28, 'No space left on device')")
     r = subprocess.run([sys.executable, "-c", code, "--model", "tiny-llama", "--tokenizer", str(tiny_tokenizer),
                         "--quant", "fp32", "--out", str(out), "--no-verify", *COMMON],
                        capture_output=True, text=True, timeout=600)

@@ -146,8 +146,9 @@ _LOWER_THEN = textwrap.dedent("""
     import mobilellm_export.targets.android as android
     real = android.export_pte
     def export_then(model, cfg, path, **kw):
-        real(model, cfg, path, **kw)             # a full artifact is in the temp bundle ...
-        os.kill(os.getpid(), signal.{sig})      # ... when the signal comes
+        facts = real(model, cfg, path, **kw)     # a full artifact is in the temp bundle ...
+        signal.raise_signal(signal.{sig})        # ... when the signal comes (handled before it returns)
+        return facts
     android.export_pte = export_then
     from mobilellm_export.cli import main
     sys.argv = ["mobilellm-export"] + sys.argv[1:]
