@@ -18,6 +18,9 @@ import torch
 class Runner:
     name = "runner"
     max_seq_len = 1 << 30  # longest single prefill call; longer prompts are chunked
+    # Why timing this runner says nothing about the runtime's speed (a numeric reference standing in
+    # for a runtime this machine lacks), or None: latency then reports the reason instead of a row.
+    not_a_speed_reference: str | None = None
 
     def reset(self) -> None:
         raise NotImplementedError

@@ -56,6 +56,9 @@ class _CoreMLRunner(Runner):
 
 
 class MILRunner(_CoreMLRunner):
+    not_a_speed_reference = ("the MIL reference executor runs the package op by op in Python (no Core ML "
+                             "here); Core ML speed needs a Mac")
+
     def __init__(self, path: Path, max_seq_len: int, max_context: int, mode: str = "fp32"):
         super().__init__(max_seq_len, max_context)
         from ..targets.mil_exec import MILExecutor, load_program

@@ -201,10 +201,10 @@ def _main(argv: list[str]) -> None:
         m = read_manifest(d)
         target = targets.of_bundle(m)
         runtime = target.runner(d, m, threads=a.threads) if a.kind == "loop" else target.app_runner(d, m, threads=a.threads)
-        if runtime is None:
+        if runtime is None or getattr(runtime, "not_a_speed_reference", None):
             what = "runner" if a.kind == "loop" else "app runner"
-            os.write(result_fd, (json.dumps({"unavailable": f"target {target.name} has no {what} on this machine"})
-                                 + "\n").encode())
+            why = runtime.not_a_speed_reference if runtime else f"target {target.name} has no {what} on this machine"
+            os.write(result_fd, (json.dumps({"unavailable": why}) + "\n").encode())
             return
         if a.kind == "loop":
             runner = runtime
