@@ -147,7 +147,8 @@ def speed(rounds: int = 5, prompt_len: int = 64, decode: int = 32) -> dict:
                                 "--threshold", "kl_mean=10", "--threshold", "top1_min=0", "--threshold", "ppl_delta_max=100",
                                 "--no-latency", "--json", "--quiet"], capture_output=True, text=True)
             if r.returncode != 0:
-                raise SystemExit(f"{model} export failed:\n{r.stderr[-3000:]}{r.stdout[-3000:]}")
+                raise SystemExit(f"{model} export failed (exit {r.returncode}; -9 is usually the OOM killer):\n"
+                                 f"{r.stderr[-3000:]}{r.stdout[-3000:]}")
             print(f"{model}: exported in {time.perf_counter() - t0:.0f} s")
         paths[model] = d
     runners = {m: ExecuTorchRunner(d / "model.pte", threads=2, data_path=d / "model.ptd") for m, d in paths.items()}
