@@ -261,8 +261,10 @@ def test_cli_export_writes_a_verified_bundle(tmp_path):
     assert "float eager" in rep["latency"] and not any("mlpackage" in k for k in rep["latency"]), rep["latency"]
 
 
-@pytest.mark.extra  # ~3 min each on 2 cores (export + load + 35 executor calls): beyond the slow budget
-@pytest.mark.parametrize("preset", ["r1-140m", "smollm2"])
+# R1-140M (QK-norm, the 128K tied vocabulary) is in the slow suite, so in CI: ~3 min alone (export +
+# load + 35 executor calls). SmolLM2 (~4 min) stays extra for CI time: measured 2.9e-6 (issue 11 note).
+@pytest.mark.parametrize("preset", [pytest.param("r1-140m", marks=pytest.mark.slow),
+                                    pytest.param("smollm2", marks=pytest.mark.extra)])
 def test_executor_fp32_matches_reference_real_sizes(preset, tmp_path, request):
     ck = request.getfixturevalue("smollm2") if preset == "smollm2" else None
     _, ref, pkg, art = _export(tmp_path, preset=preset, ck=ck)
