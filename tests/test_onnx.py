@@ -79,6 +79,9 @@ def test_matmulnbits_weights_decode_to_the_references_exactly(int4, tmp_path):
         elif node.name.endswith("qkv_proj"):
             p = node.name.replace(".attn.qkv_proj", ".self_attn")
             parts = [f"{p}.q_proj", f"{p}.k_proj", f"{p}.v_proj"]
+        elif node.name.endswith("gate_up_proj"):
+            p = node.name.replace(".gate_up_proj", "")
+            parts = [f"{p}.gate_proj", f"{p}.up_proj"]
         else:
             parts = [node.name.replace(".attn.", ".self_attn.")]
         expected = []
@@ -90,8 +93,8 @@ def test_matmulnbits_weights_decode_to_the_references_exactly(int4, tmp_path):
             expected.append((q.reshape(q.shape[0], s.shape[1], -1) * s[..., None]).reshape(q.shape))
         assert np.array_equal(w_t.T, torch.cat(expected).numpy()), node.name
         checked += 1
-    # tiny-r1: 2 blocks x (qkv, o, gate, up, down) + the 8-bit head
-    assert checked == 2 * 5 + 1
+    # tiny-r1: 2 blocks x (qkv, o, gate|up, down) + the 8-bit head
+    assert checked == 2 * 4 + 1
 
 
 def test_qk_norm_commutes_with_rope():
