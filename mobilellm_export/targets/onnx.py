@@ -172,10 +172,8 @@ class _Builder:
         """A norm's effective weight: Gemma's 1 + w is folded into the stored one."""
         return norm.gain().detach().float()
 
-    def norm(self, x: str, weight: torch.Tensor | None, name: str, eps: float) -> str:
-        w = weight if weight is not None else torch.ones(self.cfg.head_dim)
-        wname = self.g.init(f"{name}.weight", w.detach().float().numpy()) if weight is not None else \
-            self.g.init(f"unit_norm.{len(w)}", w.numpy())
+    def norm(self, x: str, weight: torch.Tensor, name: str, eps: float) -> str:
+        wname = self.g.init(f"{name}.weight", weight.detach().float().numpy())
         return self.g.node("SimplifiedLayerNormalization", [x, wname], name, axis=-1, epsilon=eps, stash_type=1)
 
     def skip_norm(self, x: str, residual: str, weight: torch.Tensor, name: str) -> tuple[str, str]:
@@ -250,14 +248,14 @@ class _Builder:
         if attn.learned_qk_norm is not None:
             qkv = self.learned_qk_norm(qkv, attn, w, p)
         if attn.qk_norm is not None:
-            # Weightless QK-norm: q and k heads share the unit weight and epsilon, so one norm over
-            # the q|k heads together (5 nodes a layer, not 7: decode is latency-bound on small ops).
-            # GQA's own q/k-norm inputs run on CUDA and WebGPU only (ORT 1.31 CPU refuses them).
+            # Weightless QK-norm: q and k heads share the unit weight and epsilon, so one per-head norm
+            # over the q|k heads together, 3 nodes a layer: decode is latency-bound on small ops.
+            # BranchwiseRMSNorm (ORT 1.31) norms each head of the packed [B, S, H * D] without the two
+            # Reshapes SimplifiedLayerNormalization needs. GQA's own q/k-norm inputs would fold it
+            # into attention, but ORT 1.31's CPU kernel refuses them (CUDA and WebGPU only).
             qk_width, kd = (cfg.n_heads + cfg.n_kv_heads) * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
             qk, v = self.g.node("Split", [qkv, self.g.const([qk_width, kd])], f"{p}/Split", n_out=2, axis=-1)
-            heads = self.g.node("Reshape", [qk, self.g.const([0, -1, cfg.head_dim])], f"{p}/qk_norm/Reshape")
-            n = self.norm(heads, None, f"{p}/qk_norm", cfg.norm_eps)
-            qk = self.g.node("Reshape", [n, self.g.const([0, -1, qk_width])], f"{p}/qk_norm/Back")
+            qk = self.heads_norm(qk, None, cfg.n_heads + cfg.n_kv_heads, f"{p}/qk_norm")
             qkv = self.g.node("Concat", [qk, v], f"{p}/Pack", axis=-1)
         qkv_in = [qkv, "", ""]
         past = [f"past_key_values.{app}.key", f"past_key_values.{app}.value"]
@@ -279,15 +277,21 @@ class _Builder:
         qw, kw = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
         q, k, v = self.g.node("Split", [qkv, self.g.const([qw, kw, kw])], f"{p}/Split", n_out=3, axis=-1)
         normed = []
-        for x, mod, width, tag in ((q, attn.q_norm, qw, "q_norm"), (k, attn.k_norm, kw, "k_norm")):
+        for x, mod, heads, tag in ((q, attn.q_norm, cfg.n_heads, "q_norm"), (k, attn.k_norm, cfg.n_kv_heads, "k_norm")):
+            gain = self.g.init(f"{w}.{tag}.weight", self.gain(mod).numpy())
             if attn.learned_qk_norm == "head":
-                x = self.g.node("Reshape", [x, self.g.const([0, -1, cfg.head_dim])], f"{p}/{tag}/Reshape")
-            x = self.g.node("SimplifiedLayerNormalization", [x, self.g.init(f"{w}.{tag}.weight", self.gain(mod).numpy())],
-                            f"{p}/{tag}", axis=-1, epsilon=cfg.norm_eps, stash_type=1)
-            if attn.learned_qk_norm == "head":
-                x = self.g.node("Reshape", [x, self.g.const([0, -1, width])], f"{p}/{tag}/Back")
+                x = self.heads_norm(x, gain, heads, f"{p}/{tag}")
+            else:
+                x = self.g.node("SimplifiedLayerNormalization", [x, gain], f"{p}/{tag}", axis=-1,
+                                epsilon=cfg.norm_eps, stash_type=1)
             normed.append(x)
         return self.g.node("Concat", [*normed, v], f"{p}/Pack", axis=-1)
+
+    def heads_norm(self, x: str, gain: str | None, heads: int, name: str) -> str:
+        """An RMS norm over each of `heads` heads of the packed [B, S, heads * D] `x`, in one node;
+        `gain` ([D], shared by the heads) or None for a weightless norm."""
+        return self.g.node("BranchwiseRMSNorm", [x] + ([gain] if gain else []), name, domain=MS,
+                           num_branches=heads, epsilon=self.cfg.norm_eps)
 
     def mlp(self, x: str, block: int, app: int) -> str:
         mlp, w, p = self.m.layers[block].mlp, f"layers.{block}.mlp", f"layers.{app}.mlp"
