@@ -297,6 +297,9 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+        # A float D x D linear between the final norm and the head: set only by the residual-stream
+        # rotation (quant/rotate.py), which needs somewhere to put the final norm's gain.
+        self.pre_head: nn.Linear | None = None
         # MobileLLM layer sharing repeats each block immediately; each application has its own cache.
         self.schedule = [i for i in range(cfg.n_layers) for _ in range(2 if cfg.layer_sharing else 1)]
         # Exported decoders return only the last position's logits (what a runner samples from);
@@ -350,8 +353,13 @@ class Transformer(nn.Module):
             h = self.layers[block_idx](h, rope, cos, sin, positions, input_pos, cache, probe)
         if not self.full_logits:
             h = h[:, -1:, :]
-        logits = self.lm_head(self.norm(h)).float()
+        logits = self.head(h).float()
         return (logits, torch.stack(probe.seen)) if probe is not None else logits
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """The final norm and the head (with the rotation's pre-head linear, when there is one)."""
+        x = self.norm(h)
+        return self.lm_head(x if self.pre_head is None else self.pre_head(x))
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         h = self.embed_tokens(tokens)

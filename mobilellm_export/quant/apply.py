@@ -106,6 +106,10 @@ def quantize(model: Transformer, recipe: Recipe, calibrate=None) -> dict:
     facts = {"fallbacks": [], "quantized_linears": 0, "tied_stored": "once"}
     if recipe.is_float:
         return facts
+    if recipe.rotate:  # before calibration: the Hessians and every choice below see the rotated model
+        from . import rotate
+
+        facts["rotate"] = rotate.rotate(model)
     tied = model.cfg.tie_embeddings
     share = tied and recipe.head.quantized and same_grid(recipe.embedding, recipe.head)
     if tied and not share and (recipe.head.quantized or recipe.embedding.quantized):
@@ -119,7 +123,7 @@ def quantize(model: Transformer, recipe: Recipe, calibrate=None) -> dict:
             raise UserError(f"recipe {recipe.name}: [[override]] match = {ov['match']!r} matches no linear "
                             f"(e.g. {linears[0]!r})")
     for fqn, m in model.named_modules():
-        if not isinstance(m, nn.Linear):
+        if not isinstance(m, nn.Linear) or fqn == "pre_head":  # the rotation's pre-head stays float
             continue
         w = recipe.weight_for(fqn)
         if not w.quantized:

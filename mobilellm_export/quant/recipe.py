@@ -130,6 +130,7 @@ class Recipe:
     calibration: Calibration = field(default_factory=Calibration)
     auto: Auto | None = None
     smooth: float = 0.0  # SmoothQuant alpha (quant/smooth.py); 0 = off
+    rotate: bool = False  # rotate the residual stream first (quant/rotate.py)
     path: str = ""
 
     def thresholds_for(self, target: str, adjust=None) -> Thresholds:
@@ -173,7 +174,7 @@ class Recipe:
                    auto=None if r.get("auto") is None else Auto(**{
                        **r["auto"], "options": tuple(r["auto"]["options"]),
                        "head_options": tuple(r["auto"].get("head_options", Auto.head_options))}),
-                   smooth=r.get("smooth", 0.0), path=r.get("path", ""))
+                   smooth=r.get("smooth", 0.0), rotate=r.get("rotate", False), path=r.get("path", ""))
 
 
 _GROUPS = (0, 16, 32, 64, 128, 256)
@@ -222,7 +223,7 @@ def parse_recipe(text: str, name: str, path: str = "") -> Recipe:
         raise UserError(f"recipe {path or name}: invalid TOML: {e}") from None
     where = Path(path).name if path else name
     top = {"name", "description", "linear", "embedding", "head", "thresholds", "gate", "override", "calibration", "auto",
-           "smooth"}
+           "smooth", "rotate"}
     unknown = sorted(set(raw) - top)
     if unknown:
         raise UserError(f"recipe {where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(top))})")
@@ -282,9 +283,18 @@ def parse_recipe(text: str, name: str, path: str = "") -> Recipe:
                         f"[linear] has none")
     if smooth and auto is not None:  # the search would score blocks of the unsmoothed model
         raise UserError(f"recipe {where}: smooth and [auto] together are not supported yet")
+    rotate = raw.get("rotate", False)
+    if not isinstance(rotate, bool):
+        raise UserError(f"recipe {where}: rotate = {rotate!r} must be true or false")
+    if rotate and not (linear.quantized and linear.activations == "int8_dynamic"):
+        raise UserError(f"recipe {where}: rotate flattens activations for int8 dynamic activation quantization; "
+                        f"[linear] has none")
+    if rotate and auto is not None:  # the search would score blocks of the unrotated model
+        raise UserError(f"recipe {where}: rotate and [auto] together are not supported yet")
     return Recipe(name=raw.get("name", name), description=raw.get("description", ""), linear=linear,
                   embedding=emb, head=head, thresholds=th, target_thresholds=per_target, gate=gate,
-                  overrides=tuple(overrides), calibration=cal, auto=auto, smooth=float(smooth), path=path)
+                  overrides=tuple(overrides), calibration=cal, auto=auto, smooth=float(smooth), rotate=rotate,
+                  path=path)
 
 
 def available() -> list[str]:

@@ -286,7 +286,7 @@ class StatefulDecoder(nn.Module):
         for block, cache, (rope, cos, sin) in m.applied_blocks(
                 lambda r: (r.cos[start:end][None, :, None, :], r.sin[start:end][None, :, None, :])):
             h = m.layers[block](h, rope, cos, sin, positions, None, cache)
-        return m.lm_head(m.norm(h))
+        return m.head(h)
 
 
 def prepare(reference: Transformer, pad_to: int = 1) -> StatefulDecoder:

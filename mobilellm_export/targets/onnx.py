@@ -376,6 +376,8 @@ class _Builder:
         else:
             pending = self.pre_norm_blocks(residual, seqlens, total)
             x, _ = self.skip_norm(*pending, self.gain(self.m.norm), "final_norm")
+        if self.m.pre_head is not None:  # the residual rotation's float D x D (quant/rotate.py)
+            x = self.linear(x, "pre_head", [self.m.pre_head])
         self.head(x)
 
         f32, i64 = TensorProto.FLOAT, TensorProto.INT64
