@@ -193,7 +193,9 @@ def test_simulated_arithmetic_equals_torchao_eager(tiny, recipe):
     from mobilellm_export.quant import simulate
     from mobilellm_export.quant.apply import effective_group
 
-    r = load_recipe(recipe)
+    # the formats' arithmetic: rotation and smoothing (8bit) reshape the float model before it,
+    # exactly (tests/test_rotate.py, test_smoothing_keeps_the_function...), and are left out here
+    r = dataclasses.replace(load_recipe(recipe), rotate=False, smooth=0.0)
     real, sim = copy.deepcopy(tiny), copy.deepcopy(tiny)
     cb = calib(real)
     H = cb({n for n, m in real.named_modules() if isinstance(m, torch.nn.Linear)})[0]
