@@ -278,19 +278,15 @@ def parse_recipe(text: str, name: str, path: str = "") -> Recipe:
     smooth = raw.get("smooth", 0.0)
     if isinstance(smooth, bool) or not isinstance(smooth, (int, float)) or not 0 <= smooth <= 1:
         raise UserError(f"recipe {where}: smooth = {smooth!r} must be a number in [0, 1] (SmoothQuant alpha; 0 = off)")
-    if smooth and not (linear.quantized and linear.activations == "int8_dynamic"):
-        raise UserError(f"recipe {where}: smooth flattens activations for int8 dynamic activation quantization; "
-                        f"[linear] has none")
-    if smooth and auto is not None:  # the search would score blocks of the unsmoothed model
-        raise UserError(f"recipe {where}: smooth and [auto] together are not supported yet")
     rotate = raw.get("rotate", False)
     if not isinstance(rotate, bool):
         raise UserError(f"recipe {where}: rotate = {rotate!r} must be true or false")
-    if rotate and not (linear.quantized and linear.activations == "int8_dynamic"):
-        raise UserError(f"recipe {where}: rotate flattens activations for int8 dynamic activation quantization; "
-                        f"[linear] has none")
-    if rotate and auto is not None:  # the search would score blocks of the unrotated model
-        raise UserError(f"recipe {where}: rotate and [auto] together are not supported yet")
+    for key, on in (("smooth", smooth), ("rotate", rotate)):  # rewrites of the float model before rounding
+        if on and not (linear.quantized and linear.activations == "int8_dynamic"):
+            raise UserError(f"recipe {where}: {key} flattens activations for int8 dynamic activation "
+                            f"quantization; [linear] has none")
+        if on and auto is not None:  # the search would score blocks of the model before the rewrite
+            raise UserError(f"recipe {where}: {key} and [auto] together are not supported yet")
     return Recipe(name=raw.get("name", name), description=raw.get("description", ""), linear=linear,
                   embedding=emb, head=head, thresholds=th, target_thresholds=per_target, gate=gate,
                   overrides=tuple(overrides), calibration=cal, auto=auto, smooth=float(smooth), rotate=rotate,
