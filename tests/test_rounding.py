@@ -243,8 +243,8 @@ def test_smooth_recipe_key_is_validated_and_applied_by_quantize(tiny):
             parse_recipe(bad + base, "r")
     with pytest.raises(UserError, match="int8 dynamic"):
         parse_recipe('smooth = 0.5\n[linear]\nbits = 8\nactivations = "none"\n', "r")
-    with pytest.raises(UserError, match="not supported yet"):
-        parse_recipe('smooth = 0.5\n' + base + '[auto]\nsize_mb = 1.0\n', "r")
+    # with [auto]: the search scores blocks of the unsmoothed model, then quantization smooths
+    assert parse_recipe('smooth = 0.5\n' + base + '[auto]\nsize_mb = 1.0\n', "r").smooth == 0.5
     r = parse_recipe("smooth = 0.5\n" + base, "r")
     assert r.needs_calibration
     m = copy.deepcopy(tiny)

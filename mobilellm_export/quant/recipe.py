@@ -285,8 +285,9 @@ def parse_recipe(text: str, name: str, path: str = "") -> Recipe:
         if on and not (linear.quantized and linear.activations == "int8_dynamic"):
             raise UserError(f"recipe {where}: {key} flattens activations for int8 dynamic activation "
                             f"quantization; [linear] has none")
-        if on and auto is not None:  # the search would score blocks of the model before the rewrite
-            raise UserError(f"recipe {where}: {key} and [auto] together are not supported yet")
+    if rotate and auto is not None:  # the search would score blocks of the unrotated model, whose
+        # linears do not even read the same basis
+        raise UserError(f"recipe {where}: rotate and [auto] together are not supported yet")
     return Recipe(name=raw.get("name", name), description=raw.get("description", ""), linear=linear,
                   embedding=emb, head=head, thresholds=th, target_thresholds=per_target, gate=gate,
                   overrides=tuple(overrides), calibration=cal, auto=auto, smooth=float(smooth), rotate=rotate,
