@@ -12,8 +12,8 @@ basis when every matrix that reads or writes the residual stream absorbs R:
     final norm, own head:     W <- W diag(g) R
 
 The final norm's gain cannot fold into a tied head without untying it, so it goes into a small
-float linear (D^2 weights: 1.3 MB on SmolLM2); quantizing that one to int8 measured worse than no
-rotation at all (its rows mix gains of very different sizes).
+float linear (D^2 weights: 1.3 MB on SmolLM2). Quantized to 8da8w it measured worse than no
+rotation at all (SmolLM2 `8bit`, eager KL 0.0334 against 0.0206 unrotated and 0.0099 with it float).
 down_proj's input (after the elementwise SiLU product) is not rotated: per-channel smoothing
 (quant/smooth.py) is what commutes with that product.
 
