@@ -269,7 +269,7 @@ def test_cli_export_writes_a_verified_bundle(tmp_path):
 
 
 # In the slow suite, so in CI: R1-140M (QK-norm, the 128K tied vocabulary) and SmolLM2 (30 layers),
-# about 2.5 min each alone (export ~95 s, executor load + 35 calls ~25 s).
+# measured 80 s and 122 s (export ~95 s of SmolLM2's, executor load + 35 calls ~25 s).
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["r1-140m", "smollm2"])
 def test_executor_fp32_matches_reference_real_sizes(preset, tmp_path, request):
