@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"prompt {PROMPT_LEN} + --decode-tokens {a.decode_tokens} exceeds max context {max_context}")
 
     sys.path.insert(0, str(REPO))
-    from mobilellm_export.sources import load
+    from mobilellm_export.checkpoints import load
 
     cfg = load(model, weights=False).config
     et_params, et_notes = executorch_params(cfg)

@@ -37,7 +37,7 @@ WORK = REPO / "build" / "bench-archs"
 
 
 def _ppl(logits_of, ids: list[int], bos: int, window: int = 512) -> float:
-    from mobilellm_export.verify.text import windows
+    from mobilellm_export.text.corpus import windows
 
     nll, n = 0.0, 0
     for w in windows(ids, len(ids), window, bos):
@@ -50,9 +50,9 @@ def _ppl(logits_of, ids: list[int], bos: int, window: int = 512) -> float:
 def gemma3_float() -> dict:
     from gemma3_ref import gguf_path, transformers_model
 
-    from mobilellm_export.float_chat import build_model
-    from mobilellm_export.sources import load
-    from mobilellm_export.verify.text import load_text
+    from mobilellm_export.checkpoints import build_model
+    from mobilellm_export.checkpoints import load
+    from mobilellm_export.text.corpus import load_text
 
     t0 = time.perf_counter()
     ck = load(str(gguf_path()), tokenizer=str(GEMMA_TOKENIZER))
@@ -109,7 +109,7 @@ def _window_cost(d: Path, rounds: int = 3, decode: int = 32) -> dict:
     """The masked full cache's price: decode rate after a short and after a long prefill. Sliding
     layers attend over the whole cache under a mask, so their cost grows with the context as the
     global layers' does (a ring buffer would hold it at the window)."""
-    from mobilellm_export.runners.executorch import ExecuTorchRunner
+    from mobilellm_export.runtimes.executorch import ExecuTorchRunner
 
     run = ExecuTorchRunner(d / "model.pte", threads=2, data_path=d / "model.ptd")
     ctx = run.max_context
@@ -130,7 +130,7 @@ def _window_cost(d: Path, rounds: int = 3, decode: int = 32) -> dict:
 
 
 def speed(rounds: int = 5, prompt_len: int = 64, decode: int = 32) -> dict:
-    from mobilellm_export.runners.executorch import ExecuTorchRunner
+    from mobilellm_export.runtimes.executorch import ExecuTorchRunner
 
     paths = {}
     llama3 = SHARED / "data" / "llama3-tokenizer" / "tokenizer.json"

@@ -39,17 +39,17 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
 
-    from mobilellm_export.float_chat import build_model
+    from mobilellm_export.checkpoints import build_model
     from mobilellm_export.pipeline import calibrator
-    from mobilellm_export.quant.apply import quantize
+    from mobilellm_export.quant.quantize import quantize
     from mobilellm_export.quant.recipe import load_recipe
-    from mobilellm_export.runners.coreml import MILRunner
-    from mobilellm_export.runners.eager import EagerRunner
-    from mobilellm_export.sources import load
-    from mobilellm_export.targets import ExportSpec
-    from mobilellm_export.targets.ios import IOS
+    from mobilellm_export.runtimes.coreml import MILRunner
+    from mobilellm_export.runtimes.eager import EagerRunner
+    from mobilellm_export.checkpoints import load
+    from mobilellm_export.backends import ExportSpec
+    from mobilellm_export.backends.coreml.target import IOS
     from mobilellm_export.verify import parity
-    from mobilellm_export.verify.text import load_text, windows
+    from mobilellm_export.text.corpus import load_text, windows
 
     out: dict = {"model": "smollm2-135m", "quant": args.quant, "tokens": args.tokens,
                  "max_context": args.max_context, "max_seq_len": args.max_seq_len}

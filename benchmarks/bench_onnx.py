@@ -171,7 +171,7 @@ class PteRow:
     """ExecuTorch's C++ TextLLMRunner through our wrapper; it tokenizes the prompt text itself."""
 
     def __init__(self, folder: Path, threads: int, prompt: str):
-        from mobilellm_export.runners.executorch import TextRunner
+        from mobilellm_export.runtimes.executorch import TextRunner
 
         self.app = TextRunner(folder / "model.pte", folder / "tokenizer.json", folder / "model.ptd", threads=threads)
         self.prompt = prompt
@@ -271,7 +271,7 @@ def main() -> None:
         "prompt_tokens": len(ids), "decode_tokens": a.decode_tokens, "prompt_ids": ids,
         "drivers": {"ours": "onnxruntime-genai Generator", "ours-h4": "onnxruntime-genai Generator",
                     "ours-llama": "onnxruntime-genai Generator", "builder": "onnxruntime-genai Generator",
-                    "pte": "ExecuTorch TextLLMRunner (mobilellm_export.runners.executorch.TextRunner)"},
+                    "pte": "ExecuTorch TextLLMRunner (mobilellm_export.runtimes.executorch.TextRunner)"},
         "artifacts": {"ours": str(ours), "ours-h4": str(ours_h4), "ours-llama": str(ours_llama), "builder": str(builder), "pte": str(pte)},
         "builder_command": ["-p", "int4", "-e", "cpu", "--extra_options", *BUILDER_OPTIONS],
         "builder_checkpoint": f"LlamaForCausalLM, random weights, {PRESET} shapes, no QK-norm, "

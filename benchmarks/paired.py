@@ -41,7 +41,7 @@ def measure(programs: list[tuple[str, str | None]], tokenizer: str, prompt: str,
     sys.path.insert(0, str(REPO))
     from executorch.extension.llm.runner import GenerationConfig
 
-    from mobilellm_export.runners.executorch import open_text_runner, runner_stats, set_threads
+    from mobilellm_export.runtimes.executorch import open_text_runner, runner_stats, set_threads
 
     set_threads(threads)
     runners = [open_text_runner(pte, tokenizer, ptd) for pte, ptd in programs]

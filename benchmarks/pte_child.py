@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mobilellm_export.memory import self_peak_mb  # noqa: E402
-from mobilellm_export.runners.executorch import ExecuTorchRunner  # noqa: E402
+from mobilellm_export.runtimes.executorch import ExecuTorchRunner  # noqa: E402
 from mobilellm_export.verify.latency import _prompt, loop_round, measure  # noqa: E402
 
 

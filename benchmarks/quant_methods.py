@@ -32,9 +32,10 @@ import torch
 import torch.nn as nn
 
 from mobilellm_export.quant import calibrate, simulate
-from mobilellm_export.quant.recipe import WeightQuant, weight_bytes
+from mobilellm_export.quant.recipe import WeightQuant
+from mobilellm_export.quant.size import weight_bytes
 from mobilellm_export.verify.parity import PairStats
-from mobilellm_export.verify.text import load_text, windows
+from mobilellm_export.text.corpus import load_text, windows
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -79,8 +80,8 @@ class Model:
 
 
 def _smollm2(degrid: bool) -> Model:
-    from mobilellm_export.float_chat import build_model
-    from mobilellm_export.sources import load
+    from mobilellm_export.checkpoints import build_model
+    from mobilellm_export.checkpoints import load
 
     ck = load("smollm2-135m")
     model = build_model(ck, 1024).eval()

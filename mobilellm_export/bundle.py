@@ -24,9 +24,13 @@ from functools import lru_cache
 from importlib import metadata, resources
 from pathlib import Path
 
-from .errors import UserError, load_json
+from mobilellm_export.errors import UserError, load_json
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Schema 3 dropped recipe.target_thresholds: a runtime's lowering bounds belong to its backend, not
+# to the bundle (the bounds a bundle is judged by never come from the bundle). Schema 2 reads the
+# same way with that field ignored, so bundles exported before the change still verify.
+READABLE = (2, 3)
 MANIFEST = "bundle.json"
 UNLISTED = ("bundle.json", "report.json", "report.md")  # written after the manifest; may change on re-verify
 
@@ -67,9 +71,9 @@ def validate(manifest, where: str = MANIFEST) -> None:
     if not isinstance(manifest, dict):
         raise UserError(f"{where}: expected a JSON object")
     version = manifest.get("schema_version")
-    if isinstance(version, int) and not isinstance(version, bool) and version != SCHEMA_VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and version not in READABLE:
         newer = version > SCHEMA_VERSION
-        raise UserError(f"{where} has schema {version}; this tool reads schema {SCHEMA_VERSION}"
+        raise UserError(f"{where} has schema {version}; this tool reads schemas {READABLE[0]}-{READABLE[-1]}"
                         + (" (upgrade mobilellm-export)" if newer else " (re-export the bundle)"))
     errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(manifest), key=lambda e: list(e.path))
     if errors:

@@ -16,13 +16,13 @@ import sys
 
 import click
 
-from . import __version__
-from .errors import user_message
-from .targets import OPTIONS, Names, options_for
+from mobilellm_export import __version__
+from mobilellm_export.errors import user_message
+from mobilellm_export.backends import OPTIONS, Names, options_for
 
 
 def _fail(msg: str, code: int = 2):
-    from .console import err
+    from mobilellm_export.console import err
 
     click.echo(f"error: {msg}", err=True, file=err())
     sys.exit(code)
@@ -35,8 +35,8 @@ def friendly(fn):
 
     @functools.wraps(fn)
     def wrapper(*a, verbose=False, **kw):
-        from .console import Session
-        from .signals import Terminated, terminate_cleanly
+        from mobilellm_export.console import Session
+        from mobilellm_export.signals import Terminated, terminate_cleanly
 
         try:
             with terminate_cleanly(), Session(verbose):
@@ -74,9 +74,9 @@ def _emit(rep: dict, progress, as_json: bool, junit: str | None = None, started:
     step summary and ::error / ::warning annotations."""
     import time
 
-    from .console import err, out
-    from .verify import ci
-    from .verify.report import markdown, print_summary
+    from mobilellm_export.console import err, out
+    from mobilellm_export.verify import ci
+    from mobilellm_export.verify.report import markdown, print_summary
 
     if as_json:
         print(json.dumps(rep, indent=2), file=out())
@@ -96,8 +96,8 @@ def _say_failed(rep: dict, progress, see: str = "") -> None:
 
 
 def _progress(quiet: bool):
-    from .console import Progress
-    from .memory import TreeWatch
+    from mobilellm_export.console import Progress
+    from mobilellm_export.memory import TreeWatch
 
     return Progress(quiet=quiet, watch=TreeWatch().__enter__())  # a daemon sampler for the command's life
 
@@ -158,7 +158,7 @@ def export(model, quiet, as_json, junit, **opts):
     """Export SOURCE to a verified bundle (the default command)."""
     import time
 
-    from .pipeline import export_command
+    from mobilellm_export.pipeline import export_command
 
     started = time.monotonic()
     progress = _progress(quiet or as_json)
@@ -176,9 +176,9 @@ def export(model, quiet, as_json, junit, **opts):
 @friendly
 def inspect(source, tokenizer):
     """Architecture, parameter count, tokenizer, context and estimated artifact sizes."""
-    from .console import out
-    from .describe import describe
-    from .sources import load
+    from mobilellm_export.console import out
+    from mobilellm_export.describe import describe
+    from mobilellm_export.checkpoints import load
 
     click.echo(describe(load(source, tokenizer=tokenizer, weights=False)), file=out())
 
@@ -200,10 +200,10 @@ def generate(source, prompt, tokenizer, max_new_tokens, temperature, top_p, seed
     """Float generation with the reference model (streams text, prints tok/s)."""
     import torch
 
-    from .console import err, out
-    from .float_chat import stream_generate
-    from .generate import Sampling
-    from .sources import load
+    from mobilellm_export.console import err, out
+    from mobilellm_export.float_chat import stream_generate
+    from mobilellm_export.sampling import Sampling
+    from mobilellm_export.checkpoints import load
 
     torch.set_num_threads(threads)
     o, e = out(), err()
@@ -235,7 +235,7 @@ def verify(bundle, eval_text, eval_tokens, thresholds, no_latency, calib_text, b
     """Re-check an existing bundle: sha256 of every file, metadata, parity, latency, baseline."""
     import time
 
-    from .pipeline import verify_command
+    from mobilellm_export.pipeline import verify_command
 
     started = time.monotonic()
     progress = _progress(quiet or as_json)
@@ -263,8 +263,8 @@ def verify(bundle, eval_text, eval_tokens, thresholds, no_latency, calib_text, b
 @friendly
 def run(bundle, prompt, conversation, enable_thinking, max_new_tokens, temperature, system, raw, threads):
     """Generate through the target runtime's own loop (ExecuTorch's C++ runner), as the apps do."""
-    from .console import err, out
-    from .run_bundle import run_bundle
+    from mobilellm_export.console import err, out
+    from mobilellm_export.run_bundle import run_bundle
 
     o, e = out(), err()
     stats = run_bundle(bundle, prompt, max_new_tokens=max_new_tokens, temperature=temperature, system=system,

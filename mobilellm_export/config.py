@@ -11,7 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from .errors import UserError
+from mobilellm_export.errors import UserError
 
 # What this tool exports: phone-sized decoders. Bounds are generous (a 1,000-layer or 65,536-wide
 # config is refused in microseconds instead of hanging while a model of that size is planned).

@@ -20,8 +20,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 
-from .errors import user_message
-from .memory import TreeWatch
+from mobilellm_export.errors import user_message
+from mobilellm_export.memory import TreeWatch
 
 _OUT: io.TextIOBase | None = None
 _ERR: io.TextIOBase | None = None
@@ -71,7 +71,7 @@ class Session:
         _OUT = _ERR = None
         if self.log is None:
             return
-        from .signals import Terminated
+        from mobilellm_export.signals import Terminated
 
         expected = (etype is None or issubclass(etype, (KeyboardInterrupt, SystemExit, Terminated))
                     or user_message(exc) is not None)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from .quant.recipe import available, estimate_bytes, load_recipe
-from .sources import Checkpoint
+from mobilellm_export.quant.recipe import available, load_recipe
+from mobilellm_export.quant.size import estimate_bytes
+from mobilellm_export.checkpoints import Checkpoint
 
 
 def _global(c) -> list[int]:

@@ -6,21 +6,10 @@ import time
 
 import torch
 
-from .errors import UserError
-from .generate import Sampling, generate
-from .model import Transformer, to_rotate_half
-from .runners.eager import EagerRunner
-from .sources import Checkpoint
-
-
-def build_model(ck: Checkpoint, max_context: int, dtype: torch.dtype = torch.float32) -> Transformer:
-    """The float reference for a checkpoint, in rotate_half RoPE layout (exact; see to_rotate_half).
-
-    Its parameters are the checkpoint's own tensors (no copy): quantizing it in place and then
-    dropping the checkpoint's weights leaves one copy of anything, never two.
-    """
-    cfg, sd = to_rotate_half(ck.config, ck.weights())
-    return Transformer.from_weights(cfg, sd, max_context=max_context, dtype=dtype)
+from mobilellm_export.errors import UserError
+from mobilellm_export.sampling import Sampling, generate
+from mobilellm_export.runtimes.eager import EagerRunner
+from mobilellm_export.checkpoints import Checkpoint, build_model
 
 
 def clamp_new_tokens(prompt_len: int, max_new_tokens: int, context: int, warn) -> int:

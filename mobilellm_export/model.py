@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ModelConfig
-from .errors import UserError
+from mobilellm_export.config import ModelConfig
+from mobilellm_export.errors import UserError
 
 
 class RMS(nn.Module):

@@ -4,7 +4,7 @@
            -> target.reference / prepare / export into a temp bundle -> bundle.json
            -> parity (streamed) + latency (child processes) -> report -> atomic rename
 
-Targets are known only through `targets.Target`. Memory: the float weights exist once (the
+Targets are known only through `backends.Target`. Memory: the float weights exist once (the
 model's parameters are the checkpoint's tensors), are dropped before lowering, and are read again
 from the source for verification; latency children start only after the parent let go of its
 models, so the process tree never holds two models it does not need.
@@ -21,21 +21,21 @@ from pathlib import Path
 
 import torch
 
-from . import bundle as bundle_mod
-from . import targets
-from .console import Progress
-from .errors import UserError
-from .float_chat import build_model
-from .memory import release
-from .quant.apply import quantize
-from .quant.recipe import Recipe, Thresholds
-from .runners.eager import EagerRunner
-from .sources import Checkpoint
-from .targets import ExportSpec, Target
-from .tokenizer import SYSTEM_PROMPTS
-from .verify import gate as gate_mod, latency, metadata, parity, report as report_mod
-from .verify.parity import LogitStore
-from .verify.text import load_text, windows
+from mobilellm_export import bundle as bundle_mod
+from mobilellm_export import backends
+from mobilellm_export.console import Progress
+from mobilellm_export.errors import UserError
+from mobilellm_export.checkpoints import build_model
+from mobilellm_export.memory import release
+from mobilellm_export.quant.quantize import quantize
+from mobilellm_export.quant.recipe import Recipe, Thresholds
+from mobilellm_export.runtimes.eager import EagerRunner
+from mobilellm_export.checkpoints import Checkpoint
+from mobilellm_export.backends import ExportSpec, Target
+from mobilellm_export.text.tokenizer import SYSTEM_PROMPTS
+from mobilellm_export.verify import gate as gate_mod, latency, metadata, parity, report as report_mod
+from mobilellm_export.verify.parity import LogitStore
+from mobilellm_export.text.corpus import load_text, windows
 
 WINDOW = 512
 GREEDY_PROMPT, GREEDY_TOKENS = 16, 64
@@ -45,25 +45,14 @@ PAIRS = {"float_vs_quant": ("float", "reference"), "quant_vs_artifact": ("refere
 
 
 def thresholds_for(recipe: Recipe, target: str | Target, overrides: tuple[str, ...]) -> Thresholds:
-    """The recipe's thresholds for this target: the recipe's, then the target's own lowering bounds
-    (`Target.thresholds`: what its runtime's arithmetic allows), then the recipe's
-    `[thresholds.<target>]` table, then `--threshold NAME=VALUE` overrides."""
-    tgt = targets.get(target) if isinstance(target, str) else target
-    th = recipe.thresholds_for(tgt.name, tgt.thresholds)
-    names = {f.name for f in dataclasses.fields(Thresholds)}
-    for item in overrides:
-        key, _, val = item.partition("=")
-        if key not in names or not val:
-            raise UserError(f"--threshold {item!r}: expected NAME=VALUE with NAME in {', '.join(sorted(names))}")
-        try:
-            th = dataclasses.replace(th, **{key: float(val)})
-        except ValueError:
-            raise UserError(f"--threshold {item!r}: {val!r} is not a number") from None
-    return th
+    """verify/thresholds.py's merge rule, for a target given by name or object."""
+    from mobilellm_export.verify.thresholds import thresholds_for as merge
+
+    return merge(recipe, backends.get(target) if isinstance(target, str) else target, overrides)
 
 
 def generation_defaults(ck: Checkpoint, spec: ExportSpec) -> dict:
-    from .prompt_format import for_tokenizer
+    from mobilellm_export.text.prompt_format import for_tokenizer
 
     tok = ck.tokenizer
     r1 = ck.config.arch == "llama4_text"
@@ -101,7 +90,7 @@ def with_calib_text(recipe: Recipe, path: str | None) -> Recipe:
         return recipe
     if not recipe.needs_calibration:
         raise UserError(f"--calib-text: recipe {recipe.name} rounds to nearest and uses no calibration")
-    from .quant.calibrate import read_text
+    from mobilellm_export.quant.calibrate import read_text
 
     text, _ = read_text(path)
     cal = dataclasses.replace(recipe.calibration, text=str(Path(path).resolve()),
@@ -110,7 +99,7 @@ def with_calib_text(recipe: Recipe, path: str | None) -> Recipe:
 
 
 def _calib_spec(recipe: Recipe, max_context: int, **over):
-    from .quant import calibrate
+    from mobilellm_export.quant import calibrate
 
     c = recipe.calibration
     if c.text_sha256:
@@ -141,7 +130,7 @@ def calibrator(ck: Checkpoint, model, recipe: Recipe, bos: int | None, max_conte
     cache: dict = {}
 
     def run(names):
-        from .quant import calibrate
+        from mobilellm_export.quant import calibrate
 
         if not cache or not set(names) <= set(cache["H"]):
             cache["H"], cache["facts"] = calibrate.collect(model, ck.tokenizer, _calib_spec(recipe, max_context),
@@ -160,8 +149,8 @@ def artifact_overhead_bytes(cfg, max_context: int) -> float:
 def plan_auto(ck: Checkpoint, model, recipe: Recipe, calibrate_cb, bos: int | None, max_context: int,
               status=lambda msg: None) -> tuple[Recipe, dict]:
     """Resolve a 4bit-auto recipe: its per-block formats under the --size-mb budget (quant/auto.py)."""
-    from .quant import auto, calibrate
-    from .quant.recipe import block_linears
+    from mobilellm_export.quant import auto, calibrate
+    from mobilellm_export.quant.size import block_linears
 
     names = {f"layers.{i}.{n}" for i in range(ck.config.n_layers) for n in block_linears(ck.config)} | {"lm_head"}
     H, _ = calibrate_cb(names)
@@ -188,7 +177,7 @@ def calibration_checks(recipe: Recipe, ck: Checkpoint, eval_text: str | None, ev
     quantization facts, from its report.json)."""
     out = []
     if recipe.needs_calibration:
-        from .quant.calibrate import overlap, read_text
+        from mobilellm_export.quant.calibrate import overlap, read_text
 
         cal, label = read_text(recipe.calibration.text or None)
         scored = ck.tokenizer.decode(ck.tokenizer.encode(load_text(eval_text), add_special_tokens=False)[:eval_tokens])
@@ -304,7 +293,7 @@ def write_report(rep: dict, d: Path, positions: dict | None, baseline: dict | No
     """report.json, report.md, report-positions.json and the plots (linked from report.md)."""
     d.mkdir(parents=True, exist_ok=True)
     if positions:
-        from .verify import plots
+        from mobilellm_export.verify.report import plots
 
         (d / "report-positions.json").write_text(json.dumps(positions))
         old = None
@@ -371,7 +360,7 @@ def verify_parity(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: di
     rep["greedy_tokens"] = g
     rep["checks"] = report_mod.checks(rep["parity"], thresholds)  # judge() adds the rest and sets "passed"
     if spec is not None and any(not c["ok"] for c in rep["checks"] if c["suite"] == "lowering"):
-        from .verify.localise import localise
+        from mobilellm_export.verify.localise import localise
 
         with progress.step("localise", "the first op whose output leaves its noise floor, given the artifact's input"):
             try:
@@ -418,10 +407,10 @@ def export_command(model: str, *, target: str, quant: str, tokenizer: str | None
                    thresholds: tuple[str, ...], threads: int, progress: Progress,
                    baseline: str | None = None, calib_text: str | None = None,
                    size_mb: float | None = None, target_options: dict | None = None) -> tuple[Path, dict]:
-    from .quant.recipe import load_recipe
-    from .sources import load
+    from mobilellm_export.quant.recipe import load_recipe
+    from mobilellm_export.checkpoints import load
 
-    tgt = targets.get(target, target_options)
+    tgt = backends.get(target, target_options)
     recipe = with_size_budget(with_calib_text(load_recipe(quant), calib_text), size_mb)
     th = thresholds_for(recipe, tgt, thresholds)
     base = gate_mod.load_baseline(baseline) if baseline else None
@@ -440,7 +429,7 @@ def verify_command(bundle_dir: str, *, eval_text: str | None, eval_tokens: int, 
                    threads: int, with_latency: bool, progress: Progress, baseline: str | None = None,
                    report_dir: str | None = None, source: str | None = None, calib_text: str | None = None) -> dict:
     """Re-check a bundle. The report goes to `report_dir` when given (the bundle is never written)."""
-    from .sources import load
+    from mobilellm_export.checkpoints import load
 
     d = Path(bundle_dir)
     base = gate_mod.load_baseline(baseline) if baseline else None
@@ -457,7 +446,7 @@ def verify_command(bundle_dir: str, *, eval_text: str | None, eval_tokens: int, 
     if recipe.calibration.text_sha256:
         _calib_spec(recipe, m["generation"]["max_context"])  # a missing or changed text fails before any work
     progress.note(f"{d.name}: all {len(m['files'])} files match their sha256, none unlisted")
-    tgt = targets.of_bundle(m)
+    tgt = backends.of_bundle(m)
     meta = metadata.derive(d, m, tgt)
     bad = [c["name"] for c in meta if not c["ok"]]
     if base is None:  # a hand-run verify stops at the first disagreement, in one line

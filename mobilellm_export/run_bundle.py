@@ -5,11 +5,12 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from . import prompt_format, targets
-from .bundle import check_files, read_manifest
-from .errors import UserError, load_json
-from .float_chat import clamp_new_tokens
-from .tokenizer import Tokenizer
+from mobilellm_export import backends
+from mobilellm_export.text import prompt_format
+from mobilellm_export.bundle import check_files, read_manifest
+from mobilellm_export.errors import UserError, load_json
+from mobilellm_export.float_chat import clamp_new_tokens
+from mobilellm_export.text.tokenizer import Tokenizer
 
 
 def load_conversation(path: str) -> tuple[list[dict], bool | None]:
@@ -56,7 +57,7 @@ def conversation_text(m: dict, tok: Tokenizer, messages: list[dict], *, enable_t
 
 
 def _eos_text(tok: Tokenizer) -> str:
-    from .tokenizer import _token_str
+    from mobilellm_export.text.tokenizer import _token_str
 
     return _token_str(tok.config.get("eos_token")) or ""
 
@@ -67,7 +68,7 @@ def run_bundle(bundle: str, prompt: str | None, *, max_new_tokens: int, temperat
     d = Path(bundle)
     m = read_manifest(d)
     check_files(d, m)
-    target = targets.of_bundle(m)
+    target = backends.of_bundle(m)
     gen = m["generation"]
     tok = Tokenizer.from_bundle(d, m)
     if conversation is not None:

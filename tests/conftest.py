@@ -10,7 +10,7 @@ BOTCHAN = SHARED / "data" / "botchan.txt"
 
 @functools.lru_cache(maxsize=1)
 def _smollm2():
-    from mobilellm_export.sources import load
+    from mobilellm_export.checkpoints import load
 
     return load("smollm2-135m")
 
@@ -28,7 +28,7 @@ def tiny_tokenizer(tmp_path_factory):
 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from mobilellm_export.verify.text import SAMPLE
+    from mobilellm_export.text.corpus import SAMPLE
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -15,11 +15,11 @@ from conftest import calib
 
 from mobilellm_export.config import PRESETS
 from mobilellm_export.errors import UserError
-from mobilellm_export.generate import generate
+from mobilellm_export.sampling import generate
 from mobilellm_export.model import Transformer, random_weights
-from mobilellm_export.runners.eager import EagerRunner
-from mobilellm_export.runners.executorch import ExecuTorchRunner, TextRunner
-from mobilellm_export.targets import android
+from mobilellm_export.runtimes.eager import EagerRunner
+from mobilellm_export.runtimes.executorch import ExecuTorchRunner, TextRunner
+from mobilellm_export.backends import android
 
 MAX_SEQ_LEN, MAX_CONTEXT = 16, 64
 FP32_TOL = 1e-3
@@ -144,8 +144,8 @@ def test_constant_methods(fp32):
 def test_pte_file_reader_agrees_with_the_runtime(fp32):
     """targets/pte_file.py parses the constant methods out of the FlatBuffer; ExecuTorch's runtime
     executes them: the same values, for every method without inputs."""
-    from mobilellm_export.runners.executorch import read_constants
-    from mobilellm_export.targets.pte_file import constant_methods
+    from mobilellm_export.runtimes.executorch import read_constants
+    from mobilellm_export.backends.executorch.pte_file import constant_methods
 
     _, _, path, _ = fp32
     ours, runtime = constant_methods(path), read_constants(path)
@@ -170,7 +170,7 @@ def test_text_llm_runner_generates(fp32_exports):
     """ExecuTorch's C++ TextLLMRunner, given the prompt text with BOS (Llama 3: the policy adds it,
     the tokenizer.json post-processor does not), tokenizes it to our ids and prints the text of
     the same greedy tokens our runner produces through the same .pte."""
-    from mobilellm_export.tokenizer import Tokenizer
+    from mobilellm_export.text.tokenizer import Tokenizer
 
     cfg, _, path, _ = fp32_exports("tiny-r1")  # vocab 128256: fits the Llama 3 tokenizer
     tok = Tokenizer.from_dir(LLAMA3_TOKENIZER)
@@ -219,7 +219,7 @@ def test_paired_benchmark_runs_each_program_on_the_same_prompt(fp32_exports):
     from tokenizers import Tokenizer
 
     from mobilellm_export.verify.latency import prompt_prefix
-    from mobilellm_export.verify.text import SAMPLE
+    from mobilellm_export.text.corpus import SAMPLE
 
     _, _, path, _ = fp32_exports("tiny-r1")
     n = MAX_SEQ_LEN - 4
@@ -302,7 +302,7 @@ def test_shared_table_lookup_equals_the_quantized_reference_and_is_stored_once(r
     from executorch.exir import to_edge_transform_and_lower
     from executorch.runtime import Runtime
 
-    from mobilellm_export.quant.apply import TiedQuantEmbedding, quantize
+    from mobilellm_export.quant.quantize import TiedQuantEmbedding, quantize
     from mobilellm_export.quant.recipe import load_recipe
 
     m = _model("tiny-llama")

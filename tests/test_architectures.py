@@ -19,7 +19,7 @@ from transformers.cache_utils import DynamicCache
 from mobilellm_export import model as model_mod
 from mobilellm_export.config import PRESETS
 from mobilellm_export.model import Transformer
-from mobilellm_export.sources import load
+from mobilellm_export.checkpoints import load
 
 REL = 1e-4
 V = 512
@@ -216,8 +216,8 @@ def test_pte_matches_eager_through_chunked_prefill_and_decode(name, tmp_path):
     """fp32 .pte against the eager reference: 37 tokens prefilled in chunks of 16, 16, 5, then 20
     decode steps. Gemma's window of 8 is passed many times over, through custom_sdpa's mask."""
     from mobilellm_export.model import random_weights
-    from mobilellm_export.runners.executorch import ExecuTorchRunner
-    from mobilellm_export.targets import android
+    from mobilellm_export.runtimes.executorch import ExecuTorchRunner
+    from mobilellm_export.backends import android
 
     cfg = _small_vocab(name)
     sd = random_weights(cfg)
@@ -295,7 +295,7 @@ def _write_llama_cpp_gguf(path, name, hf):
 
 @pytest.mark.parametrize("name", ["qwen3", "qwen2", "gemma3-gguf", "olmo2"])
 def test_gguf_in_llama_cpp_layout_loads_to_the_same_model(name, tmp_path, tmp_path_factory):
-    from mobilellm_export.sources.gguf import load_gguf
+    from mobilellm_export.checkpoints.gguf import load_gguf
 
     hf, _ = _pair(name, tmp_path_factory)
     path = tmp_path / f"{name}.gguf"
@@ -317,11 +317,11 @@ def test_onnx_matches_the_reference_through_chunked_prefill_and_decode(name, qua
     then 32 decode steps (Gemma: GQA's local window against the reference's mask, two RoPE tables)."""
     from conftest import calib
     from mobilellm_export.model import random_weights
-    from mobilellm_export.quant.apply import quantize
+    from mobilellm_export.quant.quantize import quantize
     from mobilellm_export.quant.recipe import load_recipe
-    from mobilellm_export.runners.eager import EagerRunner
-    from mobilellm_export.targets import ExportSpec
-    from mobilellm_export.targets.onnx import Onnx, OnnxRunner
+    from mobilellm_export.runtimes.eager import EagerRunner
+    from mobilellm_export.backends import ExportSpec
+    from mobilellm_export.backends.onnxruntime.target import Onnx, OnnxRunner
 
     cfg = _small_vocab(name)
     model = Transformer.from_weights(cfg, random_weights(cfg), max_context=128)
@@ -355,7 +355,7 @@ CHATS = [
 def test_chat_prompts_render_as_transformers_renders_them(model, switches):
     from transformers import AutoTokenizer
 
-    from mobilellm_export.tokenizer import Tokenizer
+    from mobilellm_export.text.tokenizer import Tokenizer
 
     d = DATA / f"{model}-tokenizer"
     theirs, ours = AutoTokenizer.from_pretrained(str(d)), Tokenizer.from_dir(str(d))
@@ -411,7 +411,7 @@ def test_gemma3_270m_gguf_matches_transformers_reading_the_same_file():
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "benchmarks"))
     from gemma3_ref import gguf_path, transformers_model
 
-    from mobilellm_export.float_chat import build_model
+    from mobilellm_export.checkpoints import build_model
 
     ck = load(str(gguf_path()), tokenizer=str(DATA / "gemma3-tokenizer"))
     assert ck.config.param_count() == 268_098_176
@@ -436,11 +436,11 @@ def test_coreml_package_matches_the_reference_in_the_executor(name, tmp_path):
     from test_ios import SEQ, compare
 
     from mobilellm_export.model import random_weights
-    from mobilellm_export.quant.apply import quantize
+    from mobilellm_export.quant.quantize import quantize
     from mobilellm_export.quant.recipe import load_recipe
-    from mobilellm_export.runners.coreml import MILRunner
-    from mobilellm_export.targets import ExportSpec
-    from mobilellm_export.targets.ios import IOS
+    from mobilellm_export.runtimes.coreml import MILRunner
+    from mobilellm_export.backends import ExportSpec
+    from mobilellm_export.backends.coreml.target import IOS
 
     cfg = _small_vocab(name)
     model = Transformer.from_weights(cfg, random_weights(cfg), max_context=128)

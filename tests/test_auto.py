@@ -14,8 +14,9 @@ from mobilellm_export.config import PRESETS
 from mobilellm_export.errors import UserError
 from mobilellm_export.model import Transformer, random_weights
 from mobilellm_export.quant import auto, calibrate
-from mobilellm_export.quant.apply import quantize
-from mobilellm_export.quant.recipe import Recipe, block_linears, estimate_bytes, load_recipe
+from mobilellm_export.quant.quantize import quantize
+from mobilellm_export.quant.recipe import Recipe, load_recipe
+from mobilellm_export.quant.size import block_linears, estimate_bytes
 from test_sources import assert_one_line_error, run_cli
 
 CFG = dataclasses.replace(PRESETS["tiny-llama"], n_layers=3, hidden_dim=256)

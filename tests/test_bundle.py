@@ -12,9 +12,9 @@ import json
 import pytest
 
 from conftest import SHARED
-from mobilellm_export.bundle import SCHEMA_VERSION, schema, validate
+from mobilellm_export.bundle import READABLE, SCHEMA_VERSION, schema, validate
 from mobilellm_export.errors import UserError
-from mobilellm_export.tokenizer import Tokenizer
+from mobilellm_export.text.tokenizer import Tokenizer
 from test_sources import assert_one_line_error, run_cli
 
 DATA = SHARED / "data"
@@ -40,7 +40,7 @@ def manifest() -> dict:
 
 def test_schema_file_is_the_versioned_contract():
     s = schema()
-    assert s["properties"]["schema_version"] == {"const": SCHEMA_VERSION}
+    assert s["properties"]["schema_version"] == {"enum": list(READABLE)} and SCHEMA_VERSION == READABLE[-1]
     assert set(s["required"]) == set(manifest()) and "created" not in s["properties"]
     validate(manifest())
 

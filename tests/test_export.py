@@ -79,9 +79,9 @@ def test_run_generates_through_text_llm_runner(fp32_bundle):
     """`run` (ExecuTorch's C++ TextLLMRunner, as the apps) prints, once and alone on stdout, the
     greedy text our runner produces through the same .pte from the same prompt ids (BOS included
     by the bundle's policy: this tokenizer's config adds none, the Llama-style template is absent)."""
-    from mobilellm_export.generate import generate
-    from mobilellm_export.runners.executorch import ExecuTorchRunner
-    from mobilellm_export.tokenizer import Tokenizer
+    from mobilellm_export.sampling import generate
+    from mobilellm_export.runtimes.executorch import ExecuTorchRunner
+    from mobilellm_export.text.tokenizer import Tokenizer
 
     d, _ = fp32_bundle
     prompt = "Because of an hereditary"
@@ -157,7 +157,7 @@ def test_bad_recipes_fail_in_one_line(tmp_path, body, needle):
 
 _INTERRUPT = textwrap.dedent("""
     import os, signal, sys
-    import mobilellm_export.targets.android as android
+    import mobilellm_export.backends.executorch.xnnpack as android
     real = android.export_pte
     def export_then_interrupt(model, cfg, path, **kw):
         facts = real(model, cfg, path, **kw)     # a full artifact is on disk in the temp bundle ...

@@ -17,8 +17,8 @@ from faults import BY_NAME, FAULTS, harness
 
 from conftest import calib
 
-from mobilellm_export.targets import Artifact, ExportSpec, Target
-from mobilellm_export.targets.android import Android
+from mobilellm_export.backends import Artifact, ExportSpec, Target
+from mobilellm_export.backends.executorch.xnnpack import Android
 
 MAX_CONTEXT = 64
 PREPARE = [f for f in FAULTS if f.level == "prepare"]
@@ -42,10 +42,10 @@ def tiny_src(tmp_path_factory):
 @pytest.fixture(scope="module")
 def references(tiny_src):
     """recipe -> (quantized eager reference of the tiny R1 folder, its ExportSpec), built as export does."""
-    from mobilellm_export.float_chat import build_model
-    from mobilellm_export.quant.apply import quantize
+    from mobilellm_export.checkpoints import build_model
+    from mobilellm_export.quant.quantize import quantize
     from mobilellm_export.quant.recipe import load_recipe
-    from mobilellm_export.sources import load
+    from mobilellm_export.checkpoints import load
 
     built = {}
 
@@ -110,9 +110,9 @@ def stub_bundle(tiny_src, tmp_path_factory):
 @pytest.mark.parametrize("name", ["tokenizer_from_other_model", "bos_policy_flipped"])
 def test_file_fault_passes_every_sha256_check_and_changes_what_the_app_reads(name, stub_bundle, tmp_path):
     from mobilellm_export import bundle as bundle_mod
-    from mobilellm_export.tokenizer import Tokenizer
+    from mobilellm_export.text.tokenizer import Tokenizer
     from mobilellm_export.verify import metadata
-    from mobilellm_export.verify.text import SAMPLE
+    from mobilellm_export.text.corpus import SAMPLE
 
     b = tmp_path / stub_bundle.name
     shutil.copytree(stub_bundle, b)
@@ -171,7 +171,7 @@ def test_representative_gross_fault_is_caught_by_a_named_check(name, check, clea
         assert check in row["caught_by"], row
     if name == "eos_ids_wrong":
         from mobilellm_export.bundle import read_manifest
-        from mobilellm_export.targets.pte_file import constant_methods
+        from mobilellm_export.backends.executorch.pte_file import constant_methods
 
         out = tmp_path / bundle.name
         want = read_manifest(out)["generation"]["eos_ids"]

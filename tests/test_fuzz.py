@@ -116,7 +116,7 @@ HEADER_EDITS = st.one_of(
        length_delta=st.sampled_from([0, 0, 0, -1, 1, 7, -100, 2**40]),
        cut=st.sampled_from([None, None, 1, 100, 10_000]))
 def test_fuzz_safetensors_header(st_dir, edits, length_delta, cut, outcomes, tmp_path_factory):
-    from mobilellm_export.sources.hf import load_hf_dir
+    from mobilellm_export.checkpoints.hf import load_hf_dir
 
     src, _, header, data = st_dir
     header = json.loads(json.dumps(header))
@@ -166,7 +166,7 @@ def gguf_file(tmp_path_factory):
                       min_size=1, max_size=6),
        cut=st.sampled_from([None, None, None, 1, 64, 4096]))
 def test_fuzz_gguf_header(gguf_file, flips, cut, outcomes, tmp_path_factory):
-    from mobilellm_export.sources.gguf import load_gguf
+    from mobilellm_export.checkpoints.gguf import load_gguf
 
     raw, header_end = gguf_file
     blob = bytearray(raw)

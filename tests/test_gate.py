@@ -9,6 +9,9 @@ import sys
 
 import pytest
 
+from mobilellm_export import backends
+from mobilellm_export.verify.thresholds import thresholds_for
+
 from mobilellm_export.errors import UserError
 from mobilellm_export.quant.recipe import Gate, Recipe, Thresholds, load_recipe, parse_recipe
 from mobilellm_export.verify import gate as gate_mod
@@ -130,8 +133,10 @@ def test_shipped_recipes_carry_gate_tolerances_and_floor_relative_android_bounds
     for name in ("4bit", "4bit-fast", "8bit"):
         r = load_recipe(name)
         assert r.gate == Gate()  # the documented defaults, written out in each file
-        th = r.thresholds_for("android")
+        th = thresholds_for(r, backends.get("android"))  # the backend owns its lowering bounds
         assert th.lowering_kl_floor_factor == 1.5 and th.lowering_top1_floor_slack == 0.03
+        assert th.lowering_top1_min == (0.87 if name == "8bit" else 0.85)
+        assert r.thresholds.lowering_kl_floor_factor is None  # ... and the recipe names none
     assert Recipe.from_dict(load_recipe("4bit").to_dict()) == load_recipe("4bit")
 
 
@@ -159,7 +164,7 @@ def test_bad_gate_and_override_tables_are_one_line(body, needle):
 def test_an_override_matching_no_linear_is_an_error():
     from mobilellm_export.config import PRESETS
     from mobilellm_export.model import Transformer
-    from mobilellm_export.quant.apply import quantize
+    from mobilellm_export.quant.quantize import quantize
 
     r = parse_recipe('[linear]\nbits = 4\ngroup_size = 32\n[[override]]\nmatch = "layers.*.mlp.down"\n'
                      'group_size = 128\n', "r")
@@ -170,7 +175,7 @@ def test_an_override_matching_no_linear_is_an_error():
 def test_an_override_changes_only_the_matched_layers():
     from mobilellm_export.config import PRESETS
     from mobilellm_export.model import Transformer
-    from mobilellm_export.quant.apply import quantize
+    from mobilellm_export.quant.quantize import quantize
 
     m = Transformer(PRESETS["tiny-llama"], max_context=32)
     r = parse_recipe('[linear]\nbits = 4\ngroup_size = 32\n[[override]]\nmatch = "layers.*.mlp.down_proj"\n'

@@ -15,7 +15,7 @@ import torch
 
 from mobilellm_export.errors import UserError
 from mobilellm_export.model import Transformer
-from mobilellm_export.sources.gguf import load_gguf
+from mobilellm_export.checkpoints.gguf import load_gguf
 
 N_LAYERS, DIM, N_HEADS, N_KV, HEAD_DIM, HIDDEN = 2, 32, 4, 2, 8, 48
 CONTROL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]

@@ -12,16 +12,16 @@ import torch
 
 ct = pytest.importorskip("coremltools")
 
-from mobilellm_export.float_chat import build_model  # noqa: E402
-from mobilellm_export.quant.apply import quantize  # noqa: E402
+from mobilellm_export.checkpoints import build_model  # noqa: E402
+from mobilellm_export.quant.quantize import quantize  # noqa: E402
 from mobilellm_export.quant.recipe import load_recipe  # noqa: E402
 from mobilellm_export.quant.simulate import DequantLinear  # noqa: E402
-from mobilellm_export.runners.coreml import MILRunner  # noqa: E402
-from mobilellm_export.runners.eager import EagerRunner  # noqa: E402
-from mobilellm_export.sources import load  # noqa: E402
-from mobilellm_export.targets import ExportSpec  # noqa: E402
-from mobilellm_export.targets.ios import IOS  # noqa: E402
-from mobilellm_export.targets.mil_exec import MILExecutor, load_program  # noqa: E402
+from mobilellm_export.runtimes.coreml import MILRunner  # noqa: E402
+from mobilellm_export.runtimes.eager import EagerRunner  # noqa: E402
+from mobilellm_export.checkpoints import load  # noqa: E402
+from mobilellm_export.backends import ExportSpec  # noqa: E402
+from mobilellm_export.backends.coreml.target import IOS  # noqa: E402
+from mobilellm_export.runtimes.mil import MILExecutor, load_program  # noqa: E402
 from conftest import LLAMA3_TOKENIZER, calib  # noqa: E402
 
 CTX, SEQ = 256, 16
@@ -231,7 +231,7 @@ def test_fp16_overflow_is_named(tmp_path):
     ex = MILExecutor(load_program(pkg), mode="fp16")
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, ref.cfg.vocab_size, (1, 8), generator=g).numpy().astype(np.int32)
-    from mobilellm_export.runners.coreml import causal_mask_np
+    from mobilellm_export.runtimes.coreml import causal_mask_np
 
     ex.run({"inputIds": ids, "causalMask": causal_mask_np(8, 0)})
     assert ex.first_nonfinite is not None

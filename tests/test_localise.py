@@ -21,9 +21,11 @@ from conftest import calib
 
 from mobilellm_export.config import PRESETS
 from mobilellm_export.model import Transformer, random_weights
-from mobilellm_export.quant.apply import quantize
+from mobilellm_export.quant.quantize import quantize
 from mobilellm_export.quant.recipe import load_recipe
-from mobilellm_export.targets import ExportSpec, Target, android, structural_copy
+from mobilellm_export.backends import ExportSpec, Target
+from mobilellm_export.backends.executorch import xnnpack as android
+from mobilellm_export.nn_utils import structural_copy
 from mobilellm_export.verify import localise as loc
 
 CFG = dataclasses.replace(PRESETS["tiny-llama"], n_layers=2)  # 512 ids: lowering stays quick
@@ -176,7 +178,7 @@ def test_eager_stand_in(reference, fault):
 def test_artifact_that_differs_from_its_probe_program(reference):
     """A fault only the shipped artifact has (the probe program, lowered again from the prepared
     model, is clean): no op diverges, and the artifact check says where to look instead."""
-    from mobilellm_export.runners.eager import EagerRunner
+    from mobilellm_export.runtimes.eager import EagerRunner
 
     model = reference[0]
     for fault, differs in ((None, False), (scale_fault, True)):
@@ -208,7 +210,7 @@ def test_android_swapped_layer(reference, tmp_path):
 
 @pytest.mark.extra
 def test_android_probe_program_computes_what_the_artifact_does(reference, tmp_path):
-    from mobilellm_export.runners.executorch import ExecuTorchRunner
+    from mobilellm_export.runtimes.executorch import ExecuTorchRunner
 
     target = android.Android()
     target.export(target.prepare(reference[0], SPEC), SPEC, tmp_path)

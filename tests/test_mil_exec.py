@@ -11,7 +11,7 @@ ct = pytest.importorskip("coremltools")
 from coremltools.converters.mil import Builder as mb  # noqa: E402
 from coremltools.converters.mil.mil import Function, Program, types  # noqa: E402
 
-from mobilellm_export.targets.mil_exec import OPS, MILExecutor, UnsupportedOp  # noqa: E402
+from mobilellm_export.runtimes.mil import OPS, MILExecutor, UnsupportedOp  # noqa: E402
 
 IOS18 = ct.target.iOS18
 RNG = np.random.default_rng(0)

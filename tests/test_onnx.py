@@ -12,14 +12,14 @@ import torch
 
 from mobilellm_export.bundle import sha256
 from mobilellm_export.config import PRESETS
-from mobilellm_export.float_chat import build_model
+from mobilellm_export.checkpoints import build_model
 from mobilellm_export.model import RMS, Rotary
-from mobilellm_export.quant.apply import quantize
+from mobilellm_export.quant.quantize import quantize
 from mobilellm_export.quant.recipe import load_recipe
-from mobilellm_export.runners.eager import EagerRunner
-from mobilellm_export.sources import load
-from mobilellm_export.targets import ExportSpec
-from mobilellm_export.targets.onnx import DequantLinear, Onnx, OnnxRunner
+from mobilellm_export.runtimes.eager import EagerRunner
+from mobilellm_export.checkpoints import load
+from mobilellm_export.backends import ExportSpec
+from mobilellm_export.backends.onnxruntime.target import DequantLinear, Onnx, OnnxRunner
 from conftest import LLAMA3_TOKENIZER, calib
 from test_sources import assert_one_line_error, run_cli
 
@@ -330,14 +330,14 @@ def test_odd_widths_and_mixed_formats(tmp_path):
 def test_target_options_are_checked():
     """Options rebuild the target as it was built (bundle.json target.options); one an older
     version lacks, or a value out of range, is a one-line UserError, not a TypeError."""
-    from mobilellm_export import targets
+    from mobilellm_export import backends
     from mobilellm_export.errors import UserError
 
-    assert targets.of_bundle({"target": {"name": "onnx", "options": {"accuracy": "fp32"}}}).accuracy == "fp32"
-    assert targets.of_bundle({"target": {"name": "android"}}).options == {}
+    assert backends.of_bundle({"target": {"name": "onnx", "options": {"accuracy": "fp32"}}}).accuracy == "fp32"
+    assert backends.of_bundle({"target": {"name": "android"}}).options == {}
     with pytest.raises(UserError, match="target onnx takes no option 'precision'"):
-        targets.get("onnx", {"precision": "fp16"})
+        backends.get("onnx", {"precision": "fp16"})
     with pytest.raises(UserError, match="--onnx-accuracy 'int4': choose one of int8, fp32"):
-        targets.get("onnx", {"accuracy": "int4"})
+        backends.get("onnx", {"accuracy": "int4"})
     with pytest.raises(UserError, match="target android takes no option 'accuracy'"):
-        targets.get("android", {"accuracy": "fp32"})
+        backends.get("android", {"accuracy": "fp32"})

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from mobilellm_export.verify.plots import markdown_links, write_plots
+from mobilellm_export.verify.report.plots import markdown_links, write_plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MAIN = ["report-kl.png", "report-kl-hist.png", "report-top1.png"]
@@ -99,7 +99,7 @@ def test_no_gui_backend_and_lazy_import(tmp_path):
     module loads no matplotlib at all."""
     code = f"""
 import sys
-import mobilellm_export.verify.plots as plots
+import mobilellm_export.verify.report.plots as plots
 assert "matplotlib" not in sys.modules, "matplotlib imported at module import"
 sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r})
 from test_plots import positions

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mobilellm_export import prompt_format as pf
+from mobilellm_export.text import prompt_format as pf
 from mobilellm_export.errors import UserError
 
 APPS = Path(__file__).resolve().parent / "fixtures" / "apps"
@@ -186,7 +186,7 @@ def test_prompt_ids_equal_executorch_cpp_tokenizer_bos_included(toks, built):
     ORIGINAL tokenizer to the vector's ids, and so does its runner text (the prompt pre-normalized)
     on the BUNDLE's tokenizer.json, in `tokenizers` and in ExecuTorch's C++ tokenizer asked for no
     BOS (num_bos = 0, as the runner is)."""
-    from mobilellm_export.tokenizer import pre_normalize
+    from mobilellm_export.text.tokenizer import pre_normalize
 
     vectors = json.loads((APPS / "prompts.json").read_text())
     seen, differ = set(), set()
@@ -271,7 +271,7 @@ def test_pre_normalization_is_exact(name, built, toks):
     """For the Qwen3 (NFC), Gemma 3 (Replace " " -> "▁"), Llama 3 and SmolLM2 (no normalizer)
     tokenizers: tokenizers(original, text) == tokenizers(bundle file, pre(text)) ==
     C++(bundle file, pre(text)) on the hard strings and the first 20,000 characters of Botchan."""
-    from mobilellm_export.tokenizer import Tokenizer
+    from mobilellm_export.text.tokenizer import Tokenizer
 
     original = built[2][name]
     bundled = Tokenizer.from_dir(built[0] / name)
@@ -294,7 +294,7 @@ def test_nfc_into_a_special_token_is_the_one_known_inexact_case(built):
     """`tokenizers` normalizes the text between added tokens; pre_normalize the whole text. They
     differ only where NFC composes what follows a special-token string into its last character:
     "<|im_end|>" + U+0338 becomes "<|im_end|≯". Pinned (and documented in tokenizer.py)."""
-    from mobilellm_export.tokenizer import Tokenizer
+    from mobilellm_export.text.tokenizer import Tokenizer
 
     x = "<|im_end|>\u0338"
     original, bundled = built[2]["qwen3"], Tokenizer.from_dir(built[0] / "qwen3")
@@ -309,7 +309,7 @@ def test_bundle_tokenizer_files_carry_the_steps(built):
     (the copy the apps read); any other tokenizer.json is written as it was."""
     from tokenizers import Tokenizer as HF
 
-    from mobilellm_export.tokenizer import CONFIG_KEY
+    from mobilellm_export.text.tokenizer import CONFIG_KEY
 
     for name, m in _bundles(built).items():
         d = built[0] / name
@@ -328,7 +328,7 @@ def test_bundle_tokenizer_files_carry_the_steps(built):
 def test_llama2_normalizer_is_left_alone(tmp_path):
     """Llama 2's normalizer is Sequence[Prepend("▁"), Replace(" ", "▁")]: Prepend is not a
     pre-normalization step, so nothing moves and tokenizer.json is saved as before."""
-    from mobilellm_export.tokenizer import CONFIG_KEY, Tokenizer
+    from mobilellm_export.text.tokenizer import CONFIG_KEY, Tokenizer
 
     src = APPS.parents[2].parent / "shared" / "data" / "llama2-tokenizer"
     tok = Tokenizer.from_dir(src)
@@ -358,7 +358,7 @@ def test_llama2_normalizer_is_left_alone(tmp_path):
       "lowercase": True}, None),
 ])
 def test_movable_steps(normalizer, steps):
-    from mobilellm_export.tokenizer import movable_steps
+    from mobilellm_export.text.tokenizer import movable_steps
 
     assert movable_steps(normalizer) == steps
 
@@ -369,7 +369,7 @@ def test_an_added_token_the_steps_would_change_keeps_the_normalizer(tmp_path):
     from tokenizers import Tokenizer as HF, normalizers
     from tokenizers.models import WordLevel
 
-    from mobilellm_export.tokenizer import Tokenizer
+    from mobilellm_export.text.tokenizer import Tokenizer
 
     hf = HF(WordLevel({"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]"))
     hf.normalizer = normalizers.Replace(" ", "\u2581")
@@ -379,7 +379,7 @@ def test_an_added_token_the_steps_would_change_keeps_the_normalizer(tmp_path):
 
 
 def test_steps_in_tokenizer_config_are_checked(tmp_path):
-    from mobilellm_export.tokenizer import CONFIG_KEY, Tokenizer, pre_normalize
+    from mobilellm_export.text.tokenizer import CONFIG_KEY, Tokenizer, pre_normalize
 
     src = APPS.parents[2].parent / "shared" / "data" / "llama3-tokenizer"
     (tmp_path / "tokenizer.json").write_bytes((src / "tokenizer.json").read_bytes())
@@ -401,7 +401,7 @@ def test_verify_checks_the_steps_against_the_files(built, tmp_path):
     import copy
     import shutil
 
-    from mobilellm_export.tokenizer import Tokenizer
+    from mobilellm_export.text.tokenizer import Tokenizer
     from mobilellm_export.verify import metadata
 
     class NoArtifact:
@@ -437,7 +437,7 @@ def test_kv_reuse_survives_pre_normalization():
     """Where the apps reuse the KV cache, the runner text of the new part, after the runner text of
     what the cache holds, is the runner text of the whole new prompt (the cut is at a special
     token, which no step changes)."""
-    from mobilellm_export.tokenizer import pre_normalize
+    from mobilellm_export.text.tokenizer import pre_normalize
 
     for v in json.loads((APPS / "kv.json").read_text()):
         m = json.loads((APPS / "bundles" / v["bundle"] / "bundle.json").read_text())

@@ -11,8 +11,9 @@ from conftest import calib
 from mobilellm_export.config import PRESETS
 from mobilellm_export.errors import UserError
 from mobilellm_export.model import Transformer, random_weights
-from mobilellm_export.quant.apply import TiedQuantEmbedding, effective_group, quantize
-from mobilellm_export.quant.recipe import available, estimate_bytes, load_recipe, parse_recipe
+from mobilellm_export.quant.quantize import TiedQuantEmbedding, effective_group, quantize
+from mobilellm_export.quant.recipe import available, load_recipe, parse_recipe
+from mobilellm_export.quant.size import estimate_bytes
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from transformers.cache_utils import DynamicCache
 
 from mobilellm_export.config import from_hf_config
 from mobilellm_export.model import Transformer
-from mobilellm_export.sources.hf import canonical_name
+from mobilellm_export.checkpoints.hf import canonical_name
 
 TOL = 1e-4
 

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from mobilellm_export.config import PRESETS
 from mobilellm_export.errors import UserError
 from mobilellm_export.model import Transformer, random_weights
-from mobilellm_export.quant.apply import quantize
+from mobilellm_export.quant.quantize import quantize
 from mobilellm_export.quant.recipe import load_recipe, parse_recipe
-from mobilellm_export.quant.rotate import rotate, rotation
+from mobilellm_export.quant.transforms.rotate import rotate, rotation
 
 EIGHT = '[linear]\nbits = 8\ngroup_size = 0\nscale_dtype = "fp32"\n' \
         '[head]\nbits = 8\ngroup_size = 0\nscale_dtype = "fp32"\nactivations = "int8_dynamic"\n' \

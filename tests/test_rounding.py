@@ -17,9 +17,9 @@ from mobilellm_export.config import PRESETS
 from mobilellm_export.errors import UserError
 from mobilellm_export.model import Transformer, random_weights
 from mobilellm_export.quant import calibrate, rounding
-from mobilellm_export.quant.apply import quantize
+from mobilellm_export.quant.quantize import quantize
 from mobilellm_export.quant.recipe import load_recipe, parse_recipe
-from mobilellm_export.verify.text import SAMPLE
+from mobilellm_export.text.corpus import SAMPLE
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +192,7 @@ def test_simulated_arithmetic_equals_torchao_eager(tiny, recipe):
     """simulate.py (what 4bit-auto and benchmarks/quant_methods.py score) computes what the torchao
     quantized reference computes, for plain and GPTQ integers alike."""
     from mobilellm_export.quant import simulate
-    from mobilellm_export.quant.apply import effective_group
+    from mobilellm_export.quant.quantize import effective_group
 
     # the formats' arithmetic: rotation and smoothing (8bit) reshape the float model before it,
     # exactly (tests/test_rotate.py, test_smoothing_keeps_the_function...), and are left out here
@@ -218,7 +218,7 @@ def test_simulated_arithmetic_equals_torchao_eager(tiny, recipe):
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3", "tiny-olmo2"])  # pre, sandwich (1 + w), post norms
 def test_smoothing_keeps_the_function_and_rescales_the_hessians(name):
     """SmoothQuant folding is exact: same logits; the rescaled H equals H measured on the new model."""
-    from mobilellm_export.quant import smooth
+    from mobilellm_export.quant.transforms import smooth
 
     cfg = PRESETS[name]
     m = Transformer.from_weights(cfg, random_weights(cfg), max_context=32)

@@ -96,9 +96,9 @@ def test_r1_140m_text_llm_runner_generates(r1_fp32):
     never through the Python token callback that fails on them."""
     from test_android import cpp_runner_text
 
-    from mobilellm_export.generate import generate
-    from mobilellm_export.runners.executorch import ExecuTorchRunner
-    from mobilellm_export.tokenizer import Tokenizer
+    from mobilellm_export.sampling import generate
+    from mobilellm_export.runtimes.executorch import ExecuTorchRunner
+    from mobilellm_export.text.tokenizer import Tokenizer
 
     d, _ = r1_fp32
     r = run_cli("run", str(d), "--prompt", "What is 2+2?", "--max-new-tokens", "12", "--temperature", "0")

@@ -7,11 +7,11 @@ perplexity 32.30 on the first 2,048 Botchan tokens (no BOS, 4 windows of 512).
 import torch
 
 from conftest import BOTCHAN
-from mobilellm_export.float_chat import build_model
-from mobilellm_export.generate import generate
-from mobilellm_export.runners.eager import EagerRunner
+from mobilellm_export.checkpoints import build_model
+from mobilellm_export.sampling import generate
+from mobilellm_export.runtimes.eager import EagerRunner
 from mobilellm_export.verify import parity
-from mobilellm_export.verify.text import load_text, windows
+from mobilellm_export.text.corpus import load_text, windows
 
 
 def test_config_is_smollm2(smollm2):

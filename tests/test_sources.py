@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from mobilellm_export.config import PRESETS, from_hf_config
 from mobilellm_export.errors import UserError
 from mobilellm_export.model import Transformer, random_weights
-from mobilellm_export.sources import load
+from mobilellm_export.checkpoints import load
 
 SHARED = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared"
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import mobilellm_export
-from mobilellm_export import targets
+from mobilellm_export import backends
 from mobilellm_export.console import Progress
-from mobilellm_export.targets import Artifact, Target
+from mobilellm_export.backends import Artifact, Target
 
 PKG = Path(mobilellm_export.__file__).parent
 
@@ -44,7 +44,7 @@ class SafetensorsTarget(Target):
 
         from mobilellm_export.config import ModelConfig
         from mobilellm_export.model import Transformer
-        from mobilellm_export.runners.eager import EagerRunner
+        from mobilellm_export.runtimes.eager import EagerRunner
 
         cfg = ModelConfig(**{**manifest["config"], "rope_interleaved": False,  # exported after to_rotate_half
                              "rope_layers": tuple(manifest["config"]["rope_layers"] or ()) or None,
@@ -55,15 +55,15 @@ class SafetensorsTarget(Target):
 
 @pytest.fixture
 def fake_target():
-    targets.register(SafetensorsTarget.name, SafetensorsTarget)
+    backends.register(SafetensorsTarget.name, SafetensorsTarget)
     yield SafetensorsTarget.name
-    targets.TARGETS.pop(SafetensorsTarget.name)
+    backends.TARGETS.pop(SafetensorsTarget.name)
 
 
 def test_registered_target_exports_and_verifies_through_the_pipeline(fake_target, tmp_path, tiny_tokenizer):
     from mobilellm_export.pipeline import export_command, verify_command
 
-    assert fake_target in targets.names() and fake_target in list(targets.Names())
+    assert fake_target in backends.names() and fake_target in list(backends.Names())
     path, rep = export_command("tiny-llama", target=fake_target, quant="fp32", tokenizer=str(tiny_tokenizer),
                                out=str(tmp_path), max_context=64, max_seq_len=16, eval_text=None, eval_tokens=128,
                                no_verify=False, no_latency=True, thresholds=(), threads=1,
@@ -101,7 +101,7 @@ def test_unknown_target_lists_the_registered_ones():
     from mobilellm_export.errors import UserError
 
     with pytest.raises(UserError, match="unknown target 'nope': choose one of android"):
-        targets.get("nope")
+        backends.get("nope")
 
 
 @pytest.mark.parametrize("module", ["pipeline.py", "bundle.py", "run_bundle.py", "cli.py", "verify/parity.py",
@@ -119,7 +119,7 @@ def test_target_agnostic_modules_name_no_target(module):
 def test_structural_copy_shares_weights_and_leaves_the_reference_alone():
     from mobilellm_export.config import PRESETS
     from mobilellm_export.model import KVCacheAttention, Transformer, random_weights
-    from mobilellm_export.targets.android import prepare
+    from mobilellm_export.backends.executorch.xnnpack import prepare
 
     cfg = PRESETS["tiny-r1"]
     ref = Transformer.from_weights(cfg, random_weights(cfg), max_context=32)

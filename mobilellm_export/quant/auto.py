@@ -21,11 +21,12 @@ import time
 
 import torch
 
-from ..errors import UserError
-from ..verify import parity
-from . import simulate
-from .apply import effective_group
-from .recipe import Recipe, WeightQuant, block_bytes, block_linears, estimate_bytes, weight_bytes
+from mobilellm_export.errors import UserError
+from mobilellm_export import metrics
+from mobilellm_export.quant import simulate
+from mobilellm_export.quant.quantize import effective_group
+from mobilellm_export.quant.recipe import Recipe, WeightQuant
+from mobilellm_export.quant.size import block_bytes, block_linears, estimate_bytes, weight_bytes
 
 
 def option_quant(base: WeightQuant, option: str) -> WeightQuant:
@@ -65,7 +66,7 @@ def sensitivity(model, recipe: Recipe, cfg, H: dict, wins: list[list[int]], prog
 
     def trial(chosen) -> float:
         with simulate.simulated(linears, chosen):
-            return parity.compare(ref, logits(), wins)["kl_mean"]
+            return metrics.compare(ref, logits(), wins)["kl_mean"]
 
     def pick(name: str, wq: WeightQuant):
         wq = dataclasses.replace(wq, group_size=effective_group(wq, linears[name].in_features))  # as quantize()

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..errors import UserError
+from mobilellm_export.errors import UserError
 
 BUILTIN = resources.files("mobilellm_export") / "data" / "calib.txt"
 

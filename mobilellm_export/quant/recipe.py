@@ -1,9 +1,9 @@
 """Quantization recipes: TOML files as data (torchao's `quantize_(model, config)` spirit).
 
 A recipe says what happens to the decoder linears, the embedding and the (tied) lm_head, plus
-the parity thresholds its artifacts must meet: `[thresholds]` for every target, and
-`[thresholds.<target>]` to override some of them for one target (lowering bounds are calibrated
-per runtime). Each target's `check()` decides whether it can honour the recipe's arithmetic.
+the quality bounds its artifacts must meet (`[thresholds]`: float -> artifact, whatever the
+target). It names no target: a runtime's lowering bounds belong to its backend's class
+(`Backend.thresholds`), and each backend's `check()` decides whether it can honour the recipe.
 `[gate]` holds the tolerances of `--baseline` comparisons, and `[[override]]` tables set other
 weights for the linears whose names match a pattern (e.g. `layers.*.mlp.down_proj`).
 Unknown keys and impossible values are errors.
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from ..errors import UserError
+from mobilellm_export.errors import UserError
 
 
 def _shipped():
@@ -124,7 +124,6 @@ class Recipe:
     embedding: WeightQuant = WeightQuant(activations="none")
     head: WeightQuant = WeightQuant()
     thresholds: Thresholds = field(default_factory=Thresholds)
-    target_thresholds: dict = field(default_factory=dict)  # target -> {field: bound} overriding `thresholds`
     gate: Gate = field(default_factory=Gate)
     overrides: tuple = ()  # ({"match": "layers.*.mlp.down_proj", "group_size": 128, ...}, ...): last match wins
     calibration: Calibration = field(default_factory=Calibration)
@@ -132,12 +131,6 @@ class Recipe:
     smooth: float = 0.0  # SmoothQuant alpha (quant/smooth.py); 0 = off
     rotate: bool = False  # rotate the residual stream first (quant/rotate.py)
     path: str = ""
-
-    def thresholds_for(self, target: str, adjust=None) -> Thresholds:
-        """The thresholds, passed through `adjust` (the target's own bounds), then the recipe's
-        [thresholds.<target>] table, which wins."""
-        th = self.thresholds if adjust is None else adjust(self.thresholds)
-        return dataclasses.replace(th, **self.target_thresholds.get(target, {}))
 
     def weight_for(self, fqn: str) -> WeightQuant:
         """The quantization of the linear named `fqn` (`lm_head` takes [head]), after overrides."""
@@ -168,7 +161,7 @@ class Recipe:
         """Inverse of to_dict (a bundle's manifest records the recipe it was built with)."""
         return cls(name=r["name"], description=r.get("description", ""), linear=WeightQuant(**r["linear"]),
                    embedding=WeightQuant(**r["embedding"]), head=WeightQuant(**r["head"]),
-                   thresholds=Thresholds(**r["thresholds"]), target_thresholds=r.get("target_thresholds", {}),
+                   thresholds=Thresholds(**r["thresholds"]),
                    gate=Gate(**r.get("gate", {})), overrides=tuple(r.get("overrides", ())),
                    calibration=Calibration(**r.get("calibration", {})),
                    auto=None if r.get("auto") is None else Auto(**{
@@ -204,7 +197,7 @@ def _check_weight(w: WeightQuant, where: str, linear: bool) -> None:
         raise UserError(f"{where}.activations: embeddings take no activation quantization; use 'none'")
     if w.scale_dtype not in ("bf16", "fp32"):
         raise UserError(f"{where}.scale_dtype = {w.scale_dtype!r}: must be 'bf16' or 'fp32'")
-    from .rounding import SCALE_METHODS
+    from mobilellm_export.quant.rounding import SCALE_METHODS
 
     if w.scales not in SCALE_METHODS:
         raise UserError(f"{where}.scales = {w.scales!r}: must be one of {', '.join(SCALE_METHODS)}")
@@ -230,15 +223,12 @@ def parse_recipe(text: str, name: str, path: str = "") -> Recipe:
     linear = _section(WeightQuant, raw.get("linear", {}), f"recipe {where} [linear]")
     emb = _section(WeightQuant, {"activations": "none", **raw.get("embedding", {})}, f"recipe {where} [embedding]")
     head = _section(WeightQuant, raw.get("head", {}), f"recipe {where} [head]")
-    th_raw = dict(raw.get("thresholds", {}))
-    per_target = {k: th_raw.pop(k) for k in list(th_raw) if isinstance(th_raw[k], dict)}
+    th_raw = raw.get("thresholds", {})
+    for key, v in (th_raw.items() if isinstance(th_raw, dict) else ()):
+        if isinstance(v, dict):  # schema 2's [thresholds.<target>]: a runtime's bounds are its backend's
+            raise UserError(f"recipe {where} [thresholds.{key}]: a runtime's lowering bounds belong to its backend, "
+                            f"not to a recipe; loosen one with --threshold NAME=VALUE")
     th = _section(Thresholds, th_raw, f"recipe {where} [thresholds]")
-    from ..targets import names
-
-    for target, over in per_target.items():
-        if target not in names():
-            raise UserError(f"recipe {where} [thresholds.{target}]: unknown target (known: {', '.join(names())})")
-        _section(Thresholds, over, f"recipe {where} [thresholds.{target}]")  # validates the keys
     _check_weight(linear, f"recipe {where} linear", True)
     _check_weight(emb, f"recipe {where} embedding", False)
     _check_weight(head, f"recipe {where} head", True)
@@ -289,7 +279,7 @@ def parse_recipe(text: str, name: str, path: str = "") -> Recipe:
         # linears do not even read the same basis
         raise UserError(f"recipe {where}: rotate and [auto] together are not supported yet")
     return Recipe(name=raw.get("name", name), description=raw.get("description", ""), linear=linear,
-                  embedding=emb, head=head, thresholds=th, target_thresholds=per_target, gate=gate,
+                  embedding=emb, head=head, thresholds=th, gate=gate,
                   overrides=tuple(overrides), calibration=cal, auto=auto, smooth=float(smooth), rotate=rotate,
                   path=path)
 
@@ -312,50 +302,23 @@ def load_recipe(name_or_path: str) -> Recipe:
     return parse_recipe(p.read_text(encoding="utf-8"), p.stem, str(p))
 
 
-def block_linears(cfg) -> dict[str, tuple[int, int]]:
-    """A decoder block's linears (names as in model.Transformer) -> (out_features, in_features)."""
-    d, hd, h = cfg.dim, cfg.head_dim, cfg.hidden_dim
-    return {"self_attn.q_proj": (cfg.n_heads * hd, d), "self_attn.k_proj": (cfg.n_kv_heads * hd, d),
-            "self_attn.v_proj": (cfg.n_kv_heads * hd, d), "self_attn.o_proj": (d, cfg.n_heads * hd),
-            "mlp.gate_proj": (h, d), "mlp.up_proj": (h, d), "mlp.down_proj": (d, h)}
+def same_grid(a: WeightQuant, b: WeightQuant) -> bool:
+    """Can one set of integers and scales serve both the embedding `a` and the head `b`?
 
-
-def weight_bytes(n_rows: int, n_cols: int, w: WeightQuant) -> float:
-    """Bytes of one [n_rows, n_cols] matrix in format `w`: integers plus block scales (fp32 when float)."""
-    if not w.quantized:
-        return n_rows * n_cols * 4
-    groups = n_rows * (n_cols // w.group_size if w.group_size else 1)
-    return n_rows * n_cols * w.bits / 8 + groups * (2 if w.scale_dtype == "bf16" else 4)
-
-
-def block_bytes(cfg, recipe: Recipe) -> float:
-    """Bytes of the decoder blocks' linears under `recipe` (overrides and group fallbacks applied)."""
-    from .apply import effective_group
-
-    def cost(n: int, k: int, w: WeightQuant) -> float:  # at the group the linear really gets
-        return weight_bytes(n, k, dataclasses.replace(w, group_size=effective_group(w, k)) if w.quantized else w)
-
-    return sum(cost(n, k, recipe.weight_for(f"layers.{i}.{name}")) for i in range(cfg.n_layers)
-               for name, (n, k) in block_linears(cfg).items())
-
-
-def estimate_bytes(cfg, recipe: Recipe) -> int:
-    """Rough artifact size: weights at their bit widths plus block scales (bf16/fp32).
-
-    A tied matrix counts once when float or when lookup and head share one quantized grid (the
-    bundle stores it once, in model.ptd), and twice otherwise.
+    The runtimes read a shared table as int8 per channel or int4 groupwise (bf16 scales).
     """
-    from .apply import same_grid
+    if a.bits != b.bits or a.group_size != b.group_size:
+        return False
+    return (a.bits == 8 and a.group_size == 0) or (a.bits == 4 and a.group_size > 0 and b.scale_dtype == "bf16")
 
-    d = cfg.dim
-    emb = weight_bytes(cfg.vocab_size, d, recipe.embedding)
-    head = weight_bytes(cfg.vocab_size, d, recipe.head)
-    float_tied = not recipe.embedding.quantized and not recipe.head.quantized
-    if cfg.tie_embeddings and (float_tied or (recipe.head.quantized and same_grid(recipe.embedding, recipe.head))):
-        head = 0
-    # fp32 norms, q/k norms and biases: whatever the config counts that is neither a linear nor a table
-    linears = sum(n * k for _ in range(cfg.n_layers) for n, k in block_linears(cfg).values())
-    small = cfg.param_count() - linears - cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
-    if recipe.rotate and cfg.tie_embeddings:  # the rotation's float pre-head (quant/rotate.py)
-        small += d * d
-    return int(block_bytes(cfg, recipe) + small * 4 + emb + head)
+
+def effective_group(w: WeightQuant, in_features: int) -> int:
+    """The recipe's group if it divides in_features, else the largest smaller power of two that does
+    (>= 32), else per channel (0)."""
+    g = w.group_size
+    if g == 0 or in_features % g == 0:
+        return g
+    for cand in (256, 128, 64, 32):
+        if cand < g and in_features % cand == 0:
+            return cand
+    return 0

@@ -14,8 +14,8 @@ import contextlib
 import torch
 import torch.nn as nn
 
-from . import rounding
-from .recipe import WeightQuant
+from mobilellm_export.quant import rounding
+from mobilellm_export.quant.recipe import WeightQuant
 
 
 def choose(w: torch.Tensor, wq: WeightQuant, group: int, H: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,7 +87,7 @@ class DequantLinear(nn.Module):
 def weight_only_reference(model, scale_dtype: torch.dtype = torch.float32):
     """A structural copy whose quantized linears compute with float activations (DequantLinear, scales
     rounded to `scale_dtype`); the embedding lookup is unchanged (it already dequantizes)."""
-    from ..targets import replace_modules, structural_copy
+    from mobilellm_export.nn_utils import replace_modules, structural_copy
 
     ref = structural_copy(model)
     replace_modules(ref, lambda m: DequantLinear(m, scale_dtype)

@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import UserError
-from ..quant.recipe import Gate
-from .report import metadata_records, record
+from mobilellm_export.errors import UserError
+from mobilellm_export.quant.recipe import Gate
+from mobilellm_export.verify.report import metadata_records, record
 
 NO_BASELINE = "no baseline given: judged on the recipe's absolute thresholds and the metadata alone"
 

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import UserError
+from mobilellm_export.errors import UserError
 
 
 def quartiles(v: list[float]) -> dict:
@@ -90,14 +90,14 @@ def prompt_prefix(tokenizer, text: str, n: int) -> str:
 def runner_prefix(d: Path, m: dict, text: str, n: int) -> str:
     """A bundle's app-runner prompt of exactly n tokens: the runner text (pre-normalized) of `text`,
     cut with the bundle's tokenizer.json as the runtime reads it."""
-    from ..tokenizer import Tokenizer
+    from mobilellm_export.text.tokenizer import Tokenizer
 
     tok = Tokenizer.from_bundle(d, m)
     return prompt_prefix(tok.tok, tok.runner_text(text), n)
 
 
 def peak_rss_mb() -> float:
-    from ..memory import self_peak_mb
+    from mobilellm_export.memory import self_peak_mb
 
     return self_peak_mb()
 
@@ -122,7 +122,7 @@ def run_paired(new: Path, old: Path, *, threads: int = 2, rounds: int = PAIRED_R
     """Decode speed of bundle `new` against bundle `old`, paired: one process runs both app loops,
     one generation each per round, in an order that alternates, so whatever the machine does at
     that moment slows both alike. Returns the median (and IQR) of the per-round ratios new/old."""
-    from ..bundle import read_manifest
+    from mobilellm_export.bundle import read_manifest
 
     gens = [read_manifest(Path(d))["generation"] for d in (new, old)]
     n_prompt = min(min(128, g["max_seq_len"], g["max_context"] // 2) for g in gens)
@@ -168,9 +168,9 @@ def _main(argv: list[str]) -> None:
     result_fd = os.dup(1)
     os.dup2(2, 1)
     if a.kind == "eager":
-        from ..float_chat import build_model
-        from ..runners.eager import EagerRunner
-        from ..sources import load
+        from mobilellm_export.checkpoints import build_model
+        from mobilellm_export.runtimes.eager import EagerRunner
+        from mobilellm_export.checkpoints import load
 
         ck = load(a.target, tokenizer=a.tokenizer)
         runner = EagerRunner(build_model(ck, a.max_context), "float", max_seq_len=a.prompt_len)
@@ -178,14 +178,14 @@ def _main(argv: list[str]) -> None:
         prompt = _prompt(ck.config.vocab_size, a.prompt_len)
         out = measure(lambda: loop_round(runner, prompt, a.decode_tokens), a.rounds)
     elif a.kind == "paired":
-        from .. import targets
-        from ..bundle import read_manifest
-        from .text import load_text
+        from mobilellm_export import backends
+        from mobilellm_export.bundle import read_manifest
+        from mobilellm_export.text.corpus import load_text
 
         apps, prompts = [], []
         for d in (Path(a.target), Path(a.other)):
             m = read_manifest(d)
-            app = targets.of_bundle(m).app_runner(d, m, threads=a.threads)
+            app = backends.of_bundle(m).app_runner(d, m, threads=a.threads)
             if app is None:
                 os.write(result_fd, (json.dumps({"unavailable": f"{d.name} has no app runner on this machine"})
                                      + "\n").encode())
@@ -194,12 +194,12 @@ def _main(argv: list[str]) -> None:
             prompts.append(runner_prefix(d, m, load_text(None), a.prompt_len))
         out = _paired(apps, prompts, a.prompt_len, a.decode_tokens, a.rounds)
     else:
-        from .. import targets
-        from ..bundle import read_manifest
+        from mobilellm_export import backends
+        from mobilellm_export.bundle import read_manifest
 
         d = Path(a.target)
         m = read_manifest(d)
-        target = targets.of_bundle(m)
+        target = backends.of_bundle(m)
         runtime = target.runner(d, m, threads=a.threads) if a.kind == "loop" else target.app_runner(d, m, threads=a.threads)
         if runtime is None or getattr(runtime, "not_a_speed_reference", None):
             what = "runner" if a.kind == "loop" else "app runner"
@@ -211,7 +211,7 @@ def _main(argv: list[str]) -> None:
             prompt = _prompt(m["config"]["vocab_size"], a.prompt_len)
             out = measure(lambda: loop_round(runner, prompt, a.decode_tokens), a.rounds)
         else:
-            from .text import load_text
+            from mobilellm_export.text.corpus import load_text
 
             app = runtime
             text = runner_prefix(d, m, load_text(None), a.prompt_len)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ..targets import structural_copy
+from mobilellm_export.nn_utils import structural_copy
 
 WINDOW = 64  # tokens: one extra lowering plus seconds of running
 TOLERANCE = 2e-3  # 5x the largest rounding difference measured (4e-4), 1/3 of the subtlest fault (6e-3)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import prompt_format
-from ..errors import UserError
-from ..tokenizer import Tokenizer
+from mobilellm_export.text import prompt_format
+from mobilellm_export.errors import UserError
+from mobilellm_export.text.tokenizer import Tokenizer
 
 
 def _check(name: str, manifest_value, derived, source: str) -> dict:

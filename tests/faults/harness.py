@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from mobilellm_export.errors import UserError
-from mobilellm_export.targets.android import Android
+from mobilellm_export.backends.executorch.xnnpack import Android
 
 from . import Fault
 
@@ -58,7 +58,7 @@ def make_tokenizer(d: Path, reversed_words: bool = False, with_config: bool = Tr
     backwards: same size and special ids, other merges (a tokenizer of "another model")."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from mobilellm_export.verify.text import SAMPLE
+    from mobilellm_export.text.corpus import SAMPLE
 
     text = SAMPLE.read_text(encoding="utf-8")
     if reversed_words:
@@ -141,7 +141,7 @@ def export_bundle(source: str, out: Path, recipe: str, *, target=None, baseline:
     real Android target; a preset source takes `seed` (an HF folder has its own weights)."""
     from mobilellm_export import pipeline
     from mobilellm_export.quant.recipe import load_recipe
-    from mobilellm_export.sources import load
+    from mobilellm_export.checkpoints import load
     from mobilellm_export.verify import gate
 
     rec = load_recipe(recipe)

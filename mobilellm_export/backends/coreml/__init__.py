@@ -1,0 +1,1 @@
+"""Core ML: the `ios` target."""

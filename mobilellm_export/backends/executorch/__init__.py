@@ -1,0 +1,1 @@
+"""ExecuTorch: the .pte/.ptd program (generic) and its XNNPACK target (`android`)."""

@@ -1,0 +1,1 @@
+"""ONNX Runtime: the `onnx` target (hand-written graph, genai package)."""

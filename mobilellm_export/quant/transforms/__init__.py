@@ -1,0 +1,1 @@
+"""Rewrites of the float model before rounding (smoothing, rotation): a registry."""

@@ -1,0 +1,1 @@
+"""Text: tokenizers, chat templates, the apps' prompt format, evaluation corpora."""

@@ -1,0 +1,254 @@
+"""Threshold checks and the report: report.json, report.md and the terminal summary.
+
+The terminal summary is laid out to read fully in 80 columns (a CI log is not a terminal, and rich
+then cuts wider tables); report.md carries every figure.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mobilellm_export.quant.recipe import Thresholds
+
+from mobilellm_export.verify.report.labels import PAIRS, SHORT  # noqa: F401 (re-exported)
+
+
+def record(suite: str, name: str, value, op: str | None, bound, basis: str, status: str | None = None,
+           message: str | None = None) -> dict:
+    """One gate check (the shape `--junit`, GitHub annotations and report.md read).
+
+    status: pass | fail | warn (reported, does not fail the gate) | skip; from value/op/bound if None."""
+    if status is None:
+        ok = value <= bound if op == "<=" else value >= bound if op == ">=" else value == bound
+        status = "pass" if ok else "fail"
+    if message is None:
+        verb = {"pass": "within", "warn": "outside", "fail": "outside", "skip": "not checked:"}[status]
+        message = f"{name} = {value:.4g}, {verb} {op} {bound:.4g} ({basis})"
+    return {"suite": suite, "name": name, "status": status, "ok": status != "fail", "message": message,
+            "value": value, "op": op, "bound": bound, "basis": basis}
+
+
+FLOOR_ZERO = 1e-6  # a noise floor at or below this is 0: fp32 and weight-only artifacts
+
+
+def checks(parity: dict, th: Thresholds) -> list[dict]:
+    """The recipe's bounds on the end-to-end pair, and on the lowering pair relative to the noise
+    floor measured in the same run (absolute where that floor is 0 or no factor is set)."""
+    out = []
+
+    def add(suite, name, value, op, bound, basis):
+        if bound is not None and value is not None:
+            out.append(record(suite, name, value, op, bound, basis))
+
+    e2e, low, floor = (parity.get(k) for k in ("float_vs_artifact", "quant_vs_artifact", "quant_noise_floor"))
+    if e2e:
+        add("absolute", "float->artifact kl_mean", e2e["kl_mean"], "<=", th.kl_mean, "recipe threshold")
+        add("absolute", "float->artifact top1", e2e["top1"], ">=", th.top1_min, "recipe threshold")
+        add("absolute", "float->artifact ppl_delta", e2e["ppl_delta"], "<=", th.ppl_delta_max, "recipe threshold")
+    if low:
+        relative = th.lowering_kl_floor_factor is not None and floor and floor["kl_mean"] > FLOOR_ZERO
+        if relative:
+            f = floor["kl_mean"]
+            add("lowering", "quant->artifact kl_mean", low["kl_mean"], "<=",
+                th.lowering_kl_floor_factor * f + th.lowering_kl_floor_slack,
+                f"{th.lowering_kl_floor_factor:g} x noise floor {f:.4g} + {th.lowering_kl_floor_slack:g}")
+        else:
+            add("lowering", "quant->artifact kl_mean", low["kl_mean"], "<=", th.lowering_kl_mean,
+                "recipe threshold" + (" (noise floor is 0)" if floor else ""))
+        if relative and th.lowering_top1_floor_slack is not None:
+            add("lowering", "quant->artifact top1", low["top1"], ">=", floor["top1"] - th.lowering_top1_floor_slack,
+                f"noise floor top-1 {floor['top1']:.4g} - {th.lowering_top1_floor_slack:g}")
+        else:
+            add("lowering", "quant->artifact top1", low["top1"], ">=", th.lowering_top1_min, "recipe threshold")
+        add("lowering", "quant->artifact max_abs_logit", low["max_abs_logit"], "<=", th.lowering_max_abs_logit,
+            "recipe threshold")
+        add("lowering", "quant->artifact max_abs_logit / max_abs_ref", low.get("max_abs_logit_rel"), "<=",
+            th.lowering_max_abs_logit_rel, "target threshold")
+    return out
+
+
+def metadata_records(meta: list[dict]) -> list[dict]:
+    """The metadata checks (values the apps read, re-derived from the hashed files) as gate records."""
+    out = []
+    for c in meta:
+        msg = (f"{c['name']}: bundle.json and {c['source']} agree" if c["ok"] else c.get("message") or
+               f"{c['name']}: bundle.json says {_cell(c['manifest'])}, {c['source']} says {_cell(c['derived'])}")
+        out.append(record("metadata", f"metadata: {c['name']}", None, "==", None, f"re-derived from {c['source']}",
+                          status="pass" if c["ok"] else "fail", message=msg))
+    return out
+
+
+def _fmt(v, spec: str = ".1f") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return format(v, spec)
+    return str(v)
+
+
+def _short(v: float) -> str:
+    """At most ~7 characters: random-weight perplexities reach 1e8."""
+    return f"{v:.1f}" if abs(v) < 10000 else f"{v:.2g}"
+
+
+def _cell(v) -> str:
+    text = str(v).replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _iqr(row: dict, key: str) -> str:
+    q = row.get(f"{key}_iqr")
+    return f"{_fmt(row.get(key))} [{_fmt(q[0])}–{_fmt(q[1])}]" if q and q[0] is not None else _fmt(row.get(key))
+
+
+def latency_rows(report: dict) -> list[tuple[str, dict]]:
+    return [(k, v) for k, v in report.get("latency", {}).items() if "rounds" in v]
+
+
+def result_line(report: dict) -> str:
+    if report.get("passed") is None:
+        return "not verified (exported with --no-verify)"
+    if not report.get("artifact_runs_here", True):
+        return ("PASS (quantized reference only: the artifact's runtime cannot run on this machine)"
+                if report["passed"] else "FAIL")
+    return "PASS" if report["passed"] else "FAIL"
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# {report['model']} · {report['target']} · {report['recipe']}", ""]
+    for note in report.get("target_notes", []):
+        lines.append(f"- target note: {note}")
+    if "parity" in report:
+        lines += [f"Parity on {report['eval']['positions']} positions of {report['eval']['text']} "
+                  f"(windows of {report['eval']['window']}{', each starting with BOS' if report['eval'].get('bos') else ''}).",
+                  "", "| pair | mean KL | p99 KL | top-1 | ppl ref | ppl test | Δppl | max abs Δlogit "
+                  "| greedy prefix / match |", "|---|---|---|---|---|---|---|---|---|"]
+        for key, label in PAIRS.items():
+            p, g = report["parity"].get(key), report.get("greedy", {}).get(key)
+            if p:
+                greedy = f"{g['common_prefix']}/{g['tokens']}, {g['match']:.2f}" if g else "-"
+                lines.append(f"| {label} | {p['kl_mean']:.4f} | {p['kl_p99']:.4f} | {p['top1']:.3f} | "
+                             f"{p['ppl_ref']:.2f} | {p['ppl_test']:.2f} | {100 * p['ppl_delta']:+.1f} % | "
+                             f"{p['max_abs_logit']:.3g} | {greedy} |")
+    rows = latency_rows(report)
+    if rows:
+        lines += ["", f"Latency, {report.get('threads', 2)} threads: medians of "
+                  f"{rows[0][1].get('rounds', 1)} rounds after a warm-up at the same shapes, [interquartile range].",
+                  "", "| runner | prefill tok/s | decode tok/s | TTFT ms | peak RSS MB | file MB |",
+                  "|---|---|---|---|---|---|"]
+        for name, lat in rows:
+            lines.append(f"| {name} | {_iqr(lat, 'prefill_tok_s')} | {_iqr(lat, 'decode_tok_s')} | "
+                         f"{_iqr(lat, 'ttft_ms')} | {_fmt(lat.get('peak_rss_mb'), '.0f')} | {_fmt(lat.get('file_mb'))} |")
+        ratio = report["latency"].get("app_vs_python_loop")
+        if ratio:
+            lines += ["", f"The runtime's own loop against our Python loop over the same artifact: decode "
+                          f"{_fmt(ratio['decode_tok_s'], '.2f')}×, prefill {_fmt(ratio['prefill_tok_s'], '.2f')}×."]
+    checks = report.get("gate", {}).get("checks") or report.get("checks")
+    if checks:
+        lines += ["", "## Gate", ""]
+        if report.get("gate", {}).get("baseline"):
+            lines += [f"Baseline: `{report['gate']['baseline']}`.", ""]
+        lines += ["| suite | check | value | bound | basis | result |", "|---|---|---|---|---|---|"]
+        for c in checks:
+            if c.get("suite") == "metadata" and c["status"] == "pass":
+                continue  # listed in full in the metadata table below
+            value = _fmt(c["value"], ".4g") if c.get("value") is not None else "-"
+            bound = f"{c['op']} {c['bound']:.4g}" if c.get("bound") is not None else "-"
+            status = c.get("status", "pass" if c["ok"] else "fail")
+            result = {"pass": "pass", "fail": "**FAIL**", "warn": "warning", "skip": "skipped"}[status]
+            detail = c.get("basis", "") if status == "pass" else c.get("message", "")
+            lines.append(f"| {c.get('suite', '')} | {c['name']} | {value} | {bound} | {_cell(detail)} | {result} |")
+    loc = report.get("localise")
+    if loc:
+        lines += ["", f"Localiser: **{loc['message']}**", "",
+                  "| point | relative error | noise floor | ratio |", "|---|---|---|---|"]
+        for pt in loc.get("points", []):
+            lines.append(f"| {pt['name']} | {pt['error']:.3g} | {pt['floor']:.3g} | {pt['ratio']:.3g} |")
+    if report.get("metadata"):
+        lines += ["", "Metadata, re-derived from the files (what the apps read):", "",
+                  "| check | bundle.json | file | source | result |", "|---|---|---|---|---|"]
+        for c in report["metadata"]:
+            lines.append(f"| {c['name']} | {_cell(c['manifest'])} | {_cell(c['derived'])} | {c['source']} | "
+                         f"{'match' if c['ok'] else 'MISMATCH'} |")
+    q = report.get("quantization", {})
+    if q.get("calibration"):
+        c = q["calibration"]
+        lines += ["", f"Rounding: {', '.join(q.get('rounding', []))}; calibration: {c.get('text')}, "
+                      f"{c.get('tokens')} tokens ({c.get('seconds', 0):.0f} s), rounding {q.get('rounding_seconds', 0):.0f} s."]
+    if q.get("auto"):
+        a = q["auto"]
+        measured = report.get("parity", {}).get("float_vs_quant", {}).get("kl_mean")
+        lines += ["", f"4bit-auto plan for {a['budget_mb']:.1f} MB of weights ({a['weights_mb']:.1f} MB used, "
+                      f"{a['seconds']:.0f} s of trials): predicted KL {a['predicted_kl_sum']:.4f} (sum of each item "
+                      f"alone; all at the base format: {_fmt(a.get('predicted_kl_sum_base'), '.4f')}), measured "
+                      f"float -> quantized {_fmt(measured, '.4f')}.", "",
+                  "| item | format | KL when alone in each format |", "|---|---|---|"]
+        for it in a["plan"]:
+            alone = ", ".join(f"{o}: {v:.4f}" for o, v in it["kl_alone"].items())
+            lines.append(f"| {it['item']} | {it['format']} | {alone} |")
+    fb = q.get("fallbacks")
+    if fb:
+        lines += ["", "Group-size fallbacks: " + ", ".join(f"{f['layer']} (in {f['in_features']}: g{f['group_size']})"
+                                                          for f in fb)]
+    if report.get("steps"):
+        lines += ["", "| step | seconds | peak RSS MB (process tree) |", "|---|---|---|"]
+        for s in report["steps"]:
+            name = f"{s['step']} ({s['detail']})" if s.get("detail") else s["step"]
+            lines.append(f"| {name} | {s['seconds']:.1f} | {_fmt(s.get('tree_peak_mb'), '.0f')} |")
+    if report.get("plots"):
+        from mobilellm_export.verify.report.plots import markdown_links
+
+        lines += ["", markdown_links(report["plots"])]
+    lines += ["", f"Result: **{result_line(report)}**", ""]
+    return "\n".join(lines)
+
+
+def write(report: dict, d: Path) -> None:
+    (d / "report.json").write_text(json.dumps(report, indent=2))
+    (d / "report.md").write_text(markdown(report))
+
+
+def print_summary(report: dict, console) -> None:
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    def table(title):
+        return Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+
+    if "parity" in report:
+        t = table(f"parity: {report['eval']['positions']} positions")
+        for col in ("pair", "KL", "p99 KL", "top-1", "ppl ref→test", "max|Δ|", "greedy"):
+            t.add_column(col, no_wrap=True, justify="left" if col == "pair" else "right")
+        for key, label in SHORT.items():
+            p, g = report["parity"].get(key), report.get("greedy", {}).get(key)
+            if p:
+                t.add_row(label, f"{p['kl_mean']:.4f}", f"{p['kl_p99']:.3f}", f"{p['top1']:.3f}",
+                          f"{_short(p['ppl_ref'])}→{_short(p['ppl_test'])}", f"{p['max_abs_logit']:.3g}",
+                          f"{g['common_prefix']}/{g['tokens']}" if g else "-")
+        console.print(t)
+    rows = latency_rows(report)
+    if rows:
+        t = table(f"latency: {report.get('threads', 2)} threads, median of {rows[0][1].get('rounds', 1)}")
+        for col in ("runner", "prefill/s", "decode/s", "TTFT ms", "RSS MB", "file MB"):
+            t.add_column(col, no_wrap=True, justify="left" if col == "runner" else "right")
+        for name, lat in rows:
+            t.add_row(name, _fmt(lat["prefill_tok_s"]), _fmt(lat["decode_tok_s"]), _fmt(lat["ttft_ms"]),
+                      _fmt(lat.get("peak_rss_mb"), ".0f"), _fmt(lat.get("file_mb")))
+        console.print(t)
+    for c in report.get("gate", {}).get("checks") or report.get("checks", []):
+        if c.get("suite") == "metadata":
+            continue  # one line for all of them below
+        mark = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "warn": "[yellow]warn[/]",
+                "skip": "[dim]skip[/]"}[c.get("status", "pass" if c["ok"] else "fail")]
+        console.print(f"  {mark} {escape(c['message'])}", highlight=False)
+    if report.get("localise"):
+        console.print(f"  localiser: {escape(report['localise']['message'])}", highlight=False)
+    meta = report.get("metadata", [])
+    bad = [c for c in meta if not c["ok"]]
+    if meta:
+        console.print(f"  {'[red]FAIL[/]' if bad else '[green]pass[/]'} metadata: "
+                      + (f"{bad[0]['name']} differs in {bad[0]['source']}" if bad else
+                         f"{len(meta)} values match the files"))
+    console.print(f"  result: {result_line(report)}")
