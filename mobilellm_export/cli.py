@@ -18,7 +18,7 @@ import click
 
 from mobilellm_export import __version__
 from mobilellm_export.errors import user_message
-from mobilellm_export.backends import OPTIONS, Names, options_for
+from mobilellm_export.backends import Names, flag, option_flags, options_for
 
 
 def _fail(msg: str, code: int = 2):
@@ -117,14 +117,14 @@ EVAL_TOKENS = click.option("--eval-tokens", default=4096, show_default=True, typ
                            help="Tokens of the eval text scored (windows of 512). The recipe thresholds are set on 4096.")
 
 
-def _dest(option) -> str:
-    return option.flag.lstrip("-").replace("-", "_")
+def _dest(target: str, option) -> str:
+    return flag(target, option).lstrip("-").replace("-", "_")
 
 
 def TARGET_OPTIONS(fn):
-    """Each target's own options (targets.OPTIONS), e.g. --onnx-accuracy."""
-    for o in reversed(OPTIONS):
-        fn = click.option(o.flag, _dest(o), type=click.Choice(o.choices), help=o.help)(fn)
+    """Each registered target's own options (Target.OPTIONS), e.g. --onnx-accuracy."""
+    for target, o in reversed(option_flags()):
+        fn = click.option(flag(target, o), _dest(target, o), type=click.Choice(o.choices), help=o.help)(fn)
     return fn
 
 
@@ -162,7 +162,7 @@ def export(model, quiet, as_json, junit, **opts):
 
     started = time.monotonic()
     progress = _progress(quiet or as_json)
-    given = {o.flag: opts.pop(_dest(o)) for o in OPTIONS}
+    given = {flag(t, o): opts.pop(_dest(t, o)) for t, o in option_flags()}
     path, rep = export_command(model, progress=progress, target_options=options_for(opts["target"], given), **opts)
     _emit(rep, progress, as_json, junit, started)
     if rep.get("passed") is False:

@@ -139,15 +139,8 @@ def calibrator(ck: Checkpoint, model, recipe: Recipe, bos: int | None, max_conte
     return run
 
 
-def artifact_overhead_bytes(cfg, max_context: int) -> float:
-    """Artifact bytes besides estimate_bytes()'s weights: the RoPE tables (fp32 cos and sin,
-    [max_context, head_dim] each) and the program. SmolLM2 4bit at context 2048: 89.81 MB of .pte
-    and .ptd for an 88.27 MB weight estimate, 1.05 MB of them the tables."""
-    return 2 * max_context * cfg.head_dim * 4 + 0.5e6
-
-
 def plan_auto(ck: Checkpoint, model, recipe: Recipe, calibrate_cb, bos: int | None, max_context: int,
-              status=lambda msg: None) -> tuple[Recipe, dict]:
+              target: Target, status=lambda msg: None) -> tuple[Recipe, dict]:
     """Resolve a 4bit-auto recipe: its per-block formats under the --size-mb budget (quant/auto.py)."""
     from mobilellm_export.quant import auto, calibrate
     from mobilellm_export.quant.size import block_linears
@@ -157,7 +150,7 @@ def plan_auto(ck: Checkpoint, model, recipe: Recipe, calibrate_cb, bos: int | No
     spec = _calib_spec(recipe, max_context, tokens=recipe.auto.tokens, seed=recipe.calibration.seed + 1)
     text, _ = calibrate.read_text(spec.text)
     wins = calibrate.calib_windows(ck.tokenizer.encode(text, add_special_tokens=False), spec, bos)
-    budget = recipe.auto.size_mb * 1e6 - artifact_overhead_bytes(ck.config, max_context)
+    budget = recipe.auto.size_mb * 1e6 - target.overhead_bytes(ck.config, max_context)
     return auto.search(model, recipe, ck.config, H, wins, budget, status)
 
 
@@ -217,7 +210,7 @@ def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_cont
     if recipe.auto is not None and not recipe.auto.resolved:
         with progress.step("4bit-auto: sensitivity", f"each block alone in {', '.join(recipe.auto.options)}, "
                            f"budget {recipe.auto.size_mb:g} MB") as task:
-            recipe, auto_facts = plan_auto(ck, model, recipe, cal, spec.bos_id, max_context, task.status)
+            recipe, auto_facts = plan_auto(ck, model, recipe, cal, spec.bos_id, max_context, target, task.status)
         progress.note(f"  head {auto_facts['head']}; 8 bits: {', '.join(auto_facts['kept_8bit']) or 'none'}; "
                       f"predicted weights {auto_facts['weights_mb']:.1f} MB")
     with progress.step(f"quantize ({recipe.name})", recipe.description or "no quantization"):

@@ -321,7 +321,8 @@ def test_onnx_matches_the_reference_through_chunked_prefill_and_decode(name, qua
     from mobilellm_export.quant.recipe import load_recipe
     from mobilellm_export.runtimes.eager import EagerRunner
     from mobilellm_export.backends import ExportSpec
-    from mobilellm_export.backends.onnxruntime.target import Onnx, OnnxRunner
+    from mobilellm_export.backends.onnxruntime.target import Onnx
+    from mobilellm_export.runtimes.onnxruntime import OnnxRunner
 
     cfg = _small_vocab(name)
     model = Transformer.from_weights(cfg, random_weights(cfg), max_context=128)

@@ -157,7 +157,7 @@ def test_bad_recipes_fail_in_one_line(tmp_path, body, needle):
 
 _INTERRUPT = textwrap.dedent("""
     import os, signal, sys
-    import mobilellm_export.backends.executorch.xnnpack as android
+    import mobilellm_export.backends.executorch.program as android
     real = android.export_pte
     def export_then_interrupt(model, cfg, path, **kw):
         facts = real(model, cfg, path, **kw)     # a full artifact is on disk in the temp bundle ...

@@ -143,7 +143,7 @@ def test_chat_templates_are_bounded(tmp_path, template, needle):
 
 _LOWER_THEN = textwrap.dedent("""
     import os, signal, sys
-    import mobilellm_export.backends.executorch.xnnpack as android
+    import mobilellm_export.backends.executorch.program as android
     real = android.export_pte
     def export_then(model, cfg, path, **kw):
         facts = real(model, cfg, path, **kw)     # a full artifact is in the temp bundle ...

@@ -24,7 +24,8 @@ from mobilellm_export.model import Transformer, random_weights
 from mobilellm_export.quant.quantize import quantize
 from mobilellm_export.quant.recipe import load_recipe
 from mobilellm_export.backends import ExportSpec, Target
-from mobilellm_export.backends.executorch import xnnpack as android
+from mobilellm_export.backends.executorch import program as android
+from mobilellm_export.backends.executorch.xnnpack import Android
 from mobilellm_export.nn_utils import structural_copy
 from mobilellm_export.verify import localise as loc
 
@@ -84,7 +85,7 @@ FAULTS = {"scale": (scale_fault, "layers.1.mlp"), "swap": (swap_fault, "layers.1
           "kv": (kv_fault, "layers.1.self_attn")}
 
 
-class Faulty(android.Android):
+class Faulty(Android):
     def __init__(self, fault=None):
         self.fault = fault
 
@@ -212,7 +213,7 @@ def test_android_swapped_layer(reference, tmp_path):
 def test_android_probe_program_computes_what_the_artifact_does(reference, tmp_path):
     from mobilellm_export.runtimes.executorch import ExecuTorchRunner
 
-    target = android.Android()
+    target = Android()
     target.export(target.prepare(reference[0], SPEC), SPEC, tmp_path)
     shipped = ExecuTorchRunner(tmp_path / target.ENTRY)  # picks up model.ptd beside it
     r = loc.localise(target, reference[0], SPEC, TOKENS, artifact=shipped)

@@ -19,7 +19,9 @@ from mobilellm_export.quant.recipe import load_recipe
 from mobilellm_export.runtimes.eager import EagerRunner
 from mobilellm_export.checkpoints import load
 from mobilellm_export.backends import ExportSpec
-from mobilellm_export.backends.onnxruntime.target import DequantLinear, Onnx, OnnxRunner
+from mobilellm_export.backends.onnxruntime.target import Onnx
+from mobilellm_export.quant.simulate import DequantLinear
+from mobilellm_export.runtimes.onnxruntime import OnnxRunner
 from conftest import LLAMA3_TOKENIZER, calib
 from test_sources import assert_one_line_error, run_cli
 

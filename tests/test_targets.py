@@ -119,7 +119,7 @@ def test_target_agnostic_modules_name_no_target(module):
 def test_structural_copy_shares_weights_and_leaves_the_reference_alone():
     from mobilellm_export.config import PRESETS
     from mobilellm_export.model import KVCacheAttention, Transformer, random_weights
-    from mobilellm_export.backends.executorch.xnnpack import prepare
+    from mobilellm_export.backends.executorch.program import prepare
 
     cfg = PRESETS["tiny-r1"]
     ref = Transformer.from_weights(cfg, random_weights(cfg), max_context=32)

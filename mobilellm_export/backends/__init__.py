@@ -1,10 +1,14 @@
-"""Targets: one module per runtime, the only place that imports its backend, plus one runner.
+"""Backends: one package per runtime family, each registering one or more targets.
 
 The pipeline, the bundle, verification and the CLI know a target only through `Target` and the
-registry below, so a new runtime is one new file here (and one in `runners/`):
+registry below. A target declares on its class everything that is about its runtime (its options,
+lowering bounds, size model and recipe checks), so that nothing outside backends/ names a target:
 
+    OPTIONS                    the target's command-line options (`--<target>-<key>`), with defaults
     check(recipe, spec)        UserError before any work if the recipe cannot be honoured;
                                returns notes for the report where the target reinterprets it
+    thresholds(th, recipe)     the recipe's bounds with this runtime's lowering bounds
+    overhead_bytes(cfg, ctx)   artifact bytes beyond the weights (4bit-auto's budget)
     reference(quantized)       the eager model this artifact must match (it may be `quantized` itself)
     prepare(model, spec)       module swaps (own KV cache, attention, norms); still runs eagerly;
                                works on a structural copy, so the reference stays untouched
@@ -17,8 +21,9 @@ registry below, so a new runtime is one new file here (and one in `runners/`):
                                artifact is, with `Transformer.probe` on: (hidden states, logits)
                                per position, for `verify.localise`; None where it cannot
 
-Registered targets: `TARGETS` (name -> "module:Class"), `register()` at run time, and the
-`mobilellm_export.backends` entry-point group for targets that live in other packages.
+A target module keeps its exporter's imports inside methods: listing targets (the CLI's --help)
+imports no torch. Targets are registered by the `mobilellm_export.backends` entry-point group (the
+built-in ones too, in pyproject.toml), or by `register()` at run time.
 """
 
 from __future__ import annotations
@@ -71,14 +76,31 @@ class Target:
     runtime: ClassVar[str]  # human name of the runtime, for reports
     tools: ClassVar[tuple[str, ...]] = ()  # pip packages whose versions the bundle records
 
+    OPTIONS: ClassVar[tuple[Option, ...]] = ()
+
     def __init__(self, **options):
-        if options:  # a target with options (e.g. onnx's accuracy) overrides __init__
-            raise UserError(f"target {self.name} takes no option {sorted(options)[0]!r}")
+        known = {o.key: o for o in self.OPTIONS}
+        for key, value in options.items():
+            if key not in known:  # e.g. a bundle.json from a newer version naming an option this one lacks
+                raise UserError(f"target {self.name} takes no option {key!r}")
+            if value not in known[key].choices:
+                raise UserError(f"--{self.name}-{key.replace('_', '-')} {value!r}: choose one of "
+                                f"{', '.join(known[key].choices)}")
+        self._options = {o.key: options.get(o.key, o.default) for o in self.OPTIONS}
 
     @property
     def options(self) -> dict:
         """The options this target was built with, recorded in bundle.json (target.options)."""
-        return {}
+        return dict(self._options)
+
+    @classmethod
+    def from_manifest(cls, target: dict) -> Target:
+        """The target a bundle's `target` table describes, built with the options it recorded."""
+        return cls(**target.get("options", {}))
+
+    def overhead_bytes(self, cfg: ModelConfig, max_context: int) -> float:
+        """Artifact bytes besides the weights (quant/size.py's estimate), for 4bit-auto's budget."""
+        return 0.0
 
     def check(self, recipe: Recipe, spec: ExportSpec) -> list[str]:
         return []
@@ -122,58 +144,25 @@ class Target:
 
 @dataclass(frozen=True)
 class Option:
-    """A command-line option of one target (`--<target>-<key>`), declared here so the CLI offers
-    it without importing the target's backend."""
-    target: str
+    """A command-line option of one target, `--<target>-<key>` (underscores as dashes)."""
     key: str  # the keyword its Target class takes
     choices: tuple[str, ...]
+    default: str
     help: str
 
-    @property
-    def flag(self) -> str:
-        return f"--{self.target}-{self.key}"
 
-
-OPTIONS: list[Option] = [
-    Option("onnx", "accuracy", ("int8", "fp32"),
-           "--target onnx: MatMulNBits compute, int8 activations (accuracy level 4, ORT's fast CPU path; the "
-           "default) or fp32 (level 1)."),
-    Option("onnx", "ort", ("off", "on"),
-           "--target onnx: also write model.ort (ORT format, for ORT Mobile reduced builds) and its "
-           "required-operators config."),
-]
-
-
-def options_for(target: str, given: dict[str, str | None]) -> dict:
-    """The given options (flag -> value, None = not given) as `target`'s keywords; one line for an
-    option of another target."""
-    out = {}
-    for o in OPTIONS:
-        value = given.get(o.flag)
-        if value is None:
-            continue
-        if o.target != target:
-            raise UserError(f"{o.flag} applies to --target {o.target}, not {target}")
-        out[o.key] = value
-    return out
-
-
-TARGETS: dict[str, str | type[Target]] = {
-    "android": "mobilellm_export.backends.executorch.xnnpack:Android",
-    "onnx": "mobilellm_export.backends.onnxruntime.target:Onnx",
-    "ios": "mobilellm_export.backends.coreml.target:IOS",
-}
 _ENTRY_POINTS = "mobilellm_export.backends"
+_REGISTERED: dict[str, str | type[Target]] = {}
 
 
 def register(name: str, target: str | type[Target]) -> None:
-    """Add a target: a class, or "module:Class" imported on first use."""
-    TARGETS[name] = target
+    """Add a target at run time: a class, or "module:Class" imported on first use."""
+    _REGISTERED[name] = target
 
 
 def _all() -> dict[str, str | type[Target]]:
     found = {ep.name: ep.value for ep in metadata.entry_points(group=_ENTRY_POINTS)}
-    return {**found, **TARGETS}
+    return {**found, **_REGISTERED}
 
 
 def names() -> list[str]:
@@ -191,21 +180,48 @@ class Names(Sequence):
         return len(names())
 
 
-def get(name: str, options: dict | None = None) -> Target:
-    """The target `name`, built with `options` (e.g. {"accuracy": "fp32"} for onnx)."""
+def target_class(name: str) -> type[Target]:
     spec = _all().get(name)
     if spec is None:
         raise UserError(f"unknown target {name!r}: choose one of {', '.join(names())}")
     if isinstance(spec, str):
         module, _, cls = spec.partition(":")
-        spec = getattr(importlib.import_module(module), cls)
-    try:
-        return spec(**(options or {}))
-    except TypeError:  # e.g. a bundle.json from a newer version naming an option this one lacks
-        raise UserError(f"target {name} takes no option {sorted(options or {})[0]!r}") from None
+        try:
+            spec = getattr(importlib.import_module(module), cls)
+        except (ImportError, AttributeError) as e:
+            raise UserError(f"target {name}: cannot load {module}:{cls} ({e})") from None
+    return spec
+
+
+def get(name: str, options: dict | None = None) -> Target:
+    """The target `name`, built with `options` (e.g. {"accuracy": "fp32"} for onnx)."""
+    return target_class(name)(**(options or {}))
 
 
 def of_bundle(manifest: dict) -> Target:
     """The target a bundle was built for, with the options it was built with."""
     t = manifest["target"]
-    return get(t["name"], t.get("options"))
+    return target_class(t["name"]).from_manifest(t)
+
+
+def option_flags() -> list[tuple[str, Option]]:
+    """Every registered target's options as (target name, Option): the CLI's `--<target>-<key>` flags."""
+    return [(name, o) for name in names() for o in target_class(name).OPTIONS]
+
+
+def flag(target: str, o: Option) -> str:
+    return f"--{target}-{o.key.replace('_', '-')}"
+
+
+def options_for(target: str, given: dict[str, str | None]) -> dict:
+    """The given options (flag -> value, None = not given) as `target`'s keywords; one line for an
+    option of another target."""
+    out = {}
+    for name, o in option_flags():
+        value = given.get(flag(name, o))
+        if value is None:
+            continue
+        if name != target:
+            raise UserError(f"{flag(name, o)} applies to --target {name}, not {target}")
+        out[o.key] = value
+    return out

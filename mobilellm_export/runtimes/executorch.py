@@ -233,3 +233,26 @@ def runner_stats(s) -> dict:
     stats["prefill_ms"] = prefill_ms
     stats["ttft_ms"] = s.first_token_ms - s.inference_start_ms
     return stats
+
+
+class ProbeProgram:
+    """A probe .pte in ExecuTorch's runtime: tokens from position 0, chunked by max_seq_len."""
+
+    def __init__(self, path: Path, max_seq_len: int, threads: int | None):
+        from executorch.runtime import Runtime
+
+        register_kernels()
+        if threads:
+            set_threads(threads)
+        self.program = Runtime.get().load_program(str(path))
+        self.max_seq_len = max_seq_len
+
+    def __call__(self, tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        method = self.program.load_method("forward")  # a fresh load: fresh KV-cache buffers
+        hidden, logits = [], []
+        for i in range(0, len(tokens), self.max_seq_len):
+            chunk = torch.tensor([tokens[i:i + self.max_seq_len]], dtype=torch.long)
+            lg, h = method.execute([chunk, torch.tensor([i], dtype=torch.long)])
+            hidden.append(h[:, 0].float().clone())  # outputs live in the method's planned memory
+            logits.append(lg[0].float().clone())
+        return torch.cat(hidden, 1), torch.cat(logits)

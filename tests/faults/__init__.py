@@ -96,7 +96,7 @@ def _one_group(factor: float) -> Callable:
 def _rotary(prepared, **cfg_changes):
     """A MatmulRotary built from the model's config with some fields changed."""
     from mobilellm_export.model import Rotary
-    from mobilellm_export.backends.executorch.xnnpack import MatmulRotary
+    from mobilellm_export.backends.executorch.program import MatmulRotary
 
     cfg = dataclasses.replace(prepared.cfg, **cfg_changes)
     return MatmulRotary(Rotary(cfg, prepared.max_context))
@@ -124,7 +124,7 @@ def rope_theta(factor: float) -> Callable:
 def _kv(cache, shift: int = 0, scale_mul: float = 1.0):
     """A copy of a prepared CustomKVCacheAttention that writes k/v `shift` slots late and/or
     scales the scores; with a shift its caches hold `shift` more slots so the write stays in range."""
-    from mobilellm_export.backends.executorch.xnnpack import CustomKVCacheAttention
+    from mobilellm_export.backends.executorch.program import CustomKVCacheAttention
 
     class Faulty(CustomKVCacheAttention):
         def attend(self, q, k, v, start_pos):
@@ -181,7 +181,7 @@ def final_norm_dropped(prepared) -> None:
 def rms_eps(factor: float) -> Callable:
     def fn(prepared) -> None:
         from mobilellm_export.nn_utils import replace_modules
-        from mobilellm_export.backends.executorch.xnnpack import LinearMeanRMS
+        from mobilellm_export.backends.executorch.program import LinearMeanRMS
 
         def swap(m):
             if isinstance(m, LinearMeanRMS):
@@ -201,7 +201,7 @@ def layer_from_other_layer(prepared) -> None:
 
 
 def embedding_nibbles_flipped(prepared) -> None:
-    from mobilellm_export.backends.executorch.xnnpack import TiedEmbeddingLookup
+    from mobilellm_export.backends.executorch.program import TiedEmbeddingLookup
 
     emb = prepared.embed_tokens
     if not (isinstance(emb, TiedEmbeddingLookup) and emb.four_bit):
