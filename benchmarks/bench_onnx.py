@@ -80,7 +80,7 @@ def llama_checkpoint(hf: Path, max_context: int) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from mobilellm_export.config import PRESETS
+    from mobilellm_export.presets import PRESETS
 
     p = PRESETS[PRESET]
     config = LlamaConfig(

@@ -18,7 +18,7 @@ import click
 
 from mobilellm_export import __version__
 from mobilellm_export.errors import user_message
-from mobilellm_export.backends import Names, flag, option_flags, options_for
+from mobilellm_export.backends import Names, flag, option_flags
 
 
 def _fail(msg: str, code: int = 2):
@@ -117,14 +117,12 @@ EVAL_TOKENS = click.option("--eval-tokens", default=4096, show_default=True, typ
                            help="Tokens of the eval text scored (windows of 512). The recipe thresholds are set on 4096.")
 
 
-def _dest(target: str, option) -> str:
-    return flag(target, option).lstrip("-").replace("-", "_")
-
-
 def TARGET_OPTIONS(fn):
     """Each registered target's own options (Target.OPTIONS), e.g. --onnx-accuracy."""
+    from mobilellm_export.cli_flags import option_dest
+
     for target, o in reversed(option_flags()):
-        fn = click.option(flag(target, o), _dest(target, o), type=click.Choice(o.choices), help=o.help)(fn)
+        fn = click.option(flag(target, o), option_dest(target, o), type=click.Choice(o.choices), help=o.help)(fn)
     return fn
 
 
@@ -158,12 +156,12 @@ def export(model, quiet, as_json, junit, **opts):
     """Export SOURCE to a verified bundle (the default command)."""
     import time
 
+    from mobilellm_export.cli_flags import export_request
     from mobilellm_export.pipeline import export_command
 
     started = time.monotonic()
     progress = _progress(quiet or as_json)
-    given = {flag(t, o): opts.pop(_dest(t, o)) for t, o in option_flags()}
-    path, rep = export_command(model, progress=progress, target_options=options_for(opts["target"], given), **opts)
+    path, rep = export_command(export_request(model, opts), progress)
     _emit(rep, progress, as_json, junit, started)
     if rep.get("passed") is False:
         _say_failed(rep, progress, f" (see {path / 'report.md'})")
@@ -235,13 +233,14 @@ def verify(bundle, eval_text, eval_tokens, thresholds, no_latency, calib_text, b
     """Re-check an existing bundle: sha256 of every file, metadata, parity, latency, baseline."""
     import time
 
+    from mobilellm_export.cli_flags import verify_request
     from mobilellm_export.pipeline import verify_command
 
     started = time.monotonic()
     progress = _progress(quiet or as_json)
-    rep = verify_command(bundle, eval_text=eval_text, eval_tokens=eval_tokens, thresholds=thresholds,
-                         threads=threads, with_latency=not no_latency, progress=progress, baseline=baseline,
-                         report_dir=report_dir, calib_text=calib_text)
+    rep = verify_command(verify_request(bundle, eval_text=eval_text, eval_tokens=eval_tokens, thresholds=thresholds,
+                                        no_latency=no_latency, baseline=baseline, threads=threads,
+                                        report_dir=report_dir, calib_text=calib_text), progress)
     _emit(rep, progress, as_json, junit, started)
     if rep["passed"] is False and not as_json:
         _say_failed(rep, progress)

@@ -17,25 +17,26 @@ import datetime
 import hashlib
 import json
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from mobilellm_export import bundle as bundle_mod
 from mobilellm_export import backends
+from mobilellm_export import bundle as bundle_mod
+from mobilellm_export.backends import ExportSpec, Target
+from mobilellm_export.checkpoints import Checkpoint, build_model
 from mobilellm_export.console import Progress
 from mobilellm_export.errors import UserError
-from mobilellm_export.checkpoints import build_model
 from mobilellm_export.memory import release
+from mobilellm_export.presets import generation_defaults as family_defaults
 from mobilellm_export.quant.quantize import quantize
 from mobilellm_export.quant.recipe import Recipe, Thresholds
 from mobilellm_export.runtimes.eager import EagerRunner
-from mobilellm_export.checkpoints import Checkpoint
-from mobilellm_export.backends import ExportSpec, Target
-from mobilellm_export.text.tokenizer import SYSTEM_PROMPTS
+from mobilellm_export.text.corpus import load_text, windows
 from mobilellm_export.verify import gate as gate_mod, latency, metadata, parity, report as report_mod
 from mobilellm_export.verify.parity import LogitStore
-from mobilellm_export.text.corpus import load_text, windows
+from mobilellm_export.verify.thresholds import thresholds_for as merge_thresholds
 
 WINDOW = 512
 GREEDY_PROMPT, GREEDY_TOKENS = 16, 64
@@ -44,30 +45,63 @@ PAIRS = {"float_vs_quant": ("float", "reference"), "quant_vs_artifact": ("refere
          "float_vs_artifact": ("float", "artifact"), "quant_noise_floor": ("reference", "noise")}
 
 
-def thresholds_for(recipe: Recipe, target: str | Target, overrides: tuple[str, ...]) -> Thresholds:
-    """verify/thresholds.py's merge rule, for a target given by name or object."""
-    from mobilellm_export.verify.thresholds import thresholds_for as merge
+@dataclass(frozen=True)
+class Checking:
+    """How an artifact is checked, the same for `export` and `verify`."""
+    eval_text: str | None = None  # None: the built-in sample
+    eval_tokens: int = 4096
+    thresholds: dict[str, float] = field(default_factory=dict)  # --threshold overrides, parsed
+    latency: bool = True
+    baseline: str | None = None  # an earlier report.json
+    threads: int = 2
 
-    return merge(recipe, backends.get(target) if isinstance(target, str) else target, overrides)
+
+@dataclass(frozen=True)
+class ExportRequest:
+    source: str
+    target: str  # a registered target name (the CLI owns the default)
+    target_options: dict = field(default_factory=dict)
+    quant: str = "4bit"  # a shipped recipe name or a .toml path
+    tokenizer: str | None = None
+    out: str = "out"
+    max_context: int = 2048
+    max_seq_len: int = 128
+    calib_text: str | None = None
+    size_mb: float | None = None
+    verify: bool = True
+    checking: Checking = Checking()
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    bundle: str
+    report_dir: str | None = None  # where the report goes (the bundle is never written)
+    source: str | None = None  # the float model, when not the one bundle.json names
+    calib_text: str | None = None  # the calibration text, moved
+    checking: Checking = Checking()
+
+
+def thresholds_for(recipe: Recipe, target: str | Target, overrides: dict[str, float] | tuple[str, ...] = ()) -> Thresholds:
+    """verify/thresholds.py's merge rule, for a target given by name or object."""
+    return merge_thresholds(recipe, backends.get(target) if isinstance(target, str) else target, overrides)
 
 
 def generation_defaults(ck: Checkpoint, spec: ExportSpec) -> dict:
     from mobilellm_export.text.prompt_format import for_tokenizer
 
     tok = ck.tokenizer
-    r1 = ck.config.arch == "llama4_text"
+    family = family_defaults(ck.config.arch)  # sampling and system prompts: presets.py's, per family
     return {
         # the chat template reduced for the apps (proved equal to it; or why it cannot be)
-        "prompt_format": for_tokenizer(tok, list(spec.eos_ids), SYSTEM_PROMPTS if r1 else {}),
+        "prompt_format": for_tokenizer(tok, list(spec.eos_ids), family.system_prompts),
         "bos": tok.bos_policy(ck.config.bos_token_id),
         "eos_ids": list(spec.eos_ids),
         "chat_template": tok.chat_template,
-        "system_prompts": SYSTEM_PROMPTS if r1 else {},
+        "system_prompts": family.system_prompts,
         "max_context": spec.max_context,
         "max_seq_len": spec.max_seq_len,
-        # MobileLLM-R1's evaluation settings; greedy elsewhere.
-        "temperature": 0.6 if r1 else 0.0,
-        "top_p": 0.95 if r1 else 1.0,
+        "temperature": family.temperature,
+        "top_p": family.top_p,
     }
 
 
@@ -192,9 +226,9 @@ def calibration_checks(recipe: Recipe, ck: Checkpoint, eval_text: str | None, ev
 
 
 def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_context: int, max_seq_len: int,
-           eval_text: str | None, eval_tokens: int, do_verify: bool, threads: int, thresholds: Thresholds,
-           progress: Progress, with_latency: bool = True, baseline: dict | None = None) -> tuple[Path, dict]:
-    spec = export_spec(ck, max_context, max_seq_len, threads)
+           checking: Checking, thresholds: Thresholds, progress: Progress, do_verify: bool = True,
+           baseline: dict | None = None) -> tuple[Path, dict]:
+    spec = export_spec(ck, max_context, max_seq_len, checking.threads)
     notes = target.check(recipe, spec)
     final = Path(out) / f"{ck.name}-{target.name}-{recipe.name}"
     if final.exists() and not final.is_dir():  # before the work, not after it
@@ -219,7 +253,8 @@ def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_cont
         qfacts["auto"] = auto_facts
     release()
     reference = target.reference(model)
-    rep = {"model": ck.name, "target": target.name, "recipe": recipe.name, "threads": threads,
+    del model  # `reference` holds (or shares) what is needed
+    rep = {"model": ck.name, "target": target.name, "recipe": recipe.name, "threads": checking.threads,
            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "target_notes": notes, "quantization": qfacts}
     with bundle_mod.atomic_dir(final) as tmp:
@@ -244,24 +279,42 @@ def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_cont
         rep["metadata"] = metadata.derive(tmp, manifest, target)
         positions = None
         if do_verify:
-            rep.update(verify_parity(ck, target, tmp, manifest, reference, thresholds, eval_text=eval_text,
-                                     eval_tokens=eval_tokens, threads=threads, progress=progress, baseline=baseline,
-                                     spec=spec))
-            rep["checks"] += calibration_checks(recipe, ck, eval_text, eval_tokens, qfacts) + auto_checks(recipe, rep)
-            positions = rep.pop("positions")
-            del model, reference
-            ck.drop_weights()
-            release()
-            if with_latency:
-                rep["latency"] = measure_latency(ck, target, tmp, manifest, threads=threads, progress=progress)
-            judge(rep, recipe, baseline, tmp, manifest, with_latency=with_latency, threads=threads,
-                  progress=progress)
+            handed = [reference]
+            del reference
+            positions = verification(rep, ck, recipe, target, tmp, manifest, handed, qfacts, thresholds, spec,
+                                     checking, baseline, progress)
         else:
             rep["passed"] = None
         rep["steps"] = progress.steps
         write_report(rep, tmp, positions, baseline)
     progress.note(f"bundle written: {final}")
     return final, rep
+
+
+def verification(rep: dict, ck: Checkpoint, recipe: Recipe, target: Target, bundle_dir: Path, manifest: dict,
+                 handed: list, qfacts: dict, thresholds: Thresholds, spec: ExportSpec, checking: Checking,
+                 baseline: dict | None, progress: Progress, built: dict | None = None) -> dict:
+    """The one verification sequence `export` and `verify` share, after the artifact exists: parity
+    (float, reference, artifact, noise floor), greedy agreement, the recipe's and the target's bounds,
+    calibration and budget checks, latency, then the verdict (`rep["passed"]`). Fills `rep`; returns
+    the per-position series for the plots.
+
+    `handed`: a one-element list holding the caller's last reference to the quantized reference, so
+    that it is freed here, before latency's child processes load their own models."""
+    rep.update(verify_parity(ck, target, bundle_dir, manifest, handed[0], thresholds, eval_text=checking.eval_text,
+                             eval_tokens=checking.eval_tokens, threads=checking.threads, progress=progress,
+                             baseline=baseline, spec=spec))
+    rep["checks"] += (calibration_checks(recipe, ck, checking.eval_text, checking.eval_tokens, qfacts, built)
+                      + auto_checks(recipe, rep))
+    positions = rep.pop("positions")
+    handed.clear()
+    ck.drop_weights()
+    release()
+    if checking.latency:
+        rep["latency"] = measure_latency(ck, target, bundle_dir, manifest, threads=checking.threads, progress=progress)
+    judge(rep, recipe, baseline, bundle_dir, manifest, with_latency=checking.latency, threads=checking.threads,
+          progress=progress)
+    return positions
 
 
 def judge(rep: dict, recipe: Recipe, baseline: dict | None, bundle_dir: Path, manifest: dict, *,
@@ -395,53 +448,51 @@ def measure_latency(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: 
     return rows
 
 
-def export_command(model: str, *, target: str, quant: str, tokenizer: str | None, out: str, max_context: int,
-                   max_seq_len: int, eval_text: str | None, eval_tokens: int, no_verify: bool, no_latency: bool,
-                   thresholds: tuple[str, ...], threads: int, progress: Progress,
-                   baseline: str | None = None, calib_text: str | None = None,
-                   size_mb: float | None = None, target_options: dict | None = None) -> tuple[Path, dict]:
+def export_command(req: ExportRequest, progress: Progress) -> tuple[Path, dict]:
+    from mobilellm_export.checkpoints import load
     from mobilellm_export.quant.recipe import load_recipe
-    from mobilellm_export.checkpoints import load
 
-    tgt = backends.get(target, target_options)
-    recipe = with_size_budget(with_calib_text(load_recipe(quant), calib_text), size_mb)
-    th = thresholds_for(recipe, tgt, thresholds)
-    base = gate_mod.load_baseline(baseline) if baseline else None
-    if base is not None and no_verify:
+    c = req.checking
+    tgt = backends.get(req.target, req.target_options)
+    recipe = with_size_budget(with_calib_text(load_recipe(req.quant), req.calib_text), req.size_mb)
+    th = thresholds_for(recipe, tgt, c.thresholds)
+    base = gate_mod.load_baseline(c.baseline) if c.baseline else None
+    if base is not None and not req.verify:
         raise UserError("--baseline needs verification; drop --no-verify")
-    bundle_mod.check_writable(Path(out))  # before minutes of work, not after
-    torch.set_num_threads(threads)
-    with progress.step("load", model):
-        ck = load(model, tokenizer=tokenizer)
-    return export(ck, recipe, tgt, out=out, max_context=max_context, max_seq_len=max_seq_len, eval_text=eval_text,
-                  eval_tokens=eval_tokens, do_verify=not no_verify, threads=threads, thresholds=th, progress=progress,
-                  with_latency=not no_latency, baseline=base)
+    bundle_mod.check_writable(Path(req.out))  # before minutes of work, not after
+    torch.set_num_threads(c.threads)
+    with progress.step("load", req.source):
+        ck = load(req.source, tokenizer=req.tokenizer)
+    return export(ck, recipe, tgt, out=req.out, max_context=req.max_context, max_seq_len=req.max_seq_len,
+                  checking=c, thresholds=th, progress=progress, do_verify=req.verify, baseline=base)
 
 
-def verify_command(bundle_dir: str, *, eval_text: str | None, eval_tokens: int, thresholds: tuple[str, ...],
-                   threads: int, with_latency: bool, progress: Progress, baseline: str | None = None,
-                   report_dir: str | None = None, source: str | None = None, calib_text: str | None = None) -> dict:
-    """Re-check a bundle. The report goes to `report_dir` when given (the bundle is never written)."""
+def verify_command(req: VerifyRequest, progress: Progress) -> dict:
+    """Re-check a bundle. The report goes to `req.report_dir` when given (the bundle is never written)."""
     from mobilellm_export.checkpoints import load
 
-    d = Path(bundle_dir)
-    base = gate_mod.load_baseline(baseline) if baseline else None
-    if report_dir is not None:
-        bundle_mod.check_writable(Path(report_dir))
+    c = req.checking
+    d = Path(req.bundle)
+    base = gate_mod.load_baseline(c.baseline) if c.baseline else None
+    if req.report_dir is not None:
+        bundle_mod.check_writable(Path(req.report_dir))
     m = bundle_mod.read_manifest(d)
     bundle_mod.check_files(d, m)
     recipe = Recipe.from_dict(m["recipe"])
-    if calib_text is not None:  # the text moved: the same bytes, found elsewhere
+    if req.calib_text is not None:  # the text moved: the same bytes, found elsewhere
         if not recipe.calibration.text_sha256:
             raise UserError("--calib-text: this bundle was calibrated on the built-in text (or not at all)")
         recipe = dataclasses.replace(recipe, calibration=dataclasses.replace(
-            recipe.calibration, text=str(Path(calib_text).resolve())))
+            recipe.calibration, text=str(Path(req.calib_text).resolve())))
     if recipe.calibration.text_sha256:
         _calib_spec(recipe, m["generation"]["max_context"])  # a missing or changed text fails before any work
     progress.note(f"{d.name}: all {len(m['files'])} files match their sha256, none unlisted")
     tgt = backends.of_bundle(m)
+    gen = m["generation"]
+    spec = ExportSpec(config=None, max_context=gen["max_context"], max_seq_len=gen["max_seq_len"],
+                      eos_ids=tuple(gen["eos_ids"]), bos_id=gen["bos"]["id"], threads=c.threads)
     meta = metadata.derive(d, m, tgt)
-    bad = [c["name"] for c in meta if not c["ok"]]
+    bad = [x["name"] for x in meta if not x["ok"]]
     if base is None:  # a hand-run verify stops at the first disagreement, in one line
         metadata.require(meta)
     elif bad:  # a CI gate run goes on: the disagreement is a failed check in the report and JUnit file
@@ -449,42 +500,33 @@ def verify_command(bundle_dir: str, *, eval_text: str | None, eval_tokens: int, 
     if not bad:
         progress.note(f"{d.name}: EOS ids, context, vocabulary, chat template, BOS policy and pre-normalization match the files")
     with progress.step("load the artifact", "fails fast on a file its runtime cannot load"):
-        probe = tgt.runner(d, m, threads=threads)
+        probe = tgt.runner(d, m, threads=c.threads)
         del probe
         release()
-    th = thresholds_for(recipe, tgt, thresholds)
-    torch.set_num_threads(threads)
-    with progress.step("load", source or m["source"]["id"]):
-        ck = load(source or m["source"]["id"], tokenizer=str(d / m["tokenizer"]["file"]))
+    th = thresholds_for(recipe, tgt, c.thresholds)
+    torch.set_num_threads(c.threads)
+    with progress.step("load", req.source or m["source"]["id"]):
+        ck = load(req.source or m["source"]["id"], tokenizer=str(d / m["tokenizer"]["file"]))
+    spec = dataclasses.replace(spec, config=ck.config)
+    notes = tgt.check(recipe, spec)  # the same target the export used, options included
     with progress.step("reference model + quantize", recipe.name):
-        qmodel = build_model(ck, m["generation"]["max_context"])
+        qmodel = build_model(ck, gen["max_context"])
         ck.drop_weights()  # as in export: the float copy goes as it is quantized; parity reads it again
-        qfacts = quantize(qmodel, recipe, calibrator(ck, qmodel, recipe, m["generation"]["bos"]["id"],
-                                                        m["generation"]["max_context"]))
-    reference = tgt.reference(qmodel)
-    rep = {"model": m["model"], "target": tgt.name, "recipe": recipe.name, "threads": threads, "quantization": qfacts,
-           "metadata": meta, "size_mb": {f: i["bytes"] / 1e6 for f, i in m["files"].items()},
+        qfacts = quantize(qmodel, recipe, calibrator(ck, qmodel, recipe, gen["bos"]["id"], gen["max_context"]))
+    handed = [tgt.reference(qmodel)]
+    del qmodel
+    rep = {"model": m["model"], "target": tgt.name, "recipe": recipe.name, "threads": c.threads,
+           "target_notes": notes, "quantization": qfacts, "metadata": meta,
+           "size_mb": {f: i["bytes"] / 1e6 for f, i in m["files"].items()},
            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    spec = ExportSpec(config=ck.config, max_context=m["generation"]["max_context"],
-                      max_seq_len=m["generation"]["max_seq_len"], eos_ids=tuple(m["generation"]["eos_ids"]),
-                      bos_id=m["generation"]["bos"]["id"], threads=threads)
-    rep.update(verify_parity(ck, tgt, d, m, reference, th, eval_text=eval_text, eval_tokens=eval_tokens,
-                             threads=threads, progress=progress, baseline=base, spec=spec))
     built = None
     if (d / "report.json").is_file():
         try:
             built = json.loads((d / "report.json").read_text(encoding="utf-8")).get("quantization")
         except (OSError, ValueError):
             built = None  # an unreadable old report only costs this one comparison
-    rep["checks"] += calibration_checks(recipe, ck, eval_text, eval_tokens, qfacts, built) + auto_checks(recipe, rep)
-    positions = rep.pop("positions")
-    del qmodel, reference
-    ck.drop_weights()
-    release()
-    if with_latency:
-        rep["latency"] = measure_latency(ck, tgt, d, m, threads=threads, progress=progress)
-    judge(rep, recipe, base, d, m, with_latency=with_latency, threads=threads, progress=progress)
+    positions = verification(rep, ck, recipe, tgt, d, m, handed, qfacts, th, spec, c, base, progress, built)
     rep["steps"] = progress.steps
-    if report_dir is not None:
-        write_report(rep, Path(report_dir), positions, base)
+    if req.report_dir is not None:
+        write_report(rep, Path(req.report_dir), positions, base)
     return rep

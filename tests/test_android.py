@@ -13,7 +13,7 @@ import torch
 
 from conftest import calib
 
-from mobilellm_export.config import PRESETS
+from mobilellm_export.presets import PRESETS
 from mobilellm_export.errors import UserError
 from mobilellm_export.sampling import generate
 from mobilellm_export.model import Transformer, random_weights

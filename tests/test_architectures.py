@@ -17,7 +17,7 @@ from transformers import (AutoModelForCausalLM, Gemma3TextConfig, Olmo2Config, Q
 from transformers.cache_utils import DynamicCache
 
 from mobilellm_export import model as model_mod
-from mobilellm_export.config import PRESETS
+from mobilellm_export.presets import PRESETS
 from mobilellm_export.model import Transformer
 from mobilellm_export.checkpoints import load
 

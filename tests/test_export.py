@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from mobilellm_export.bundle import SCHEMA_VERSION, sha256, validate
-from mobilellm_export.config import PRESETS
+from mobilellm_export.presets import PRESETS
 from conftest import LLAMA3_TOKENIZER
 from test_sources import assert_one_line_error, run_cli
 

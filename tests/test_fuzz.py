@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mobilellm_export.config import from_hf_config
+from mobilellm_export.checkpoints.hf_config import from_hf_config
 from mobilellm_export.errors import UserError
 from test_sources import r1_config, write_r1_dir
 

@@ -162,7 +162,7 @@ def test_bad_gate_and_override_tables_are_one_line(body, needle):
 
 
 def test_an_override_matching_no_linear_is_an_error():
-    from mobilellm_export.config import PRESETS
+    from mobilellm_export.presets import PRESETS
     from mobilellm_export.model import Transformer
     from mobilellm_export.quant.quantize import quantize
 
@@ -173,7 +173,7 @@ def test_an_override_matching_no_linear_is_an_error():
 
 
 def test_an_override_changes_only_the_matched_layers():
-    from mobilellm_export.config import PRESETS
+    from mobilellm_export.presets import PRESETS
     from mobilellm_export.model import Transformer
     from mobilellm_export.quant.quantize import quantize
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mobilellm_export.bundle import sha256
-from mobilellm_export.config import PRESETS
+from mobilellm_export.presets import PRESETS
 from mobilellm_export.checkpoints import build_model
 from mobilellm_export.model import RMS, Rotary
 from mobilellm_export.quant.quantize import quantize

@@ -10,7 +10,7 @@ import torch
 from transformers import Llama4ForCausalLM, Llama4TextConfig, LlamaConfig, LlamaForCausalLM
 from transformers.cache_utils import DynamicCache
 
-from mobilellm_export.config import from_hf_config
+from mobilellm_export.checkpoints.hf_config import from_hf_config
 from mobilellm_export.model import Transformer
 from mobilellm_export.checkpoints.hf import canonical_name
 
@@ -154,7 +154,7 @@ def test_mobilellm_layer_sharing_matches_independent_reference():
 
 def test_rotate_half_conversion_of_interleaved_checkpoint_is_exact():
     """R1 weights permuted to rotate_half (what every export runs) give the same logits as HF layout."""
-    from mobilellm_export.config import PRESETS
+    from mobilellm_export.presets import PRESETS
     from mobilellm_export.model import random_weights, to_rotate_half
 
     cfg = PRESETS["tiny-r1"]

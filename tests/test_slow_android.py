@@ -141,7 +141,7 @@ def write_r1_dir_vocab(src, cfg):
     """Rewrite the weights for the full Llama 3 vocabulary (the tokenizer has 128,256 ids)."""
     from safetensors.torch import save_file
 
-    from mobilellm_export.config import from_hf_config
+    from mobilellm_export.checkpoints.hf_config import from_hf_config
     from test_sources import r1_tensors
 
     save_file(r1_tensors(from_hf_config(cfg)), str(src / "model.safetensors"))

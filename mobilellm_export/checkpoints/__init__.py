@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from mobilellm_export.config import PRESETS, ModelConfig
+from mobilellm_export.config import ModelConfig
+from mobilellm_export.presets import PRESETS
 from mobilellm_export.errors import UserError
 from mobilellm_export.text.tokenizer import Tokenizer
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from mobilellm_export.config import ModelConfig, from_hf_config
+from mobilellm_export.config import ModelConfig
+from mobilellm_export.checkpoints.hf_config import from_hf_config
 from mobilellm_export.errors import UserError, load_json
 from mobilellm_export.text.tokenizer import Tokenizer
 

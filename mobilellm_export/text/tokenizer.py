@@ -28,15 +28,7 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 
 from mobilellm_export.errors import UserError, load_json
-
-# MobileLLM-R1 README system prompts (MODEL_FACTS.md).
-SYSTEM_PROMPTS = {
-    "math": "Please reason step by step, and put your final answer within \\boxed{}.",
-    "code": ("You are a helpful and harmless assistant. You should think step-by-step before responding to "
-             "the instruction below.\n\nPlease use python programming language only.\n\nYou must use ```python "
-             "for just the final solution code block with the following format:\n```python\n# Your code here\n```\n"),
-}
-
+from mobilellm_export.presets import SYSTEM_PROMPTS
 
 _TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
 CONFIG_KEY = "mobilellm_pre_normalize"  # tokenizer_config.json: the steps moved out of tokenizer.json

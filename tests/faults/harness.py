@@ -82,7 +82,7 @@ def tiny_r1_dir(d: Path, seed: int = 0, n_layers: int = 4) -> Path:
     tokenizer) once; return it. Lowering costs ~10-20 s a layer on 2 cores: the CI tests use 2."""
     from safetensors.torch import save_file
 
-    from mobilellm_export.config import from_hf_config
+    from mobilellm_export.checkpoints.hf_config import from_hf_config
     from mobilellm_export.model import random_weights
 
     d = Path(d)
@@ -149,17 +149,17 @@ def export_bundle(source: str, out: Path, recipe: str, *, target=None, baseline:
     torch.set_num_threads(threads)
     ck = load(source, tokenizer=tokenizer, seed=seed)
     return pipeline.export(ck, rec, tgt, out=str(out), max_context=SETTINGS["max_context"],
-                           max_seq_len=SETTINGS["max_seq_len"], eval_text=None, eval_tokens=SETTINGS["eval_tokens"],
-                           do_verify=verify, threads=threads, thresholds=pipeline.thresholds_for(rec, tgt, ()),
-                           progress=_progress(), with_latency=False,
+                           max_seq_len=SETTINGS["max_seq_len"],
+                           checking=pipeline.Checking(eval_tokens=SETTINGS["eval_tokens"], latency=False, threads=threads),
+                           do_verify=verify, thresholds=pipeline.thresholds_for(rec, tgt), progress=_progress(),
                            baseline=gate.load_baseline(baseline) if baseline else None)
 
 
 def verify_bundle(bundle: Path, baseline: str | None, threads: int = THREADS) -> dict:
     from mobilellm_export import pipeline
 
-    return pipeline.verify_command(str(bundle), eval_text=None, eval_tokens=SETTINGS["eval_tokens"], thresholds=(),
-                                   threads=threads, with_latency=False, progress=_progress(), baseline=baseline)
+    return pipeline.verify_command(pipeline.VerifyRequest(str(bundle), checking=pipeline.Checking(
+        eval_tokens=SETTINGS["eval_tokens"], latency=False, threads=threads, baseline=baseline)), _progress())
 
 
 def rehash(bundle: Path) -> None:

@@ -99,6 +99,22 @@ def test_no_import_cycle():
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
+RUNTIME_PACKAGES = ("executorch", "coremltools", "onnx", "onnxruntime", "onnxruntime_genai", "onnxscript")
+
+
+def test_runtime_packages_are_imported_only_by_backends_and_runtimes():
+    """A runtime's own package (its exporter or its runner) is backends/' or runtimes/' business."""
+    bad = []
+    for mod, p in modules().items():
+        if layer(mod) in ("backends", "runtimes"):
+            continue
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            bad += [f"{mod}: {n}" for n in names if n.split(".")[0] in RUNTIME_PACKAGES]
+    assert not bad, "\n".join(bad)
+
+
 def test_target_names_live_in_backends():
     """`android`, `ios` and `onnx` are backend names: only backends/ (and the CLI's default) say them
     as a string, so recipes, verify and the pipeline stay target-agnostic."""
