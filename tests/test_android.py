@@ -19,7 +19,7 @@ from mobilellm_export.sampling import generate
 from mobilellm_export.model import Transformer, random_weights
 from mobilellm_export.runtimes.eager import EagerRunner
 from mobilellm_export.runtimes.executorch import ExecuTorchRunner, TextRunner
-from mobilellm_export.backends import android
+from mobilellm_export.backends.executorch import program as android
 
 MAX_SEQ_LEN, MAX_CONTEXT = 16, 64
 FP32_TOL = 1e-3

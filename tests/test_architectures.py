@@ -217,7 +217,7 @@ def test_pte_matches_eager_through_chunked_prefill_and_decode(name, tmp_path):
     decode steps. Gemma's window of 8 is passed many times over, through custom_sdpa's mask."""
     from mobilellm_export.model import random_weights
     from mobilellm_export.runtimes.executorch import ExecuTorchRunner
-    from mobilellm_export.backends import android
+    from mobilellm_export.backends.executorch import program as android
 
     cfg = _small_vocab(name)
     sd = random_weights(cfg)

@@ -22,6 +22,7 @@ the quantized model itself.
 from __future__ import annotations
 
 import collections
+import math
 import time
 import warnings
 from pathlib import Path
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 
 from mobilellm_export.config import ModelConfig
 from mobilellm_export.errors import UserError
-from mobilellm_export.model import RMS, KVCacheAttention, RMSNorm, Rotary, Transformer, visible
+from mobilellm_export.model import MLP, RMS, KVCacheAttention, RMSNorm, Rotary, Transformer, visible
 from mobilellm_export.nn_utils import replace_modules, structural_copy
 
 
@@ -160,6 +161,23 @@ class MatmulRotary(Rotary):
         return (xf * cos + (xf @ self.rot) * sin).to(x.dtype)
 
 
+class TanhGeGLU(nn.Module):
+    """Gemma's GeGLU with the tanh GELU written out. XNNPACK delegates `aten.gelu` but computes the
+    exact (erf) form whatever `approximate` says: tiny-gemma3's .pte was 4.6e-5 x max |logit| off the
+    eager model, and swapping the eager GELU for erf reproduced that. tanh, mul and add are exact ops."""
+
+    K = math.sqrt(2.0 / math.pi)
+
+    def __init__(self, mlp: MLP):
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+
+    def forward(self, x):
+        g = self.gate_proj(x)
+        g = 0.5 * g * (1.0 + torch.tanh(self.K * (g + 0.044715 * g * g * g)))
+        return self.down_proj(g * self.up_proj(x))
+
+
 def prepare(model: Transformer) -> Transformer:
     """A copy of `model` (sharing its weights) on ExecuTorch's ops; `model` itself is not changed.
 
@@ -180,6 +198,8 @@ def prepare(model: Transformer) -> Transformer:
             return LinearMeanRMS(m)
         if isinstance(m, Rotary) and not isinstance(m, MatmulRotary):
             return MatmulRotary(m)
+        if isinstance(m, MLP) and m.act == "gelu_tanh":
+            return TanhGeGLU(m)
         return None
 
     replace_modules(model, swap)
