@@ -15,6 +15,7 @@ from mobilellm_export.errors import UserError
 from mobilellm_export.model import Transformer
 from mobilellm_export.quant.recipe import Recipe, WeightQuant, effective_group, same_grid  # noqa: F401 (re-exported)
 from mobilellm_export.quant.simulate import choose
+from mobilellm_export.quant.transforms import TRANSFORMS
 
 _SCALE_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -84,10 +85,13 @@ def quantize(model: Transformer, recipe: Recipe, calibrate=None) -> dict:
     facts = {"fallbacks": [], "quantized_linears": 0, "tied_stored": "once"}
     if recipe.is_float:
         return facts
-    if recipe.rotate:  # before calibration: the Hessians and every choice below see the rotated model
-        from mobilellm_export.quant.transforms import rotate
-
-        facts["rotate"] = rotate.rotate(model)
+    # The recipe's rewrites of the float model (quant/transforms/), in order. Those before the first
+    # that reads Hessians (rotate) run before calibration: the Hessians and every choice below see
+    # their model. The rest (smooth) run after it and keep H in step with the weights they change.
+    steps = [(TRANSFORMS.get(name), params) for name, params in recipe.transform_steps()]
+    first_h = next((i for i, (t, _) in enumerate(steps) if t.needs_hessian), len(steps))
+    for t, params in steps[:first_h]:
+        facts[t.name] = t.apply(model, None, **params)
     tied = model.cfg.tie_embeddings
     share = tied and recipe.head.quantized and same_grid(recipe.embedding, recipe.head)
     if tied and not share and (recipe.head.quantized or recipe.embedding.quantized):
@@ -113,18 +117,17 @@ def quantize(model: Transformer, recipe: Recipe, calibrate=None) -> dict:
         by_config.setdefault((w, g), []).append(fqn)
     H: dict[str, torch.Tensor] = {}
     calibrated = {f for (w, _), fqns in by_config.items() if w.calibrated for f in fqns}
-    if recipe.smooth:
-        from mobilellm_export.quant.transforms import smooth
-
-        calibrated |= {c for _, _, consumers in smooth.groups(model) for c in consumers}
+    for t, _ in steps[first_h:]:
+        if t.needs_hessian:
+            calibrated |= set(t.consumers(model))
     if calibrated:
         if calibrate is None:
             raise UserError(f"recipe {recipe.name} rounds with calibration ({recipe.linear.rounding}, "
                             f"{recipe.linear.scales} scales) but no calibration text was given")
         H, facts["calibration"] = calibrate(calibrated)
-        H = dict(H)  # smoothing rescales entries: never the caller's dict
-    if recipe.smooth:
-        facts["smooth"] = smooth.smooth(model, H, recipe.smooth)
+        H = dict(H)  # transforms (smooth) rescale entries: never the caller's dict
+    for t, params in steps[first_h:]:
+        facts[t.name] = t.apply(model, H, **params)
     t0 = time.perf_counter()
     with torch.no_grad():
         # The head first: quantizing the largest matrix makes float temporaries of its size, and

@@ -6,7 +6,9 @@ target). It names no target: a runtime's lowering bounds belong to its backend's
 (`Backend.thresholds`), and each backend's `check()` decides whether it can honour the recipe.
 `[gate]` holds the tolerances of `--baseline` comparisons, and `[[override]]` tables set other
 weights for the linears whose names match a pattern (e.g. `layers.*.mlp.down_proj`).
-Unknown keys and impossible values are errors.
+Unknown keys and impossible values are errors. Rounding methods, scale searches and model transforms
+are names in registries (quant/registry.py): an installed plugin adds names a recipe may use
+(`rounding = "..."`, `[[transform]] name = "..."`) with no change here.
 
 The shipped recipes are package data (`quant_recipes/` in the source tree, installed as
 `mobilellm_export.quant_recipes`); `--quant path/to/recipe.toml` reads any other file.
@@ -34,9 +36,10 @@ class WeightQuant:
     group_size: int = 0  # 0 = one scale per output channel / embedding row
     activations: str = "int8_dynamic"  # linears only: "int8_dynamic" (per token) | "none" (weight-only)
     scale_dtype: str = "bf16"  # XNNPACK keeps 4-bit block scales in bf16: match it in the reference
-    # Which integers fill that format (quant/rounding.py); none changes its size or speed.
-    scales: str = "minmax"  # "minmax" (torchao's rule) | "mse" (activation-weighted search) | "hqq"
-    rounding: str = "nearest"  # "nearest" | "gptq" (error feedback through calibration Hessians)
+    # Which integers fill that format (quant/rounding/); none changes its size or speed. Both name
+    # registry entries, so an installed plugin adds choices (quant/registry.py).
+    scales: str = "minmax"  # "minmax" (torchao's rule) | "mse" (activation-weighted search) | "hqq" | plugin
+    rounding: str = "nearest"  # "nearest" | "gptq" (error feedback through calibration Hessians) | plugin
     act_order: bool = False  # gptq: visit columns by decreasing input energy (static group scales)
 
     @property
@@ -46,7 +49,9 @@ class WeightQuant:
     @property
     def calibrated(self) -> bool:
         """Does choosing the integers need calibration activations?"""
-        return self.quantized and (self.rounding == "gptq" or self.scales == "mse")
+        from mobilellm_export.quant.rounding import ROUNDING, SCALES
+
+        return self.quantized and (ROUNDING.get(self.rounding).needs_hessian or SCALES.get(self.scales).needs_hessian)
 
     @property
     def plain(self) -> bool:
@@ -128,8 +133,9 @@ class Recipe:
     overrides: tuple = ()  # ({"match": "layers.*.mlp.down_proj", "group_size": 128, ...}, ...): last match wins
     calibration: Calibration = field(default_factory=Calibration)
     auto: Auto | None = None
-    smooth: float = 0.0  # SmoothQuant alpha (quant/smooth.py); 0 = off
-    rotate: bool = False  # rotate the residual stream first (quant/rotate.py)
+    smooth: float = 0.0  # SmoothQuant alpha (quant/transforms/smooth.py); 0 = off
+    rotate: bool = False  # rotate the residual stream first (quant/transforms/rotate.py)
+    transforms: tuple = ()  # ({"name": "<plugin transform>", **params}, ...): [[transform]], after the two above
     path: str = ""
 
     def weight_for(self, fqn: str) -> WeightQuant:
@@ -143,9 +149,19 @@ class Recipe:
     def weights(self) -> list[WeightQuant]:
         return [self.linear, self.head] + [self.weight_for(o["match"]) for o in self.overrides]
 
+    def transform_steps(self) -> list[tuple[str, dict]]:
+        """The rewrites of the float model, in order (quant/transforms/): the built-in keys (rotate,
+        then smooth), then the [[transform]] tables as written."""
+        steps = [("rotate", {})] if self.rotate else []
+        steps += [("smooth", {"alpha": self.smooth})] if self.smooth else []
+        return steps + [(t["name"], {k: v for k, v in t.items() if k != "name"}) for t in self.transforms]
+
     @property
     def needs_calibration(self) -> bool:
-        return self.smooth > 0 or any(w.calibrated for w in self.weights())
+        from mobilellm_export.quant.transforms import TRANSFORMS
+
+        return (any(TRANSFORMS.get(n).needs_hessian for n, _ in self.transform_steps())
+                or any(w.calibrated for w in self.weights()))
 
     @property
     def is_float(self) -> bool:
@@ -154,20 +170,27 @@ class Recipe:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["overrides"] = [dict(o) for o in self.overrides]
+        d["transforms"] = [dict(t) for t in self.transforms]
+        if not d["transforms"]:  # as earlier versions wrote it: bundle.json stays byte for byte the same
+            del d["transforms"]
         return d
 
     @classmethod
     def from_dict(cls, r: dict) -> Recipe:
-        """Inverse of to_dict (a bundle's manifest records the recipe it was built with)."""
-        return cls(name=r["name"], description=r.get("description", ""), linear=WeightQuant(**r["linear"]),
-                   embedding=WeightQuant(**r["embedding"]), head=WeightQuant(**r["head"]),
-                   thresholds=Thresholds(**r["thresholds"]),
-                   gate=Gate(**r.get("gate", {})), overrides=tuple(r.get("overrides", ())),
-                   calibration=Calibration(**r.get("calibration", {})),
-                   auto=None if r.get("auto") is None else Auto(**{
-                       **r["auto"], "options": tuple(r["auto"]["options"]),
-                       "head_options": tuple(r["auto"].get("head_options", Auto.head_options))}),
-                   smooth=r.get("smooth", 0.0), rotate=r.get("rotate", False), path=r.get("path", ""))
+        """Inverse of to_dict (a bundle's manifest records the recipe it was built with). The methods
+        and transforms it names must be registered: a bundle built with a plugin needs it installed."""
+        recipe = cls(name=r["name"], description=r.get("description", ""), linear=WeightQuant(**r["linear"]),
+                     embedding=WeightQuant(**r["embedding"]), head=WeightQuant(**r["head"]),
+                     thresholds=Thresholds(**r["thresholds"]),
+                     gate=Gate(**r.get("gate", {})), overrides=tuple(r.get("overrides", ())),
+                     calibration=Calibration(**r.get("calibration", {})),
+                     auto=None if r.get("auto") is None else Auto(**{
+                         **r["auto"], "options": tuple(r["auto"]["options"]),
+                         "head_options": tuple(r["auto"].get("head_options", Auto.head_options))}),
+                     smooth=r.get("smooth", 0.0), rotate=r.get("rotate", False),
+                     transforms=tuple(r.get("transforms", ())), path=r.get("path", ""))
+        check_registered(recipe, f"recipe {recipe.name}")
+        return recipe
 
 
 _GROUPS = (0, 16, 32, 64, 128, 256)
@@ -197,14 +220,13 @@ def _check_weight(w: WeightQuant, where: str, linear: bool) -> None:
         raise UserError(f"{where}.activations: embeddings take no activation quantization; use 'none'")
     if w.scale_dtype not in ("bf16", "fp32"):
         raise UserError(f"{where}.scale_dtype = {w.scale_dtype!r}: must be 'bf16' or 'fp32'")
-    from mobilellm_export.quant.rounding import SCALE_METHODS
+    from mobilellm_export.quant.rounding import ROUNDING, SCALES
 
-    if w.scales not in SCALE_METHODS:
-        raise UserError(f"{where}.scales = {w.scales!r}: must be one of {', '.join(SCALE_METHODS)}")
-    if w.rounding not in ("nearest", "gptq"):
-        raise UserError(f"{where}.rounding = {w.rounding!r}: must be 'nearest' or 'gptq'")
-    if not isinstance(w.act_order, bool) or (w.act_order and w.rounding != "gptq"):
-        raise UserError(f"{where}.act_order = {w.act_order!r}: a boolean, and only with rounding = 'gptq'")
+    SCALES.get(w.scales, f"{where}.scales")
+    method = ROUNDING.get(w.rounding, f"{where}.rounding")
+    if not isinstance(w.act_order, bool) or (w.act_order and not getattr(method, "supports_act_order", False)):
+        raise UserError(f"{where}.act_order = {w.act_order!r}: a boolean, and only with a rounding that "
+                        f"reads it (rounding = 'gptq')")
     if not linear and not w.plain:
         raise UserError(f"{where}: embeddings are rounded to nearest (the shared head's integers serve a tied lookup)")
 
@@ -216,7 +238,7 @@ def parse_recipe(text: str, name: str, path: str = "") -> Recipe:
         raise UserError(f"recipe {path or name}: invalid TOML: {e}") from None
     where = Path(path).name if path else name
     top = {"name", "description", "linear", "embedding", "head", "thresholds", "gate", "override", "calibration", "auto",
-           "smooth", "rotate"}
+           "smooth", "rotate", "transform"}
     unknown = sorted(set(raw) - top)
     if unknown:
         raise UserError(f"recipe {where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(top))})")
@@ -271,17 +293,53 @@ def parse_recipe(text: str, name: str, path: str = "") -> Recipe:
     rotate = raw.get("rotate", False)
     if not isinstance(rotate, bool):
         raise UserError(f"recipe {where}: rotate = {rotate!r} must be true or false")
-    for key, on in (("smooth", smooth), ("rotate", rotate)):  # rewrites of the float model before rounding
-        if on and not (linear.quantized and linear.activations == "int8_dynamic"):
-            raise UserError(f"recipe {where}: {key} flattens activations for int8 dynamic activation "
-                            f"quantization; [linear] has none")
-    if rotate and auto is not None:  # the search would score blocks of the unrotated model, whose
-        # linears do not even read the same basis
-        raise UserError(f"recipe {where}: rotate and [auto] together are not supported yet")
-    return Recipe(name=raw.get("name", name), description=raw.get("description", ""), linear=linear,
-                  embedding=emb, head=head, thresholds=th, gate=gate,
-                  overrides=tuple(overrides), calibration=cal, auto=auto, smooth=float(smooth), rotate=rotate,
-                  path=path)
+    transforms = _transform_tables(raw.get("transform", []), where)
+    recipe = Recipe(name=raw.get("name", name), description=raw.get("description", ""), linear=linear,
+                    embedding=emb, head=head, thresholds=th, gate=gate,
+                    overrides=tuple(overrides), calibration=cal, auto=auto, smooth=float(smooth), rotate=rotate,
+                    transforms=transforms, path=path)
+    from mobilellm_export.quant.transforms import TRANSFORMS
+
+    for key, params in recipe.transform_steps():  # each rewrite of the float model says what it can take
+        check = getattr(TRANSFORMS.get(key), "check_recipe", None)
+        if check is not None:
+            check(recipe, params, f"recipe {where}")
+    return recipe
+
+
+def _transform_tables(tables, where: str) -> tuple:
+    """[[transform]] tables: registered transforms beyond the built-in keys, in the order written."""
+    from mobilellm_export.quant.transforms import BUILTIN_KEYS, TRANSFORMS
+
+    if not isinstance(tables, list):
+        raise UserError(f"recipe {where}: transform must be an array of tables ([[transform]])")
+    seen = set()
+    for i, t in enumerate(tables):
+        at = f"recipe {where} [[transform]] #{i + 1}"
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+            raise UserError(f"{at}: needs name = \"<transform>\" (known: {', '.join(TRANSFORMS.names())})")
+        if t["name"] in BUILTIN_KEYS:
+            raise UserError(f"{at}: {t['name']} is set by the top-level key {t['name']} = ..., not a [[transform]]")
+        if t["name"] in seen:
+            raise UserError(f"{at}: transform {t['name']!r} is listed twice")
+        seen.add(t["name"])
+        TRANSFORMS.get(t["name"], at)
+    return tuple(dict(t) for t in tables)
+
+
+def check_registered(recipe: Recipe, where: str) -> None:
+    """Every rounding method, scale search and transform `recipe` names is registered (else a
+    UserError naming it): a recipe read back from a bundle needs the plugins it was built with."""
+    from mobilellm_export.quant.rounding import ROUNDING, SCALES
+    from mobilellm_export.quant.transforms import TRANSFORMS
+
+    named = [("linear", recipe.linear), ("embedding", recipe.embedding), ("head", recipe.head)]
+    named += [(f"[[override]] {o['match']}", recipe.weight_for(o["match"])) for o in recipe.overrides]
+    for label, w in named:
+        SCALES.get(w.scales, f"{where} {label}.scales")
+        ROUNDING.get(w.rounding, f"{where} {label}.rounding")
+    for key, _ in recipe.transform_steps():
+        TRANSFORMS.get(key, f"{where} transforms")
 
 
 def available() -> list[str]:

@@ -14,16 +14,15 @@ import contextlib
 import torch
 import torch.nn as nn
 
-from mobilellm_export.quant import rounding
 from mobilellm_export.quant.recipe import WeightQuant
+from mobilellm_export.quant.rounding import ROUNDING
 
 
 def choose(w: torch.Tensor, wq: WeightQuant, group: int, H: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The integers and scales of weight `w` under `wq` (group: the effective group, 0 = per channel).
-    `H`: the layer inputs' X^T X / n; GPTQ needs it, the mse search is weighted by its diagonal."""
-    if wq.rounding == "gptq":
-        return rounding.gptq(w, H, wq.bits, group, wq.scale_dtype, wq.scales, act_order=wq.act_order)
-    return rounding.round_weight(w, wq.bits, group, wq.scale_dtype, wq.scales, None if H is None else torch.diag(H))
+    """The integers and scales of weight `w` under `wq` (group: the effective group, 0 = per channel),
+    by the registered rounding method `wq.rounding` (quant/rounding/). `H`: the layer inputs'
+    X^T X / n; GPTQ needs it, the mse search is weighted by its diagonal."""
+    return ROUNDING.get(wq.rounding).choose(w, H, wq, group)
 
 
 def dequant(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,6 @@ def estimate_bytes(cfg, recipe: Recipe) -> int:
     # fp32 norms, q/k norms and biases: whatever the config counts that is neither a linear nor a table
     linears = sum(n * k for _ in range(cfg.n_layers) for n, k in block_linears(cfg).values())
     small = cfg.param_count() - linears - cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
-    if recipe.rotate and cfg.tie_embeddings:  # the rotation's float pre-head (quant/rotate.py)
+    if recipe.rotate and cfg.tie_embeddings:  # the rotation's float pre-head (quant/transforms/rotate.py)
         small += d * d
     return int(block_bytes(cfg, recipe) + small * 4 + emb + head)

@@ -15,7 +15,7 @@ The final norm's gain cannot fold into a tied head without untying it, so it goe
 float linear (D^2 weights: 1.3 MB on SmolLM2). Quantized to 8da8w it measured worse than no
 rotation at all (SmolLM2 `8bit`, eager KL 0.0334 against 0.0206 unrotated and 0.0099 with it float).
 down_proj's input (after the elementwise SiLU product) is not rotated: per-channel smoothing
-(quant/smooth.py) is what commutes with that product.
+(transforms/smooth.py) is what commutes with that product.
 
 R is a randomized Hadamard: random signs times (a seeded random orthogonal m x m) (x) H_{2^k} for
 D = m 2^k, so each channel spreads evenly over 2^k others. Seeded: verify rebuilds the same model.
@@ -91,3 +91,20 @@ def rotate(model: Transformer, seed: int = 0) -> dict:
     else:
         reads(model.lm_head, gain)
     return {"seed": seed, "dim": model.cfg.dim, "hadamard_order": model.cfg.dim & -model.cfg.dim}
+
+
+class Rotate:
+    """The recipe key `rotate = true`: runs before calibration (the Hessians see the rotated model)."""
+    name = "rotate"
+    needs_hessian = False
+
+    def check_recipe(self, recipe, params: dict, where: str) -> None:
+        if not (recipe.linear.quantized and recipe.linear.activations == "int8_dynamic"):
+            raise UserError(f"{where}: rotate flattens activations for int8 dynamic activation "
+                            f"quantization; [linear] has none")
+        if recipe.auto is not None:  # the search would score blocks of the unrotated model, whose
+            # linears do not even read the same basis
+            raise UserError(f"{where}: rotate and [auto] together are not supported yet")
+
+    def apply(self, model: Transformer, H: dict | None, seed: int = 0) -> dict:
+        return rotate(model, seed)

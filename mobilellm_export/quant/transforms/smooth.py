@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from mobilellm_export.errors import UserError
 from mobilellm_export.model import Transformer
 
 
@@ -59,3 +60,20 @@ def smooth(model: Transformer, H: dict[str, torch.Tensor], alpha: float) -> dict
             H[c] = hs
         ratios.append(float(s.max() / s.min()))
     return {"alpha": alpha, "groups": len(ratios), "max_ratio": round(max(ratios), 2) if ratios else None}
+
+
+class Smooth:
+    """The recipe key `smooth = alpha`: runs after calibration and keeps the Hessians in step."""
+    name = "smooth"
+    needs_hessian = True
+
+    def consumers(self, model: Transformer) -> set[str]:
+        return {c for _, _, cs in groups(model) for c in cs}
+
+    def check_recipe(self, recipe, params: dict, where: str) -> None:
+        if not (recipe.linear.quantized and recipe.linear.activations == "int8_dynamic"):
+            raise UserError(f"{where}: smooth flattens activations for int8 dynamic activation "
+                            f"quantization; [linear] has none")
+
+    def apply(self, model: Transformer, H: dict, alpha: float) -> dict:
+        return smooth(model, H, alpha)
