@@ -4,6 +4,8 @@ logits; states keyCache / valueCache).
     MILRunner     Linux (and anywhere): the package's MIL program in the reference executor
                   (targets/mil_exec.py), fp32 or fp16-emulated
     MLModelRunner macOS: Core ML itself, `MLModel.predict` with an `MLState` (cannot run here)
+    MILProbe      a probe package (the residual stream as extra outputs) in the executor, for
+                  verify.localise
 
 `coreml_runner()` picks MLModelRunner on macOS and MILRunner elsewhere.
 """
@@ -72,6 +74,36 @@ class MILRunner(_CoreMLRunner):
 
     def _call(self, ids, mask):
         return self.executor.run({"inputIds": ids, "causalMask": mask})["logits"]
+
+
+class MILProbe:
+    """A probe package (the `ios` target's `probe`: logits, and the residual stream as outputs
+    hidden_0, hidden_1, ... in `probe_names()` order) in the MIL executor, for verify.localise:
+    tokens from position 0 on fresh states, chunked by max_seq_len -> (hidden [P, S, dim],
+    logits [S, vocab]), fp32."""
+
+    def __init__(self, path: Path, max_seq_len: int, max_context: int, mode: str = "fp32"):
+        from mobilellm_export.runtimes.mil import MILExecutor, load_program
+
+        self.executor = MILExecutor(load_program(path), mode=mode)
+        self.max_seq_len, self.max_context = max_seq_len, max_context
+        outputs = [v.name for v in self.executor.fn.outputs]
+        self.hidden = sorted((k for k in outputs if k.startswith("hidden_")), key=lambda k: int(k.split("_")[1]))
+        if not self.hidden or self.hidden != [f"hidden_{i}" for i in range(len(self.hidden))]:
+            raise UserError(f"{Path(path).name} is not a probe package (outputs {', '.join(outputs)})")
+
+    def __call__(self, tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(tokens) > self.max_context:
+            raise ValueError(f"{len(tokens)} tokens are beyond the context of {self.max_context}")
+        self.executor.reset()
+        hidden, logits = [], []
+        for i in range(0, len(tokens), self.max_seq_len):
+            chunk = tokens[i:i + self.max_seq_len]
+            out = self.executor.run({"inputIds": np.asarray([chunk], np.int32),
+                                     "causalMask": causal_mask_np(len(chunk), i)})
+            logits.append(out["logits"].float().reshape(len(chunk), -1))
+            hidden.append(torch.stack([out[k].float().reshape(len(chunk), -1) for k in self.hidden]))
+        return torch.cat(hidden, 1), torch.cat(logits)
 
 
 class MLModelRunner(_CoreMLRunner):

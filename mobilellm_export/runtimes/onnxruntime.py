@@ -43,18 +43,23 @@ class OnnxRunner(Runner):
     def reset(self) -> None:
         self.pos = 0  # GQA reads only the first seqlens_k + 1 positions of each cache
 
-    def _forward(self, tokens: list[int], start: int) -> torch.Tensor:
+    def _run(self, tokens: list[int], start: int, outputs: tuple[str, ...] = ("logits",)) -> list[np.ndarray]:
+        """One call at positions start.. : the named outputs (the caches are written in place)."""
         if start + len(tokens) > self.max_context:
             raise ValueError(f"position {start + len(tokens)} is beyond the context of {self.max_context}")
         io = self.sess.io_binding()
         io.bind_cpu_input("input_ids", np.asarray([tokens], np.int64))
         io.bind_cpu_input("attention_mask", np.ones((1, start + len(tokens)), np.int64))
-        io.bind_output("logits", "cpu")
+        for name in outputs:
+            io.bind_output(name, "cpu")
         for name, buf in self.caches.items():
             io.bind_ortvalue_input(name, buf)
             io.bind_ortvalue_output(name.replace("past_key_values.", "present."), buf)
         self.sess.run_with_iobinding(io)
-        logits = io.get_outputs()[0].numpy()
+        return [v.numpy() for v in io.get_outputs()[:len(outputs)]]
+
+    def _forward(self, tokens: list[int], start: int) -> torch.Tensor:
+        logits = self._run(tokens, start)[0]
         return torch.from_numpy(logits.reshape(-1, logits.shape[-1]).copy())
 
     def score(self, tokens: list[int]) -> torch.Tensor:
@@ -65,6 +70,31 @@ class OnnxRunner(Runner):
             out.append(self._forward(chunk, self.pos))
             self.pos += len(chunk)
         return torch.cat(out)
+
+
+class OnnxProbe(OnnxRunner):
+    """A probe graph (graph.py, `export_onnx(probe=True)`) in ONNX Runtime, for verify.localise:
+    tokens from position 0 on fresh caches, chunked by max_seq_len as the runner chunks them ->
+    (hidden [P, S, dim], logits [S, vocab]), both fp32; `hidden` names the graph's residual-stream
+    outputs in `Transformer.probe_names()` order."""
+
+    def __init__(self, path: Path, hidden: list[str], threads: int | None, max_seq_len: int, max_context: int,
+                 cfg: dict):
+        super().__init__(path, threads, max_seq_len, max_context, cfg, name="onnxruntime-probe")
+        self.hidden = tuple(hidden)
+
+    def __call__(self, tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        import onnxruntime as ort
+
+        fresh = np.zeros_like  # fresh caches each call, as the contract says (GQA reads only what the call wrote)
+        self.caches = {n: ort.OrtValue.ortvalue_from_numpy(fresh(buf.numpy())) for n, buf in self.caches.items()}
+        hidden, logits = [], []
+        for i in range(0, len(tokens), self.max_seq_len):
+            chunk = tokens[i:i + self.max_seq_len]
+            lg, *h = self._run(chunk, i, ("logits", *self.hidden))
+            logits.append(torch.from_numpy(lg.reshape(len(chunk), -1).astype(np.float32)))
+            hidden.append(torch.from_numpy(np.stack([x.reshape(len(chunk), -1) for x in h]).astype(np.float32)))
+        return torch.cat(hidden, 1), torch.cat(logits)
 
 
 class GenAIRunner(AppRunner):

@@ -50,7 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mobilellm_export.errors import UserError
-from mobilellm_export.model import RMS, Transformer
+from mobilellm_export.model import RMS, Probe, Transformer
 from mobilellm_export.quant.simulate import DequantLinear, dequant, quantized, weight_only_reference
 from mobilellm_export.backends import ExportSpec
 from mobilellm_export.backends.coreml import ENTRY, QRANGE  # noqa: F401 (re-exported)
@@ -272,7 +272,11 @@ class StatefulDecoder(nn.Module):
             for i, block in enumerate(model.schedule))
         self.call: dict = {}  # this call's (start, end) and mask, read by StateSlices (not tensor attributes)
 
-    def forward(self, inputIds: torch.Tensor, causalMask: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputIds: torch.Tensor, causalMask: torch.Tensor):
+        """-> logits [1, q, vocab]; with `model.probe` (the probe program, `probe_copy`) also the
+        residual stream, one [1, q, dim] output per point of `probe_names()`: not one stacked
+        tensor, since the frontend types them apart (an fp16 mask input makes the attention's
+        outputs fp16, the embedding stays fp32) and its `stack` refuses mixed dtypes."""
         m = self.model
         S, end = inputIds.shape[1], causalMask.shape[-1]
         torch._check(end >= S)
@@ -281,11 +285,40 @@ class StatefulDecoder(nn.Module):
         self.call.update(span=(start, end), mask=causalMask)
         positions = torch.arange(start, end)
         h = m.embed(inputIds)
+        probe = Probe() if m.probe else None
+        if probe is not None:
+            h = probe(h)
         # the span as a slice: start and end come from the input shapes
         for block, cache, (rope, cos, sin) in m.applied_blocks(
                 lambda r: (r.cos[start:end][None, :, None, :], r.sin[start:end][None, :, None, :])):
-            h = m.layers[block](h, rope, cos, sin, positions, None, cache)
-        return m.head(h)
+            h = m.layers[block](h, rope, cos, sin, positions, None, cache, probe)
+        if probe is None:
+            return m.head(h)
+        return (m.head(h), *probe.seen)
+
+
+def decoder_copy(dec: StatefulDecoder) -> StatefulDecoder:
+    """A structural copy of a prepared decoder (weights shared) that converts as `dec` does. A plain
+    `structural_copy` does not: modules that reach others through a list (each cache's root decoder,
+    the tied embedding's head, a reference's row table) would still point into `dec`, outside the
+    tree torch.export traces, and it fails ("expected compiled_fn to be GraphModule", torch 2.13).
+    Here they point at their copies; `dec` is left as it was."""
+    new = structural_copy(dec)
+    copies = {id(old): mod for (_, old), (_, mod) in zip(dec.named_modules(remove_duplicate=False),
+                                                        new.named_modules(remove_duplicate=False))}
+    for mod in new.modules():
+        for key, value in list(vars(mod).items()):
+            if isinstance(value, list) and value and all(isinstance(v, nn.Module) for v in value):
+                setattr(mod, key, [copies.get(id(v), v) for v in value])
+    new.call = {}
+    return new
+
+
+def probe_copy(dec: StatefulDecoder) -> StatefulDecoder:
+    """A `decoder_copy` whose program also outputs the residual stream (verify.localise)."""
+    new = decoder_copy(dec)
+    new.model.probe, new.model.full_logits = True, True  # the decoder's logits are every position's anyway
+    return new
 
 
 def prepare(reference: Transformer, pad_to: int = 1) -> StatefulDecoder:
@@ -367,6 +400,9 @@ def export_mlpackage(dec: StatefulDecoder, spec: ExportSpec, path: Path, *, comp
     status("coremltools.convert (iOS18, fp16)")
     cache = tuple(dec.keyCache.shape)
     units = {"cpuAndGPU": ct.ComputeUnit.CPU_AND_GPU, "cpuAndNeuralEngine": ct.ComputeUnit.CPU_AND_NE}[compute_units]
+    outputs = [ct.TensorType("logits", dtype=np.float16)]
+    if dec.model.probe:  # the probe program (probe_copy): the residual stream too
+        outputs += [ct.TensorType(f"hidden_{i}", dtype=np.float16) for i in range(len(dec.model.probe_names()))]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mlmodel = ct.convert(
@@ -374,7 +410,7 @@ def export_mlpackage(dec: StatefulDecoder, spec: ExportSpec, path: Path, *, comp
             inputs=[ct.TensorType("inputIds", shape=(1, q), dtype=np.int32),
                     ct.TensorType("causalMask", shape=(1, 1, q, ct.RangeDim(1, spec.max_context, default=1)),
                                   dtype=np.float16)],
-            outputs=[ct.TensorType("logits", dtype=np.float16)],
+            outputs=outputs,
             states=[ct.StateType(wrapped_type=ct.TensorType(shape=cache, dtype=np.float16), name="keyCache"),
                     ct.StateType(wrapped_type=ct.TensorType(shape=cache, dtype=np.float16), name="valueCache")],
             minimum_deployment_target=ct.target.iOS18,

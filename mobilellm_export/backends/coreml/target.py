@@ -100,6 +100,21 @@ class IOS(Target):
                     "activations": "fp16"}
         return Artifact(files=files, entry=ENTRY, manifest=manifest, facts=facts)
 
+    def probe(self, prepared, spec: ExportSpec, work_dir: Path):
+        """The prepared decoder converted as `export` converts it (same compute units, fp16
+        program), with the residual stream as extra outputs (hidden_N), run by the MIL executor
+        in fp32 mode (what the runner runs on Linux; on macOS the runner is Core ML in fp16, which
+        this program is not compared with)."""
+        from mobilellm_export.backends.coreml.convert import StatefulDecoder, export_mlpackage, prepare, probe_copy
+        from mobilellm_export.runtimes.coreml import MILProbe
+
+        if not isinstance(prepared, StatefulDecoder):  # as export: a bare Transformer is prepared first
+            prepared = prepare(prepared, pad_to=32 if self.ane else 1)
+        path = Path(work_dir) / ENTRY
+        export_mlpackage(probe_copy(prepared), spec, path,
+                         compute_units="cpuAndNeuralEngine" if self.ane else "cpuAndGPU")
+        return MILProbe(path, spec.max_seq_len, spec.max_context)
+
     def runner(self, bundle_dir: Path, manifest: dict, threads: int | None = None):
         from mobilellm_export.runtimes.coreml import coreml_runner
 

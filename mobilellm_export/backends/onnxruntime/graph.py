@@ -11,6 +11,9 @@ than the ~15 nodes per block written out here, and a rewrite that fails silently
     inputs   input_ids int64 [batch, seq], attention_mask int64 [batch, total],
              past_key_values.N.key|value fp32 [batch, kv_heads, past, head_dim]
     outputs  logits fp32 [batch, seq, vocab], present.N.key|value
+             (the probe graph only, for verify.localise: the residual stream after the embedding
+             and after every attention and MLP application, each [batch, seq, dim], named after the
+             node output that holds it: `export_onnx(probe=True)` returns their names)
 
 Per block: SimplifiedLayerNorm (Skip- form carries the residual) -> one packed q|k|v MatMulNBits ->
 [QK-norm: SimplifiedLayerNorm over head_dim with unit weight, *before* RoPE: RoPE is a rotation
@@ -105,8 +108,12 @@ class _Graph:
 class _Builder:
     """The ONNX graph of a (quantized) Transformer, in ORT GenAI's naming."""
 
-    def __init__(self, model: Transformer, spec: ExportSpec, accuracy_level: int):
+    def __init__(self, model: Transformer, spec: ExportSpec, accuracy_level: int, probe: bool = False):
         self.m, self.cfg, self.spec, self.level = model, model.cfg, spec, accuracy_level
+        # Probe graph: the residual stream's values in `probe_names()` order become graph outputs.
+        # They are values the graph computes anyway (the embedding, the residual sums that
+        # SkipSimplifiedLayerNormalization carries or the post-norm Adds): no node is added.
+        self.probe, self.stream = probe, []
         self.g = _Graph()
         self.facts = {"matmul_nbits": 0, "matmul_float": 0, "head_scale_repeat_bytes": 0}
         self.tied_head: tuple | None = None  # the head's MatMulNBits weights, when the embedding reads them
@@ -317,8 +324,9 @@ class _Builder:
             layer, tag = self.m.layers[block], f"layers.{app}"
             if pending is None:
                 x = self.norm(residual, self.gain(layer.input_layernorm), f"{tag}/input_norm", cfg.norm_eps)
-            else:
+            else:  # the residual sum: the previous application's MLP output
                 x, residual = self.skip_norm(pending, residual, self.gain(layer.input_layernorm), f"{tag}/input_norm")
+                self.stream.append(residual)
             attn = self.attention(x, block, app, seqlens, total)
             if cfg.norm_layout == "sandwich":  # Gemma: the attention and MLP outputs are normed too
                 attn = self.norm(attn, self.gain(layer.post_attention_layernorm), f"{tag}/post_attention_norm",
@@ -331,6 +339,7 @@ class _Builder:
                 x, residual = self.skip_norm(attn, residual, self.gain(layer.post_attention_layernorm),
                                              f"{tag}/post_attention_norm")
                 pending = self.mlp(x, block, app)
+            self.stream.append(residual)  # after the attention
         return pending, residual
 
     def post_norm_blocks(self, residual: str, seqlens: str, total: str) -> str:
@@ -341,9 +350,11 @@ class _Builder:
             a = self.norm(self.attention(residual, block, app, seqlens, total),
                           self.gain(layer.post_attention_layernorm), f"{tag}/post_attention_norm", cfg.norm_eps)
             residual = self.g.node("Add", [residual, a], f"{tag}/attn_residual")
+            self.stream.append(residual)
             m = self.norm(self.mlp(residual, block, app), self.gain(layer.post_feedforward_layernorm),
                           f"{tag}/post_feedforward_norm", cfg.norm_eps)
             residual = self.g.node("Add", [residual, m], f"{tag}/mlp_residual")
+            self.stream.append(residual)
         return residual
 
     def build(self):
@@ -367,12 +378,14 @@ class _Builder:
         residual = self.embedding("input_ids")
         if cfg.scale_embeddings:  # Gemma
             residual = g.node("Mul", [residual, g.const(np.float32(cfg.dim ** 0.5), np.float32)], "embed_tokens/Scale")
+        self.stream.append(residual)
         if cfg.norm_layout == "post":
             residual = self.post_norm_blocks(residual, seqlens, total)
             x = self.norm(residual, self.gain(self.m.norm), "final_norm", cfg.norm_eps)
         else:
             pending = self.pre_norm_blocks(residual, seqlens, total)
-            x, _ = self.skip_norm(*pending, self.gain(self.m.norm), "final_norm")
+            x, last = self.skip_norm(*pending, self.gain(self.m.norm), "final_norm")
+            self.stream.append(last)  # the last application's MLP output
         if self.m.pre_head is not None:  # the residual rotation's float D x D (quant/rotate.py)
             x = self.linear(x, "pre_head", [self.m.pre_head])
         self.head(x)
@@ -388,6 +401,11 @@ class _Builder:
             for part in ("key", "value"):
                 inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{part}", f32, kv))
                 outputs.append(helper.make_tensor_value_info(f"present.{i}.{part}", f32, kv_out))
+        if self.probe:
+            if len(self.stream) != 1 + 2 * n or len(set(self.stream)) != len(self.stream):
+                raise RuntimeError(f"probe graph: {len(self.stream)} residual values for {n} block applications")
+            outputs += [helper.make_tensor_value_info(name, f32, ["batch_size", "sequence_length", cfg.dim])
+                        for name in self.stream]
         graph = helper.make_graph(g.nodes, "mobilellm_export", inputs, outputs, g.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
                                   producer_name="mobilellm-export")
@@ -403,18 +421,23 @@ def metadata_props(spec: ExportSpec) -> dict[str, str]:
 
 
 def export_onnx(model: Transformer, spec: ExportSpec, out_dir: Path, accuracy: str = "int8",
-                status=lambda msg: None) -> dict:
-    """Write model.onnx (+ model.onnx.data, all weights) into out_dir; return facts about it."""
+                status=lambda msg: None, probe: bool = False) -> dict:
+    """Write model.onnx (+ model.onnx.data, all weights) into out_dir; return facts about it.
+
+    probe: the same graph with the residual stream as extra outputs (verify.localise); the facts
+    then name them, in `Transformer.probe_names()` order, as "probe_outputs"."""
     import onnx
 
     t0 = time.perf_counter()
     status("building the ONNX graph")
-    b = _Builder(model, spec, ACCURACY[accuracy])
+    b = _Builder(model, spec, ACCURACY[accuracy], probe=probe)
     proto = b.build()
     for k, v in metadata_props(spec).items():
         proto.metadata_props.add(key=k, value=v)
     facts = {"build_s": time.perf_counter() - t0, **b.facts, "accuracy_level": ACCURACY[accuracy],
              "opset": OPSET}
+    if probe:
+        facts["probe_outputs"] = list(b.stream)
     t0 = time.perf_counter()
     status("saving")
     # No onnx.checker: it rejects SimplifiedLayerNormalization, which ORT registers in the default

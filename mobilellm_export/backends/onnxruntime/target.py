@@ -30,6 +30,10 @@ class Onnx(Target):
                       "--target onnx: also write model.ort (ORT format, for ORT Mobile reduced builds) and its "
                       "required-operators config."))
 
+    def __init__(self, accuracy: str = "int8", ort: str = "off", **options):
+        # `Onnx("fp32")`, as tests write it; an unknown option is still Target's one-line error
+        super().__init__(accuracy=accuracy, ort=ort, **options)
+
     @property
     def accuracy(self) -> str:
         return self._options["accuracy"]
@@ -88,6 +92,20 @@ class Onnx(Target):
             status("converting to the ORT format")
             files += to_ort_format(Path(out_dir), facts)
         return Artifact(files=files, entry=MODEL, manifest=manifest, facts=facts)
+
+    def probe(self, prepared: Transformer, spec: ExportSpec, work_dir: Path):
+        """The graph `export` writes (same builder, same accuracy level), with the residual stream
+        after the embedding and every attention and MLP application as extra outputs (values the
+        graph computes anyway), run in ONNX Runtime as the runner runs the artifact. All positions'
+        logits: the graph always returns them."""
+        from mobilellm_export.backends.onnxruntime.graph import export_onnx
+        from mobilellm_export.runtimes.onnxruntime import OnnxProbe
+
+        work_dir = Path(work_dir)
+        facts = export_onnx(prepared, spec, work_dir, self.accuracy, probe=True)
+        cfg = {"n_kv_heads": spec.config.n_kv_heads, "head_dim": spec.config.head_dim}
+        return OnnxProbe(work_dir / MODEL, facts["probe_outputs"], threads=spec.threads, max_seq_len=spec.max_seq_len,
+                         max_context=spec.max_context, cfg=cfg)
 
     def runner(self, bundle_dir: Path, manifest: dict, threads: int | None = None):
         from mobilellm_export.runtimes.onnxruntime import OnnxRunner
