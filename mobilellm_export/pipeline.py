@@ -227,7 +227,9 @@ def calibration_checks(recipe: Recipe, ck: Checkpoint, eval_text: str | None, ev
 
 def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_context: int, max_seq_len: int,
            checking: Checking, thresholds: Thresholds, progress: Progress, do_verify: bool = True,
-           baseline: dict | None = None) -> tuple[Path, dict]:
+           baseline: dict | None = None, lowering_fault: int | None = None) -> tuple[Path, dict]:
+    """`lowering_fault`: the seed of one fault in the lowered model (Target.seeded_fault), for the
+    evidence that verification catches it; never set by the CLI."""
     spec = export_spec(ck, max_context, max_seq_len, checking.threads)
     notes = target.check(recipe, spec)
     final = Path(out) / f"{ck.name}-{target.name}-{recipe.name}"
@@ -260,7 +262,7 @@ def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_cont
     with bundle_mod.atomic_dir(final) as tmp:
         with progress.step(f"lower to {target.name}", f"{target.runtime}, max_seq_len {max_seq_len}, "
                            f"max_context {max_context}") as task:
-            art = target.export(target.prepare(reference, spec), spec, tmp, status=task.status)
+            art = target.lower(reference, spec, tmp, status=task.status, fault=lowering_fault)
         release()
         missing = [f for f in art.files if not (tmp / f).is_file()]
         if missing:

@@ -10,7 +10,7 @@ import torch
 
 from conftest import calib
 
-from mobilellm_export.config import PRESETS
+from mobilellm_export.presets import PRESETS
 from mobilellm_export.errors import UserError
 from mobilellm_export.model import Transformer, random_weights
 from mobilellm_export.quant import auto, calibrate

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mobilellm_export.config import PRESETS
+from mobilellm_export.presets import PRESETS
 from mobilellm_export.errors import UserError
 from mobilellm_export.model import Transformer, random_weights
 from mobilellm_export.quant.quantize import quantize

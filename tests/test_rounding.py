@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from conftest import calib
 
-from mobilellm_export.config import PRESETS
+from mobilellm_export.presets import PRESETS
 from mobilellm_export.errors import UserError
 from mobilellm_export.model import Transformer, random_weights
 from mobilellm_export.quant import calibrate, rounding

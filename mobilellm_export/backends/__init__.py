@@ -16,7 +16,13 @@ lowering bounds, size model and recipe checks), so that nothing outside backends
     runner(bundle, manifest)   a Runner over the artifact, or None where the runtime cannot run here
     app_runner(bundle, ...)    the runtime's own text-in/text-out loop (what the apps wrap), or None:
                                `run` and the app-side latency use it
+    device_runner(bundle, ...) the artifact in the device's own arithmetic (fp16), where runner() is a
+                               higher-precision stand-in (`precision` says which); else None
     metadata(bundle, manifest) EOS ids, context and vocabulary as the artifact file records them
+    lower(reference, spec, dir, fault=None)
+                               prepare + export, optionally with one seeded fault in the prepared
+                               model (`seeded_fault`): the gate's evidence and the conformance suite
+                               show that such an artifact fails verification
     probe(prepared, spec, dir) a function running tokens through the prepared model lowered as the
                                artifact is, with `Transformer.probe` on: (hidden states, logits)
                                per position, for `verify.localise`; None where it cannot
@@ -77,6 +83,9 @@ class Target:
     tools: ClassVar[tuple[str, ...]] = ()  # pip packages whose versions the bundle records
 
     OPTIONS: ClassVar[tuple[Option, ...]] = ()
+    # The arithmetic of the runtime on a device: "fp32", or "fp16" (the conformance suite then holds
+    # device_runner() to an fp16 bound and runner() to the target's own fp16-rounded reference).
+    precision: ClassVar[str] = "fp32"
 
     def __init__(self, **options):
         known = {o.key: o for o in self.OPTIONS}
@@ -126,6 +135,55 @@ class Target:
 
     def app_runner(self, bundle_dir: Path, manifest: dict, threads: int | None = None) -> AppRunner | None:
         return None
+
+    def device_runner(self, bundle_dir: Path, manifest: dict, threads: int | None = None) -> Runner | None:
+        return None
+
+    # The localiser's per-op tolerance (verify/localise.py): how far a correct lowering's op may be
+    # from the reference given the same input. A runtime that rounds activations its reference does
+    # not (ONNX's int8 MatMulNBits) needs more than rounding noise.
+    localise_tolerance: float = 2e-3
+
+    def copy_prepared(self, prepared):
+        """A copy of a prepared model that shares its weights and lowers as it does."""
+        from mobilellm_export.nn_utils import structural_copy
+
+        return structural_copy(prepared)
+
+    def seeded_fault(self, reference: Transformer, prepared, seed: int):
+        """A copy of `prepared` with one seeded lowering fault: one layer's MLP down-projection
+        replaced by a float linear whose weight is the reference's, with 1/8 of its output rows
+        scaled by 1.25. A float linear is something every target lowers, and `prepared` (which
+        shares tensors with `reference`) is not changed. A target whose prepared model names its
+        linears differently overrides this."""
+        import torch
+        import torch.nn as nn
+
+        from mobilellm_export.quant.simulate import dequant, quantized
+
+        g = torch.Generator().manual_seed(seed)
+        layer = int(torch.randint(0, reference.cfg.n_layers, (1,), generator=g))
+        name = f"layers.{layer}.mlp.down_proj"
+        src = reference.get_submodule(name)  # torchao, float, or a weight-only reference's dense DequantLinear
+        q = quantized(src.weight)
+        w = (dequant(q[0], q[1]) if q is not None else src.weight.detach()).float().clone()
+        rows = torch.randperm(w.shape[0], generator=g)[: max(1, w.shape[0] // 8)]
+        w[rows] *= 1.25
+        faulty = self.copy_prepared(prepared)
+        path = next(n for n, _ in faulty.named_modules() if n == name or n.endswith("." + name))
+        parent, _, leaf = path.rpartition(".")
+        lin = nn.Linear(w.shape[1], w.shape[0], bias=False)
+        lin.weight = nn.Parameter(w.to(getattr(reference, "dtype", torch.float32)), requires_grad=False)
+        setattr(faulty.get_submodule(parent), leaf, lin)
+        return faulty
+
+    def lower(self, reference: Transformer, spec: ExportSpec, out_dir: Path, status: Callable[[str], None] = lambda m: None,
+              fault: int | None = None) -> Artifact:
+        """prepare + export, as the pipeline lowers; `fault`: the seed of one `seeded_fault`."""
+        prepared = self.prepare(reference, spec)
+        if fault is not None:
+            prepared = self.seeded_fault(reference, prepared, fault)
+        return self.export(prepared, spec, out_dir, status=status)
 
     def probe(self, prepared: Transformer, spec: ExportSpec, work_dir: Path) -> Probe | None:
         """Lower `prepared` (the output of `prepare`) with `probe = True` and full logits, as

@@ -131,6 +131,7 @@ def localise(target, reference, spec, tokens: list[int], threads: int | None = N
     runs = probe_runs(target, reference, spec, tokens, work_dir)
     if runs is None:
         return None
+    tolerance = max(TOLERANCE, getattr(target, "localise_tolerance", TOLERANCE))
     art, ref = runs["artifact"], runs["reference"]
     errors = op_errors(art, runs["local"], art[0])
     # The floor: how far ulp noise on an op's input moves its teacher-forced output (noise included).
@@ -140,9 +141,9 @@ def localise(target, reference, spec, tokens: list[int], threads: int | None = N
     points = []
     for (name, _, _), e, f, d in zip(names, errors, floors, drift):
         f = max(f, FLOOR_MIN)
-        points.append({"name": name, "error": e, "floor": f, "ratio": e / f, "bound": max(TOLERANCE, RATIO * f),
+        points.append({"name": name, "error": e, "floor": f, "ratio": e / f, "bound": max(tolerance, RATIO * f),
                        "drift": d})
-    i = first_divergence(errors, [p["floor"] for p in points])
+    i = first_divergence(errors, [p["floor"] for p in points], tolerance)
     out = {"first": None, "layer": None, "op": None, "error": None, "floor": None, "ratio": None, "bound": None,
            "points": points, "tokens": len(tokens), "artifact_diff": None}
     elsewhere = ""

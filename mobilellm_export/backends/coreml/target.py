@@ -24,6 +24,7 @@ class IOS(Target):
     name = "ios"
     runtime = "Core ML (iOS 18 ML program, stateful)"
     tools = ("coremltools",)
+    precision = "fp16"  # Core ML stores fp16 constants and computes fp16 activations on the device
     OPTIONS = (Option("compute_units", ("gpu", "ane"), "gpu",
                       "--target ios: the compute units the package asks for: gpu (cpuAndGPU) or ane "
                       "(cpuAndNeuralEngine; state dims padded to multiples of 32; pair it with --quant "
@@ -121,6 +122,20 @@ class IOS(Target):
         gen = manifest["generation"]
         return coreml_runner(Path(bundle_dir) / manifest["target"]["entry"], max_seq_len=gen["max_seq_len"],
                              max_context=gen["max_context"])
+
+    def copy_prepared(self, prepared):
+        from mobilellm_export.backends.coreml.convert import decoder_copy
+
+        return decoder_copy(prepared)
+
+    def device_runner(self, bundle_dir: Path, manifest: dict, threads: int | None = None):
+        """The package in our MIL executor with every op rounded to fp16, as Core ML computes it on
+        a device (runner() runs the same program in fp32)."""
+        from mobilellm_export.runtimes.coreml import MILRunner
+
+        gen = manifest["generation"]
+        return MILRunner(Path(bundle_dir) / manifest["target"]["entry"], gen["max_seq_len"], gen["max_context"],
+                         mode="fp16")
 
     def metadata(self, bundle_dir: Path, manifest: dict) -> dict:
         from mobilellm_export.runtimes.coreml import package_metadata

@@ -39,6 +39,12 @@ class Onnx(Target):
         return self._options["accuracy"]
 
     @property
+    def localise_tolerance(self) -> float:
+        """Level 4 rounds every MatMul's input to int8 per block of 32, which the weight-only reference
+        does not: a correct op is then ~1e-2 from it (tiny models), so the localiser's bound is 3e-2."""
+        return 3e-2 if self.accuracy == "int8" else 2e-3
+
+    @property
     def ort(self) -> str:
         return self._options["ort"]
 

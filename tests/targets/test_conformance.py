@@ -1,0 +1,228 @@
+"""The target conformance suite: every registered target x every architecture (tiny shapes).
+
+A target that passes it is correct; nothing here names a target. A new backend registers through the
+`mobilellm_export.backends` entry-point group and is collected like the built-in ones
+(tests/e2e/test_backend_plugin.py installs a fake one, and a copy with one seeded bug, to show both).
+
+- fp32 against transformers (the independent reference), prefill of 1..64 tokens (chunked by the
+  artifact's max_seq_len) and 32 decode steps through the artifact's KV cache:
+  - a target whose runtime computes in fp32: max |dlogit| <= 2e-5 x max |logit|;
+  - an fp16 target (`Target.precision`; Core ML): `runner()` (our MIL executor in fp32 mode: Core ML
+    itself cannot run on Linux) against the target's own reference, whose constants are rounded to
+    fp16 as the package stores them, within the same 2e-5; and `device_runner()` (the executor with
+    every op rounded to fp16, as a device computes) against transformers within FP16_BOUND.
+- the quantized lowering pair (the target's reference against its artifact), within the target's
+  noise-floor-relative bounds, as `verify` judges it;
+- the metadata the artifact itself records (EOS ids, context, vocabulary) equal to bundle.json's;
+- a tampered artifact refused; two exports byte-identical; the localiser (`probe`) works; and a
+  lowering with one seeded fault fails verification.
+Every bundle is built once per run (`_bundle`), keyed by target, architecture, recipe and fault.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import hf_tiny
+import pytest
+import torch
+
+from mobilellm_export import backends, pipeline
+from mobilellm_export.console import Progress
+from mobilellm_export.errors import UserError
+
+TARGETS = backends.names()
+ARCHS = hf_tiny.ARCHS
+MAX_CONTEXT, MAX_SEQ_LEN, EVAL_TOKENS = 128, 16, 128
+FP32_BOUND = 2e-5
+# fp16 keeps 11 significant bits: each rounding is off by at most u = 2^-11 relative. The logits of
+# a tiny model pass through ~10 roundings on their longest path per layer (weights, the two matmul
+# outputs, norm, softmax, residual add...) over 2-3 layers, and rounding errors add up like a random
+# walk at worst linearly: 64 u = 2^-5 bounds it with margin (measured: see the test's message).
+FP16_BOUND = 64 * 2.0 ** -11
+PREFILLS = (1, 2, 7, 16, 17, 33, 64)  # one call, the chunk boundary either side, several chunks
+DECODE = 32
+
+
+@pytest.fixture(scope="session")
+def hf_models(tmp_path_factory):
+    made = {}
+
+    def get(arch):
+        if arch not in made:
+            made[arch] = hf_tiny.build(arch, tmp_path_factory.mktemp(arch))
+        return made[arch]
+    return get
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory, hf_models):
+    """(target, arch, recipe, verify, fault, copy) -> (bundle folder, report), built once per run."""
+    built = {}
+
+    def get(target, arch, recipe="fp32", verify=False, fault=None, copy=0):
+        key = (target, arch, recipe, verify, fault, copy)
+        if key not in built:
+            from mobilellm_export.checkpoints import load
+            from mobilellm_export.quant.recipe import load_recipe
+
+            _, folder = hf_models(arch)
+            tgt = backends.get(target)
+            rec = load_recipe(recipe)
+            ck = load(str(folder), tokenizer=str(hf_tiny.TOKENIZER))
+            out = tmp_path_factory.mktemp(f"{target}-{arch}-{recipe}")
+            built[key] = pipeline.export(
+                ck, rec, tgt, out=str(out), max_context=MAX_CONTEXT, max_seq_len=MAX_SEQ_LEN,
+                checking=pipeline.Checking(eval_tokens=EVAL_TOKENS, latency=False, threads=2),
+                thresholds=pipeline.thresholds_for(rec, tgt), progress=Progress(quiet=True), do_verify=verify,
+                lowering_fault=fault)
+        return built[key]
+    return get
+
+
+def _manifest(path: Path) -> dict:
+    return json.loads((path / "bundle.json").read_text())
+
+
+def _tokens(n: int, seed: int = 1) -> list[int]:
+    return torch.randint(3, hf_tiny.V, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def _worst(runner, reference_logits: torch.Tensor, toks: list[int]) -> float:
+    """max |dlogit| / max |logit| over prefills of PREFILLS tokens and DECODE steps after the longest."""
+    worst = 0.0
+    scale = reference_logits.abs().max().item()
+    for n in PREFILLS:
+        runner.reset()
+        worst = max(worst, (runner.prefill(toks[:n]).float() - reference_logits[n - 1]).abs().max().item())
+    for i in range(PREFILLS[-1], PREFILLS[-1] + DECODE):
+        worst = max(worst, (runner.decode(toks[i]).float() - reference_logits[i]).abs().max().item())
+    return worst / scale
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("target", TARGETS)
+def test_fp32_matches_transformers(target, arch, bundles, hf_models):
+    hf, _ = hf_models(arch)
+    path, _ = bundles(target, arch)
+    m = _manifest(path)
+    tgt = backends.of_bundle(m)
+    toks = _tokens(PREFILLS[-1] + DECODE)
+    with torch.no_grad():
+        want = hf(torch.tensor([toks])).logits[0].float()
+    runner = tgt.runner(path, m, threads=2)
+    assert runner is not None, f"target {target} cannot run its artifact here"
+    if tgt.precision == "fp32":
+        worst = _worst(runner, want, toks)
+        assert worst <= FP32_BOUND, f"{target} {arch}: {worst:.3g} x max |logit| from transformers"
+        return
+    # An fp16 target: the fp32 program against its own fp16-constant reference, then the device's
+    # fp16 arithmetic against transformers.
+    from mobilellm_export.checkpoints import build_model, load
+    from mobilellm_export.runtimes.eager import EagerRunner
+
+    ck = load(str(hf_models(arch)[1]), tokenizer=str(hf_tiny.TOKENIZER))
+    with torch.no_grad():
+        ref = tgt.reference(build_model(ck, MAX_CONTEXT))
+        own = ref(torch.tensor([toks]), torch.tensor([0]))
+    own = (own[0] if own.dim() == 3 else own).float()
+    worst = _worst(runner, own, toks)
+    assert worst <= FP32_BOUND, f"{target} {arch}: fp32 program {worst:.3g} x max |logit| from its reference"
+    device = tgt.device_runner(path, m, threads=2)
+    assert device is not None, f"fp16 target {target} has no device_runner"
+    worst16 = _worst(device, want, toks)
+    assert worst16 <= FP16_BOUND, f"{target} {arch}: fp16 arithmetic {worst16:.3g} x max |logit| from transformers"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("target", TARGETS)
+def test_quantized_lowering_within_the_targets_bounds(target, arch, bundles):
+    """4bit, as `verify` judges it: the lowering pair against the noise floor measured in the same run."""
+    _, rep = bundles(target, arch, "4bit", verify=True)
+    assert rep["artifact_runs_here"], f"{target}: the artifact did not run"
+    lowering = [c for c in rep["checks"] if c["suite"] == "lowering"]
+    assert lowering, "no lowering check was made"
+    bad = [f"{c['name']} = {c['value']} {c['op']} {c['bound']}" for c in lowering if not c["ok"]]
+    assert not bad, f"{target} {arch}: " + "; ".join(bad)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_metadata_round_trip(target, bundles):
+    path, rep = bundles(target, "tiny-r1", "4bit", verify=True)
+    m = _manifest(path)
+    assert rep["metadata"] and all(c["ok"] for c in rep["metadata"]), rep["metadata"]
+    facts = backends.of_bundle(m).metadata(path, m)
+    if facts is not None:  # None: the artifact records nothing of its own (then nothing to disagree)
+        gen = m["generation"]
+        assert facts == {"eos_ids": gen["eos_ids"], "max_context": gen["max_context"],
+                         "max_seq_len": gen["max_seq_len"], "vocab_size": m["tokenizer"]["vocab_size"]}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_tampered_artifact_is_refused(target, bundles, tmp_path):
+    path, _ = bundles(target, "tiny-r1", "4bit")
+    copy = tmp_path / path.name
+    shutil.copytree(path, copy)
+    m = _manifest(copy)
+    entry = copy / m["target"]["entry"]
+    victim = entry if entry.is_file() else max((p for p in entry.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    victim.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="sha256"):
+        pipeline.verify_command(pipeline.VerifyRequest(str(copy), checking=pipeline.Checking(latency=False)),
+                                Progress(quiet=True))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_two_exports_are_byte_identical(target, bundles):
+    a, _ = bundles(target, "tiny-r1", "4bit")
+    b, _ = bundles(target, "tiny-r1", "4bit", copy=1)
+    assert (a / "bundle.json").read_bytes() == (b / "bundle.json").read_bytes()
+    for f in _manifest(a)["files"]:
+        assert hashlib.sha256((a / f).read_bytes()).digest() == hashlib.sha256((b / f).read_bytes()).digest(), f
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_seeded_lowering_fault_fails_verification(target, bundles):
+    _, rep = bundles(target, "tiny-r1", "4bit", verify=True, fault=0)
+    assert rep["passed"] is False
+    failed = [c["name"] for c in rep["checks"] if not c["ok"]]
+    assert any(c["suite"] == "lowering" and not c["ok"] for c in rep["checks"]), failed
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_probe_localises_the_artifact(target, hf_models):
+    """The localiser works for every target: a clean lowering has no divergent op, and the seeded
+    fault (one layer's MLP down-projection) is named at its layer's MLP."""
+    from mobilellm_export.checkpoints import build_model, load
+    from mobilellm_export.quant.quantize import quantize
+    from mobilellm_export.quant.recipe import load_recipe
+    from mobilellm_export.verify.localise import localise
+
+    from conftest import calib
+
+    tgt = backends.get(target)
+    ck = load(str(hf_models("tiny-r1")[1]), tokenizer=str(hf_tiny.TOKENIZER))
+    model = build_model(ck, MAX_CONTEXT)
+    quantize(model, load_recipe("4bit"), calib(model))
+    reference = tgt.reference(model)
+    spec = backends.ExportSpec(config=model.cfg, max_context=MAX_CONTEXT, max_seq_len=MAX_SEQ_LEN, eos_ids=(2,),
+                               bos_id=1)
+    toks = _tokens(48, seed=3)
+    clean = localise(tgt, reference, spec, toks)
+    assert clean is not None, f"target {target} cannot probe its artifact (Target.probe returned None)"
+    assert clean["first"] is None, clean["message"]
+
+    class Faulty(type(tgt)):
+        def prepare(self, reference, spec):
+            return self.seeded_fault(reference, super().prepare(reference, spec), 0)
+
+    faulty = Faulty(**tgt.options)
+    found = localise(faulty, reference, spec, toks)
+    layer = int(torch.randint(0, model.cfg.n_layers, (1,), generator=torch.Generator().manual_seed(0)))
+    assert found["first"] is not None and found["layer"] == layer and found["op"] == "mlp", found["message"]
