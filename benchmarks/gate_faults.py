@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 LLAMA3_TOKENIZER = SHARED / "data" / "llama3-tokenizer"
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "gate_faults.json"
-sys.path.insert(0, str(REPO / "tests"))
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "targets")]  # conftest helpers, the faults package
 
 CHILD_TIMEOUT = 3600  # s: a tiny-r1 export with its 128K-row head takes minutes on a busy machine
 

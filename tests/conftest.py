@@ -1,11 +1,19 @@
 import functools
+import sys
 from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+TESTS = Path(__file__).resolve().parent
+# Tests live in folders by what they test (unit/, targets/, e2e/, acceptance/); a few share helpers
+# across folders (`from conftest import calib`, `from test_ios import compare`, the faults package).
+sys.path[:0] = [str(TESTS)] + [str(TESTS / d) for d in ("unit", "targets", "e2e", "acceptance")]
+
+SHARED = TESTS.parents[1] / "shared"
+# The Llama 3 tokenizer (8.8 MB, MobileLLM-R1's) is read from ../shared beside the checkout; the
+# small data the tests need is in tests/data.
 LLAMA3_TOKENIZER = SHARED / "data" / "llama3-tokenizer"
-BOTCHAN = SHARED / "data" / "botchan.txt"
+BOTCHAN = TESTS / "data" / "botchan.txt"  # public domain (Project Gutenberg #8868)
 
 
 @functools.lru_cache(maxsize=1)

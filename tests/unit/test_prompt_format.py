@@ -19,7 +19,7 @@ import pytest
 from mobilellm_export.text import prompt_format as pf
 from mobilellm_export.errors import UserError
 
-APPS = Path(__file__).resolve().parent / "fixtures" / "apps"
+APPS = Path(__file__).resolve().parents[1] / "fixtures" / "apps"
 
 
 def _builder():

@@ -10,7 +10,7 @@ import yaml
 
 from mobilellm_export.verify import ci
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = ROOT / ".github" / "workflows" / "parity.yml"
 
 

@@ -14,7 +14,7 @@ from mobilellm_export.errors import UserError
 from mobilellm_export.model import Transformer, random_weights
 from mobilellm_export.checkpoints import load
 
-SHARED = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared"
+SHARED = __import__("pathlib").Path(__file__).resolve().parents[3] / "shared"
 
 
 def r1_config(generation: int, n_layers=2, vocab=512) -> dict:

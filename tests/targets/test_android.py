@@ -23,7 +23,7 @@ from mobilellm_export.backends.executorch import program as android
 
 MAX_SEQ_LEN, MAX_CONTEXT = 16, 64
 FP32_TOL = 1e-3
-LLAMA3_TOKENIZER = Path(__file__).resolve().parents[2] / "shared/data/llama3-tokenizer/tokenizer.json"
+LLAMA3_TOKENIZER = Path(__file__).resolve().parents[3] / "shared/data/llama3-tokenizer/tokenizer.json"
 
 
 def _model(name: str, seed: int = 0) -> Transformer:
@@ -213,7 +213,7 @@ def test_paired_benchmark_runs_each_program_on_the_same_prompt(fp32_exports):
     program, runs every round, and reports ratios to the first program."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("paired", Path(__file__).resolve().parents[1] / "benchmarks/paired.py")
+    spec = importlib.util.spec_from_file_location("paired", Path(__file__).resolve().parents[2] / "benchmarks/paired.py")
     paired = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(paired)
     from tokenizers import Tokenizer

@@ -342,7 +342,7 @@ def test_onnx_matches_the_reference_through_chunked_prefill_and_decode(name, qua
 
 # ---- chat templates against transformers' own rendering ----------------------------------------
 
-DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = __import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "data"
 CHATS = [
     [{"role": "user", "content": "What is 7 * 6?"}],
     [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "  Hi there \n"}],
@@ -409,7 +409,7 @@ def test_gemma3_270m_gguf_matches_transformers_reading_the_same_file():
     source and Transformer against transformers' own GGUF reader, 64-token prompt, BOS first."""
     import sys
 
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2] / "benchmarks"))
     from gemma3_ref import gguf_path, transformers_model
 
     from mobilellm_export.checkpoints import build_model
