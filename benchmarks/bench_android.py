@@ -37,6 +37,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import stamp  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DEFAULT_TOKENIZER = SHARED / "data" / "llama3-tokenizer"
@@ -423,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         out = Path(a.out) if a.out else (DEFAULT_OUT_QUICK if a.quick else DEFAULT_OUT)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        out.write_text(json.dumps({**result, "provenance": stamp()}, indent=2) + "\n")
         print(f"\nwrote {out}")
         return 0
     finally:

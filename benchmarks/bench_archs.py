@@ -28,6 +28,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import stamp  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 GEMMA_TOKENIZER = SHARED / "data" / "gemma3-tokenizer"
@@ -187,7 +190,7 @@ def main() -> int:
     for part in args.parts.split(","):
         results[part] = PARTS[part]()
         OUT.parent.mkdir(parents=True, exist_ok=True)
-        OUT.write_text(json.dumps(results, indent=2))
+        OUT.write_text(json.dumps({**results, "provenance": stamp()}, indent=2))
     return 0
 
 

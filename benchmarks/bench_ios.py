@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import shutil
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import stamp  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BOTCHAN = ROOT.parent / "shared" / "data" / "botchan.txt"
@@ -110,7 +114,7 @@ def main() -> None:
     out["acceptance"] = {"lowering_kl_mean<=0.01": lw["kl_mean"] <= 0.01, "lowering_top1>=0.95": lw["top1"] >= 0.95}
     path = Path(args.json or ROOT / "benchmarks" / "results" /
                 f"bench_ios{'' if args.quant == '4bit' else '-' + args.quant}.json")
-    path.write_text(json.dumps(out, indent=1, default=str) + "\n")
+    path.write_text(json.dumps({**out, "provenance": stamp()}, indent=1, default=str) + "\n")
     print(json.dumps({k: out[k] for k in ("parity", "acceptance", "fp16_first_nonfinite")}, indent=1, default=str))
 
 

@@ -25,6 +25,9 @@ sys.path.insert(0, str(REPO))
 
 from mobilellm_export.memory import tree_rss_mb  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import stamp  # noqa: E402
+
 
 def run(model: str, tokenizer: str, out: Path) -> dict:
     cmd = [sys.executable, "-m", "mobilellm_export.cli", "export", "--model", model, "--tokenizer", tokenizer,
@@ -76,7 +79,8 @@ def main(argv=None) -> int:
             print(f"  {s['step']:<40} {s['seconds']:>8.1f} {s.get('tree_peak_mb', 0) / 1024:>13.2f} "
                   f"{s.get('self_peak_mb', 0) / 1024:>12.2f}")
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps({"results": results, "command": " ".join(sys.argv)}, indent=1) + "\n")
+    Path(a.json).write_text(json.dumps({"results": results, "command": " ".join(sys.argv), "provenance": stamp()},
+                                       indent=1) + "\n")
     print(f"\nwrote {a.json}")
     return 0 if all(r["exit"] in (0, 1) for r in results) else 1
 

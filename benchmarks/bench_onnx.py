@@ -54,6 +54,9 @@ from rounding_speed import TOKENIZER, export  # noqa: E402
 
 from mobilellm_export.verify.latency import prompt_prefix, quartiles  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import stamp  # noqa: E402
+
 PRESET, THREADS = "r1-140m", 2
 BOTCHAN = REPO.parent / "shared" / "data" / "botchan.txt"
 # symmetric int4, block 32, int8 activations: the format of our 4-bit linears. The builder ties the
@@ -296,7 +299,7 @@ def main() -> None:
     print("op counts that differ (ours, builder):", diff)
     print("lm_head (ours, builder):", *(f"{v[1].get('bits')}-bit block {v[1].get('block_size')}" for v in facts.values()))
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
+    Path(a.json).write_text(json.dumps({**res, "provenance": stamp()}, indent=1) + "\n")
     print(f"wrote {a.json}")
 
 

@@ -33,6 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import stamp  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 LLAMA3_TOKENIZER = SHARED / "data" / "llama3-tokenizer"
@@ -237,7 +240,7 @@ def main(argv=None) -> None:
     result["summary"] = summarise(result["faults"], result["clean"])
     result.update({k: result["summary"][k] for k in ("catch_rate_gross", "catch_rate_near", "false_alarms")})
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=1) + "\n")
+    a.out.write_text(json.dumps({**result, "provenance": stamp()}, indent=1) + "\n")
     print()
     print(table(result))
     print(f"\nwritten: {a.out}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import math
 import time
 from pathlib import Path
@@ -36,6 +37,9 @@ from mobilellm_export.quant.recipe import WeightQuant
 from mobilellm_export.quant.size import weight_bytes
 from mobilellm_export.verify.parity import PairStats
 from mobilellm_export.text.corpus import load_text, windows
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import stamp  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -209,7 +213,8 @@ def main() -> None:
         done = {(r["model"], r["method"]) for r in new}
         rows = [r for r in rows if (r["model"], r["method"]) not in done] + new
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"tokens": a.tokens, "calib_tokens": a.calib_tokens, "rows": rows}, indent=1))
+        out.write_text(json.dumps({"tokens": a.tokens, "calib_tokens": a.calib_tokens, "rows": rows,
+                                   "provenance": stamp()}, indent=1))
     base = {r["model"]: r["kl_mean"] for r in rows if r["method"].startswith("plain")}
     print("\nKL relative to plain rounding (lower is better):")
     for r in rows:

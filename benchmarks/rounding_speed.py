@@ -17,6 +17,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import stamp  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER = REPO.parent / "shared" / "data" / "llama3-tokenizer" / "tokenizer.json"
 
@@ -64,7 +67,7 @@ def main() -> None:
         d, p = row["decode_ratio"], row["prefill_ratio"]
         print(f"{name:14s} {row['decode_tokens_per_s']:12.1f} {d['median']:8.3f} [{d['q1']:.3f}-{d['q3']:.3f}] "
               f"{p['median']:14.3f}")
-    Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
+    Path(a.json).write_text(json.dumps({**res, "provenance": stamp()}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

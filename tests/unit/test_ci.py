@@ -196,3 +196,15 @@ def test_workflow():
     order = [i for i, s in enumerate(job["steps"]) if s is setup or s is upload or s is publish
              or "mobilellm-export export" in s.get("run", "")]
     assert order == sorted(order) and len(order) == 4
+
+
+def test_every_results_file_records_its_provenance():
+    """Each number in docs/ cites a results file; each results file says which commit, date, machine
+    and tool versions produced it (benchmarks/provenance.py; older files carry a retroactive stamp)."""
+    import json
+
+    files = sorted((ROOT / "benchmarks" / "results").glob("*.json"))
+    assert files
+    for f in files:
+        p = json.loads(f.read_text()).get("provenance")
+        assert p and p["commit"] and p["date"] and p["machine"] and p["tools"].get("torch"), f.name
