@@ -153,7 +153,7 @@ class Target:
     def seeded_fault(self, reference: Transformer, prepared, seed: int):
         """A copy of `prepared` with one seeded lowering fault: one layer's MLP down-projection
         replaced by a float linear whose weight is the reference's, with 1/8 of its output rows
-        scaled by 1.25. A float linear is something every target lowers, and `prepared` (which
+        scaled by 1.5. A float linear is something every target lowers, and `prepared` (which
         shares tensors with `reference`) is not changed. A target whose prepared model names its
         linears differently overrides this."""
         import torch
@@ -168,7 +168,7 @@ class Target:
         q = quantized(src.weight)
         w = (dequant(q[0], q[1]) if q is not None else src.weight.detach()).float().clone()
         rows = torch.randperm(w.shape[0], generator=g)[: max(1, w.shape[0] // 8)]
-        w[rows] *= 1.25
+        w[rows] *= 1.5
         faulty = self.copy_prepared(prepared)
         path = next(n for n, _ in faulty.named_modules() if n == name or n.endswith("." + name))
         parent, _, leaf = path.rpartition(".")

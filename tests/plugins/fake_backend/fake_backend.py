@@ -51,6 +51,14 @@ class FakeEager(Target):
             return ["int8 dynamic activations run as float activations (weight-only)"]
         return []
 
+    def thresholds(self, th, recipe=None):
+        """Its arithmetic is the weight-only reference's, op for op, in fp32: the bounds of an exact
+        runtime, tighter than any recipe's."""
+        import dataclasses
+
+        return dataclasses.replace(th, lowering_kl_floor_factor=None, lowering_top1_floor_slack=None,
+                                   lowering_kl_mean=1e-6, lowering_top1_min=0.999, lowering_max_abs_logit_rel=1e-4)
+
     def reference(self, quantized):
         from mobilellm_export.quant.simulate import weight_only_reference
 
