@@ -208,30 +208,86 @@ def cpp_runner_text(tok, ids: list[int]) -> str:
     return out.decode("utf-8", "replace")
 
 
-def test_paired_benchmark_runs_each_program_on_the_same_prompt(fp32_exports):
+def test_paired_benchmark_runs_each_program_on_the_same_prompt(fp32_exports, tmp_path, monkeypatch):
     """benchmarks/paired.py: the C++ runner counts exactly --prompt-len prompt tokens for every
-    program, runs every round, and reports ratios to the first program."""
+    program and runs every round; rounds rotate the order, and each ratio is paired by round.
+
+    Three programs (distinct files), real TextLLMRunners. Speed cannot be asserted, so the rates
+    each generation reports are replaced by known ones: program i runs at SPEED[i] / LOAD[round],
+    a machine whose load swings between rounds as a shared VM's does. Paired by round, program i's
+    ratio is SPEED[i] / SPEED[0] in every round (zero spread); pairing across rounds, against the
+    program itself, or against another program would give other numbers."""
     import importlib.util
+    import shutil
 
     spec = importlib.util.spec_from_file_location("paired", Path(__file__).resolve().parents[2] / "benchmarks/paired.py")
     paired = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(paired)
     from tokenizers import Tokenizer
 
-    from mobilellm_export.verify.latency import prompt_prefix
+    from mobilellm_export.runtimes import executorch as et_runtime
     from mobilellm_export.text.corpus import SAMPLE
+    from mobilellm_export.verify.latency import prompt_prefix
 
     _, _, path, _ = fp32_exports("tiny-r1")
+    ptes = []
+    for name in ("ref", "b", "c"):  # the same program under three names: which row is which is by path
+        ptes.append(str(tmp_path / f"{name}.pte"))
+        shutil.copy(path, ptes[-1])
+    SPEED = {ptes[0]: 100.0, ptes[1]: 60.0, ptes[2]: 150.0}  # decode tok/s; prefill is 10x
+    LOAD = [1.0, 3.0, 1.5, 2.5]  # per round
+    rounds, decode_tokens, warmup_tokens = len(LOAD), 3, 4  # paired.measure warms up with 4 tokens
+    calls = []  # (pte, max_new_tokens) in the order generations ran
+
+    real_open, real_stats = et_runtime.open_text_runner, et_runtime.runner_stats
+
+    class Tagged:
+        def __init__(self, runner, pte):
+            self.runner, self.pte = runner, pte
+
+        def reset(self):
+            self.runner.reset()
+
+        def generate(self, prompt, config, on_token, on_stats):
+            calls.append((self.pte, config.max_new_tokens))
+            call = len(calls) - 1
+            self.runner.generate(prompt, config, on_token, lambda s: on_stats((self.pte, call, s)))
+
+    def stats(tagged):
+        pte, call, s = tagged
+        out = real_stats(s)
+        timed = call - len(ptes)  # after one warm-up each
+        if timed >= 0:
+            load = LOAD[timed // len(ptes)]
+            out["decode_tokens_per_s"] = SPEED[pte] / load
+            out["prefill_tokens_per_s"] = 10 * SPEED[pte] / load
+        return out
+
+    monkeypatch.setattr(et_runtime, "open_text_runner", lambda pte, tok, ptd=None: Tagged(real_open(pte, tok, ptd), pte))
+    monkeypatch.setattr(et_runtime, "runner_stats", stats)
+
     n = MAX_SEQ_LEN - 4
-    prompt = prompt_prefix(Tokenizer.from_file(str(LLAMA3_TOKENIZER)),
-                           SAMPLE.read_text(encoding="utf-8"), n)
-    res = paired.measure([(str(path), None), (str(path), None)], str(LLAMA3_TOKENIZER), prompt, rounds=3,
-                         decode_tokens=4, threads=1)
+    prompt = prompt_prefix(Tokenizer.from_file(str(LLAMA3_TOKENIZER)), SAMPLE.read_text(encoding="utf-8"), n)
+    res = paired.measure([(p, None) for p in ptes], str(LLAMA3_TOKENIZER), prompt, rounds=rounds,
+                         decode_tokens=decode_tokens, threads=1)
+
+    # one warm-up each, then every round runs every program once, starting one further along
+    assert calls[:3] == [(p, warmup_tokens) for p in ptes]
+    timed = calls[3:]
+    assert len(timed) == rounds * 3 and all(k == decode_tokens for _, k in timed)
+    for r in range(rounds):
+        assert [p for p, _ in timed[3 * r:3 * r + 3]] == [ptes[(k + r) % 3] for k in range(3)], (r, timed)
+
+    assert [prog["pte"] for prog in res["programs"]] == ptes
     for prog in res["programs"]:
-        assert prog["prompt_tokens"] == [n]
-        assert len(prog["decode_tokens_per_s_runs"]) == 3 and all(r > 0 for r in prog["decode_tokens_per_s_runs"])
-    assert res["programs"][0]["decode_ratio"]["median"] == 1.0
-    assert res["programs"][1]["decode_ratio"]["median"] > 0
+        sp = SPEED[prog["pte"]]
+        assert prog["prompt_tokens"] == [n]  # the runner's own count, every round
+        assert prog["decode_tokens_per_s_runs"] == pytest.approx([sp / ld for ld in LOAD])  # in round order
+        for metric in ("decode_ratio", "prefill_ratio"):
+            want = sp / SPEED[ptes[0]]
+            assert prog[metric] == pytest.approx({"median": want, "q1": want, "q3": want}), (prog["pte"], metric)
+    # The reference's own ratio is 1 by construction; the others are not 1 and not each other's.
+    assert [prog["decode_ratio"]["median"] for prog in res["programs"]] == pytest.approx([1.0, 0.6, 1.5])
     with pytest.raises(SystemExit):
         paired._parse(["--tokenizer", str(LLAMA3_TOKENIZER), "--json", "x.json", "--data", "a.ptd", str(path)])
 

@@ -40,8 +40,77 @@ def _search(model, budget_mb):
 
 
 def _block_bytes(opt):
-    base = load_recipe("4bit-auto").linear
-    return sum(auto.weight_bytes(n, k, auto.option_quant(base, opt)) for n, k in block_linears(CFG).values())
+    """One block's linears in format `opt` ("bits:group"), by hand from the shapes: integers at
+    bits/8 bytes, plus a bf16 scale per group or an fp32 one per row (group 0). Rows here are 64 or
+    256 wide (powers of two): a group wider than its row is the row (g128 on 64 columns is g64)."""
+    bits, group = (int(x) for x in opt.split(":"))
+    return sum(n * k * bits / 8 + (n * (k // min(group, k)) * 2 if group else n * 4)
+               for n, k in block_linears(CFG).values())
+
+
+# A hand-worked plan: three blocks and the head, (KL alone, kB) per format. Each item's points are
+# convex, so the Lagrangian's prices switch them in a known order (KL saved per kB): layers.0 4:128
+# -> 4:32 at 10/kB, head 4:32 -> 8:0 at 2.5, layers.0 4:32 -> 8:0 at 2.11, layers.2 4:128 -> 4:32 at
+# 2, layers.1 at 1, layers.2 4:32 -> 8:0 at 0.67, layers.1 at 0.11 (x 1e-3): plans of 600, 610, 810,
+# 900, 910, 920, 1010 and 1100 kB, each the least KL at its own size (checked by enumeration below).
+HAND = {"layers.0": {"4:128": (0.30, 100), "4:32": (0.20, 110), "8:0": (0.01, 200)},
+        "layers.1": {"4:128": (0.05, 100), "4:32": (0.04, 110), "8:0": (0.03, 200)},
+        "layers.2": {"4:128": (0.10, 100), "4:32": (0.08, 110), "8:0": (0.02, 200)},
+        "lm_head": {"8:0": (0.0, 500), "4:32": (0.5, 300)}}
+
+
+def _hand_sens():
+    return {"items": [{"item": it, "options": {o: {"kl": kl, "bytes": kb * 1000} for o, (kl, kb) in opts.items()}}
+                      for it, opts in HAND.items()], "trial_tokens": 96, "seconds": 0.0}
+
+
+def _best_by_enumeration(budget_kb):
+    import itertools
+
+    plans = [(sum(HAND[it][o][0] for it, o in zip(HAND, ch)), ch) for ch in itertools.product(*HAND.values())
+             if sum(HAND[it][o][1] for it, o in zip(HAND, ch)) <= budget_kb]
+    return min(plans)
+
+
+@pytest.mark.parametrize("budget_kb,formats,kl", [
+    (600, ["4:128", "4:128", "4:128", "4:32"], 0.95),  # the smallest plan: the head at 4 bits too
+    (810, ["4:32", "4:128", "4:128", "8:0"], 0.35),  # the head's 8 bits first, then layers.0's g32
+    (900, ["8:0", "4:128", "4:128", "8:0"], 0.16),  # layers.0 gains most from 8 bits
+    (1010, ["8:0", "4:32", "8:0", "8:0"], 0.07),
+    (1100, ["8:0", "8:0", "8:0", "8:0"], 0.06),  # ample: every item at its best
+])
+def test_hand_worked_plan(budget_kb, formats, kl):
+    """plan() on a sensitivity table worked by hand (not measured): the formats, the bytes, the
+    predicted KL and the recipe it resolves to are the hand answers, and the least KL any plan
+    within the budget has (enumerating all 54)."""
+    recipe = load_recipe("4bit-auto")
+    assert (recipe.linear.bits, recipe.linear.group_size) == (4, 32)  # the base format the overrides leave
+    r, facts = auto.plan(recipe, CFG, _hand_sens(), budget_kb * 1000)
+    assert [b["format"] for b in facts["plan"]] == formats
+    best_kl, best_formats = _best_by_enumeration(budget_kb)
+    assert best_formats == tuple(formats) and best_kl == pytest.approx(kl)
+    assert facts["predicted_kl_sum"] == pytest.approx(kl)
+    assert facts["predicted_kl_sum_base"] == pytest.approx(0.20 + 0.04 + 0.08 + 0.0)  # 4:32 blocks, 8-bit head
+    assert facts["weights_mb"] == pytest.approx(budget_kb / 1000)  # each budget is its plan's exact size
+    assert facts["kept_8bit"] == [it for it, f in zip(HAND, formats) if f == "8:0"] and facts["head"] == formats[-1]
+    want = [{"match": f"layers.{i}.*", "bits": int(f[0]), "group_size": int(f.split(":")[1]),
+             "scale_dtype": "fp32" if f == "8:0" else "bf16"} for i, f in enumerate(formats[:3]) if f != "4:32"]
+    assert list(r.overrides) == want and r.auto.resolved
+    head_bits, head_group = (int(x) for x in formats[-1].split(":"))
+    assert (r.head.bits, r.head.group_size) == (head_bits, head_group)
+    assert (r.embedding.bits, r.embedding.group_size) == (head_bits, head_group)  # the tied lookup follows
+
+
+def test_hand_worked_plan_below_the_smallest_is_one_error():
+    with pytest.raises(UserError, match=r"smallest plan of recipe 4bit-auto needs 0\.6 MB"):
+        auto.plan(load_recipe("4bit-auto"), CFG, _hand_sens(), 599_999)
+
+
+def test_measured_sensitivities_cost_what_the_byte_model_says(model):
+    """The bytes each trial records are the hand-computed sizes of its format (blocks alike)."""
+    assert [it["item"] for it in model.sens["items"]] == ["layers.0", "layers.1", "layers.2", "lm_head"]
+    for it in model.sens["items"][:-1]:
+        assert {o: v["bytes"] for o, v in it["options"].items()} == {o: _block_bytes(o) for o in ("4:128", "4:32", "8:0")}
 
 
 def test_plans_fit_the_budget_and_more_budget_buys_less_kl(model):
@@ -62,22 +131,28 @@ def test_one_8bit_block_goes_to_the_most_sensitive_block(model):
     # Room for exactly one block at 8 bits beside two at 4-bit g32 (or more blocks at g128).
     room = estimate_bytes(CFG, load_recipe("4bit")) + _block_bytes("8:0") - _block_bytes("4:32")
     r, facts = _search(model, room / 1e6)
-    gain = {b["item"]: b["kl_alone"]["4:32"] - b["kl_alone"]["8:0"] for b in facts["plan"] if b["item"] != "lm_head"}
+    # from the measured table the plan is made from (its input), not from the plan
+    gain = {it["item"]: it["options"]["4:32"]["kl"] - it["options"]["8:0"]["kl"]
+            for it in model.sens["items"] if it["item"] != "lm_head"}
     best = max(gain, key=gain.get)  # blocks cost the same: the budget goes where 8 bits gain most
-    assert best in facts["kept_8bit"] and len(facts["kept_8bit"]) <= CFG.n_layers
+    assert best in facts["kept_8bit"]
     assert any(o["match"] == f"{best}.*" and o["bits"] == 8 for o in r.overrides)
+    assert estimate_bytes(CFG, r) <= room
 
 
 def test_resolved_plan_round_trips_and_quantizes_block_by_block(model):
     r, facts = _search(model, (estimate_bytes(CFG, load_recipe("4bit")) + _block_bytes("8:0")) / 1e6)
     back = Recipe.from_dict(json.loads(json.dumps(r.to_dict())))
     assert back.auto.resolved and back.overrides == r.overrides
+    # the blocks the recipe's overrides put at 8 bits (what quantize() is given), read from the dicts
+    eight = {o["match"].removesuffix(".*") for o in back.overrides if o["bits"] == 8}
+    assert 0 < len(eight) < CFG.n_layers, back.overrides  # both formats present: the check below can tell
     m = copy.deepcopy(model)
     quantize(m, back, calib(m))
     for i in range(CFG.n_layers):
-        w = m.get_submodule(f"layers.{i}.mlp.up_proj").weight
-        eight = f"layers.{i}" in facts["kept_8bit"]
-        assert (w.target_dtype == torch.int8) == eight  # 8 bits exactly where the plan said so
+        for name in block_linears(CFG):
+            w = m.get_submodule(f"layers.{i}.{name}").weight
+            assert (w.target_dtype == torch.int8) == (f"layers.{i}" in eight), (i, name)  # 8 bits exactly there
 
 
 def test_a_budget_below_the_smallest_plan_is_one_error(model):

@@ -533,7 +533,7 @@ def test_run_feeds_the_runner_that_text(built, tmp_path, monkeypatch):
             return App()
 
     monkeypatch.setattr(rb, "check_files", lambda d, m: None)
-    monkeypatch.setattr(rb.targets, "of_bundle", lambda m: Target())
+    monkeypatch.setattr(rb.backends, "of_bundle", lambda m: Target())
     monkeypatch.setattr(rb.prompt_format, "FIXED_DATE", pf.FIXED_DATE)
     for bundle, conv in (("qwen3", "reasoning-history-think-off"), ("smollm2", "multi"), ("gemma3", "whitespace")):
         v = _vector(bundle, conv)
@@ -582,7 +582,7 @@ def test_run_conversation_through_text_llm_runner(tmp_path):
     conv = tmp_path / "conv.json"
     conv.write_text(json.dumps({"messages": v["messages"]}))
     fed, stats = [], []
-    real = rb.targets.of_bundle(m)
+    real = rb.backends.of_bundle(m)
 
     class Recording:  # the real target and runner, recording what generate() is given
         name, runtime = real.name, real.runtime
@@ -598,11 +598,11 @@ def test_run_conversation_through_text_llm_runner(tmp_path):
             app.generate = generate
             return app
 
-    orig = rb.targets.of_bundle
-    rb.targets.of_bundle = lambda mm: Recording()
+    orig = rb.backends.of_bundle
+    rb.backends.of_bundle = lambda mm: Recording()
     try:
         rb.run_bundle(str(d), None, max_new_tokens=4, temperature=0.0, conversation=str(conv), write=lambda s: None)
     finally:
-        rb.targets.of_bundle = orig
+        rb.backends.of_bundle = orig
     assert fed == [v["runner_text"]]
     assert stats[0]["prompt_tokens"] == len(v["ids"])

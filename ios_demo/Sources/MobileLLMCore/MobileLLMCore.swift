@@ -19,7 +19,9 @@ public struct BosPolicy: Equatable {
 }
 
 public struct Bundle {
-    public static let schemaVersion = 2
+    public static let schemaVersion = 3
+    /// Schema 3 only dropped recipe.target_thresholds, which an app never reads: schema 2 loads as it is.
+    public static let minSchemaVersion = 2
     /// prompt_format versions read: 1, and 2 (= 1 + the required pre_normalize list).
     public static let promptFormatVersion = 2
 
@@ -58,10 +60,10 @@ public struct Bundle {
         if root["schema_version"] == nil { throw BundleError(message: "bundle.json: missing schema_version") }
         let version = try j.int("schema_version")
         if version > schemaVersion {
-            throw BundleError(message: "bundle.json has schema_version \(version); this app reads schema_version \(schemaVersion): update the app")
+            throw BundleError(message: "bundle.json has schema_version \(version); this app reads schema_version \(Bundle.minSchemaVersion)-\(Bundle.schemaVersion): update the app")
         }
-        if version < schemaVersion {
-            throw BundleError(message: "bundle.json has schema_version \(version); this app reads schema_version \(schemaVersion): re-export the bundle")
+        if version < Bundle.minSchemaVersion {
+            throw BundleError(message: "bundle.json has schema_version \(version); this app reads schema_version \(Bundle.minSchemaVersion)-\(Bundle.schemaVersion): re-export the bundle")
         }
         let target = try j.obj("target")
         let gen = try j.obj("generation")

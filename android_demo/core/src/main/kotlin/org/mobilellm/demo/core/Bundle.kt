@@ -36,7 +36,9 @@ data class Bundle(
         promptFormat.runnerText(prompt(messages, enableThinking, date))
 
     companion object {
-        const val SCHEMA_VERSION = 2
+        const val SCHEMA_VERSION = 3
+        /** Schema 3 only dropped recipe.target_thresholds, which an app never reads: schema 2 loads as it is. */
+        const val MIN_SCHEMA_VERSION = 2
         /** prompt_format versions read: 1, and 2 (= 1 + the required pre_normalize list). */
         const val PROMPT_FORMAT_VERSION = 2
 
@@ -50,10 +52,10 @@ data class Bundle(
             if (!root.has("schema_version")) throw BundleError("bundle.json: missing schema_version")
             val version = j.int("schema_version")
             if (version > SCHEMA_VERSION) {
-                throw BundleError("bundle.json has schema_version $version; this app reads schema_version $SCHEMA_VERSION: update the app")
+                throw BundleError("bundle.json has schema_version $version; this app reads schema_version $MIN_SCHEMA_VERSION-$SCHEMA_VERSION: update the app")
             }
-            if (version < SCHEMA_VERSION) {
-                throw BundleError("bundle.json has schema_version $version; this app reads schema_version $SCHEMA_VERSION: re-export the bundle")
+            if (version < MIN_SCHEMA_VERSION) {
+                throw BundleError("bundle.json has schema_version $version; this app reads schema_version $MIN_SCHEMA_VERSION-$SCHEMA_VERSION: re-export the bundle")
             }
             val target = j.obj("target")
             val gen = j.obj("generation")
