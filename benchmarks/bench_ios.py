@@ -64,7 +64,7 @@ def main() -> None:
     recipe = load_recipe(args.quant)
     spec = ExportSpec(config=model.cfg, max_context=args.max_context, max_seq_len=args.max_seq_len,
                       eos_ids=tuple(ck.config.eos_token_ids), bos_id=None)
-    target = IOS()
+    target = IOS(compute_units="ane" if args.quant == "4bit-ane" else "gpu")  # the recipe the ANE runs well
     out["notes"] = target.check(recipe, spec)
     quantize(model, recipe, calibrator(ck, model, recipe, None, args.max_context))
     out["quantize_s"] = round(time.perf_counter() - t0, 1)

@@ -68,7 +68,7 @@ PRESETS: dict[str, ModelConfig] = {
     "mobilellm-600m": _mobilellm(40, 1152, 18, 6, 3072),
     "mobilellm-1b": _mobilellm(54, 1280, 20, 5, 3584),
     "mobilellm-1.5b": _mobilellm(54, 1600, 25, 5, 4352),
-    # The models MobileLLM-R1 is compared with (published shapes; MODEL_FACTS.md / their config.json).
+    # The models MobileLLM-R1 is compared with (the published shapes of their config.json).
     "qwen3-0.6b": _qwen("qwen3", 28, 1024, 16, 8, 128, 3072, max_position_embeddings=40960),
     "qwen2.5-0.5b": _qwen("qwen2", 24, 896, 14, 2, 64, 4864, max_position_embeddings=32768),
     "gemma3-270m": _gemma3(18, 640, 4, 1, 256, 2048, window=512, query_scalar=256.0, max_position_embeddings=32768),
