@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +19,10 @@ PLUGINS = TESTS / "plugins"
 
 def _install(dest: Path, *packages: str) -> None:
     for p in packages:  # no build isolation: setuptools is in the venv, and there is no network
+        src = dest.parent / f"{dest.name}-src-{p}"  # a copy: the build leaves build/ beside the sources
+        shutil.copytree(PLUGINS / p, src)
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                        "--target", str(dest), str(PLUGINS / p)], check=True, capture_output=True, timeout=300)
+                        "--target", str(dest), str(src)], check=True, capture_output=True, timeout=300)
 
 
 def _conformance(site: Path, target: str) -> subprocess.CompletedProcess:
