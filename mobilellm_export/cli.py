@@ -67,6 +67,20 @@ class DefaultToExport(click.Group):
 @click.version_option(__version__, prog_name="mobilellm-export")
 def main():
     """Export small LLMs (MobileLLM-R1, MobileLLM, Llama, SmolLM2) to verified on-device bundles."""
+    _fixed_hash_seed()
+
+
+def _fixed_hash_seed() -> None:
+    """Reproducible builds: coremltools' graph passes iterate sets of op names, so a converted Core ML
+    program depended on the process's string-hash seed (two exports of one model differed in their
+    ops). The command re-runs itself once under PYTHONHASHSEED=0, before any work; only as the program
+    itself, never inside a host process (a test's CliRunner)."""
+    import os
+    from pathlib import Path
+
+    if os.environ.get("PYTHONHASHSEED") is None and Path(sys.argv[0]).name in ("mobilellm-export", "cli.py"):
+        os.environ["PYTHONHASHSEED"] = "0"
+        os.execv(sys.executable, [sys.executable, "-m", "mobilellm_export.cli", *sys.argv[1:]])
 
 
 def _emit(rep: dict, progress, as_json: bool, junit: str | None = None, started: float = 0.0) -> None:

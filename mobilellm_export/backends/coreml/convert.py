@@ -427,12 +427,35 @@ def export_mlpackage(dec: StatefulDecoder, spec: ExportSpec, path: Path, *, comp
     status("save .mlpackage")
     path = Path(path)
     mlmodel.save(str(path))
+    reproducible(path)
     facts["save_s"] = round(time.perf_counter() - t0, 2)
     facts.update(program_facts(mlmodel._mil_program))
     facts["state_shape"] = list(cache)
     facts["compute_units"] = compute_units
     facts["mlpackage_bytes"] = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return facts
+
+
+def reproducible(package: Path) -> None:
+    """Make a saved .mlpackage a function of its content: coremltools names the package's items with
+    random UUIDs (Manifest.json) and serialises protobuf maps in arbitrary order, so two conversions of
+    one model differed in bytes. The UUIDs become uuid5 of each item's path, and the model spec is
+    re-serialised deterministically (the same message, byte for byte the same)."""
+    import uuid
+
+    from coremltools.proto import Model_pb2
+
+    manifest = package / "Manifest.json"
+    m = json.loads(manifest.read_text())
+    ids = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, "mlpackage:" + e["path"])) for old, e in m["itemInfoEntries"].items()}
+    m["itemInfoEntries"] = {ids[k]: v for k, v in sorted(m["itemInfoEntries"].items(), key=lambda kv: ids[kv[0]])}
+    m["rootModelIdentifier"] = ids[m["rootModelIdentifier"]]
+    manifest.write_text(json.dumps(m, indent=4, sort_keys=True) + "\n")
+    root = next(e for e in m["itemInfoEntries"].values() if e["path"].endswith(".mlmodel"))
+    spec_path = package / "Data" / root["path"]
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_path.read_bytes())
+    spec_path.write_bytes(spec.SerializeToString(deterministic=True))
 
 
 def _drop_runtime_asserts(ep) -> int:
