@@ -210,6 +210,10 @@ def _small_vocab(name):
 
 
 # Qwen2 and OLMo 2 add no lowering path Qwen3 and Gemma 3 lack (bias Adds, a whole-projection norm): extra, for CI time.
+# The conformance suite (test_conformance.py) holds every target's fp32 artifact to transformers on all
+# six tiny architectures, and its 4bit lowering pair to the target's bounds: these per-target
+# predecessors run in `make test-all` only.
+@pytest.mark.extra
 @pytest.mark.parametrize("name", ["tiny-qwen3", pytest.param("tiny-qwen2", marks=pytest.mark.extra), "tiny-gemma3",
                                   pytest.param("tiny-olmo2", marks=pytest.mark.extra)])
 def test_pte_matches_eager_through_chunked_prefill_and_decode(name, tmp_path):
@@ -310,6 +314,7 @@ def test_gguf_in_llama_cpp_layout_loads_to_the_same_model(name, tmp_path, tmp_pa
 
 # ---- the ONNX graph ----------------------------------------------------------------------------
 
+@pytest.mark.extra  # conformance covers it in make test (see above)
 @pytest.mark.parametrize("quant", ["4bit", "fp32"])
 @pytest.mark.parametrize("name", ["tiny-qwen3", "tiny-qwen2", "tiny-gemma3", "tiny-olmo2"])
 def test_onnx_matches_the_reference_through_chunked_prefill_and_decode(name, quant, tmp_path):
@@ -426,6 +431,7 @@ def test_gemma3_270m_gguf_matches_transformers_reading_the_same_file():
 
 # ---- the Core ML package, through the Linux MIL executor ------------------------------------------
 
+@pytest.mark.extra  # conformance covers it in make test (see above)
 @pytest.mark.parametrize("name", ["tiny-qwen3", "tiny-gemma3",  # what the issue asks of iOS; the rest: extra
                                   pytest.param("tiny-qwen2", marks=pytest.mark.extra),
                                   pytest.param("tiny-olmo2", marks=pytest.mark.extra)])
