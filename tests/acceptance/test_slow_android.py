@@ -41,10 +41,20 @@ def test_smollm2_4bit_quality_against_float(smollm2_4bit):
     _, rep = smollm2_4bit
     e2e = rep["parity"]["float_vs_artifact"]
     assert abs(e2e["ppl_ref"] - 30.50) <= 1.0  # independent figure (MODEL_FACTS): float ppl over 4,096 tokens
-    # Issue 10's acceptance: past llama.cpp's Q4_0 + Q8_0 head at the same size (KL 0.274, top-1 0.688,
-    # +19.3 %, MODEL_FACTS) and under KL 0.25; plain round-to-nearest measured 0.384 / 0.631 / +32.8 %.
-    assert e2e["kl_mean"] <= 0.25 and e2e["top1"] >= 0.72 and e2e["ppl_delta"] <= 0.20, e2e
-    assert rep["quantization"]["calibration"]["tokens"] == 8192 and "mse+gptq+act_order" in rep["quantization"]["rounding"]
+    # This recipe measures KL 0.0938, top-1 0.821, ppl +8.2 % here (benchmarks/results/
+    # smollm2_4bit_android.json, the same command and text). The bounds sit just past that, with
+    # room for run-to-run and thread-count noise: KL +17 %, top-1 -0.02, ppl +1.8 points. Losing the
+    # smoothing alone (before it: 0.119 / 0.797 / +10.6 %, quant_recipes/4bit.toml) fails all three, as does
+    # anything near issue 10's acceptance (KL 0.25) or llama.cpp's Q4_0 + Q8_0 head (KL 0.274,
+    # top-1 0.688, +19.3 %); plain round-to-nearest measured 0.384 / 0.631 / +32.8 %.
+    assert e2e["kl_mean"] <= 0.11 and e2e["top1"] >= 0.80 and e2e["ppl_delta"] <= 0.10, e2e
+    q = rep["quantization"]
+    assert q["calibration"]["tokens"] == 8192 and "mse+gptq+act_order" in q["rounding"]
+    # SmoothQuant ran (quant/transforms/smooth.py, the recipe's `smooth = 0.3`): SmolLM2-135M's 30
+    # pre-norm blocks give 3 groups each (q|k|v input, gate|up input, down_proj input), and scales
+    # that are all 1 would mean nothing moved (measured max ratio 18.3).
+    assert q["smooth"]["alpha"] == 0.3 and q["smooth"]["groups"] == 3 * 30, q.get("smooth")
+    assert q["smooth"]["max_ratio"] > 2, q["smooth"]
     # the default evaluation (first 4,096 tokens) and the built-in calibration text share no passage
     assert any(c["name"] == "calibration text disjoint from evaluation text" and c["status"] == "pass"
                for c in rep["gate"]["checks"])

@@ -263,7 +263,8 @@ def test_paired_benchmark_runs_each_program_on_the_same_prompt(fp32_exports, tmp
             out["prefill_tokens_per_s"] = 10 * SPEED[pte] / load
         return out
 
-    monkeypatch.setattr(et_runtime, "open_text_runner", lambda pte, tok, ptd=None: Tagged(real_open(pte, tok, ptd), pte))
+    monkeypatch.setattr(et_runtime, "open_text_runner",
+                        lambda pte, tok, ptd=None: Tagged(real_open(pte, tok, ptd), pte))
     monkeypatch.setattr(et_runtime, "runner_stats", stats)
 
     n = MAX_SEQ_LEN - 4

@@ -7,13 +7,13 @@ import json
 import shutil
 
 import numpy as np
+import onnxruntime_genai as og  # the `test` extra installs it (pyproject.toml)
 import pytest
 import torch
 
 from mobilellm_export.bundle import sha256
 from mobilellm_export.presets import PRESETS
 from mobilellm_export.checkpoints import build_model
-from mobilellm_export.model import RMS, Rotary
 from mobilellm_export.quant.quantize import quantize
 from mobilellm_export.quant.recipe import load_recipe
 from mobilellm_export.runtimes.eager import EagerRunner
@@ -25,7 +25,6 @@ from mobilellm_export.runtimes.onnxruntime import OnnxRunner
 from conftest import LLAMA3_TOKENIZER, calib
 from test_sources import assert_one_line_error, run_cli
 
-og = pytest.importorskip("onnxruntime_genai")  # the test extra installs it; CI has it
 
 CTX, SEQ = 256, 16
 
@@ -99,14 +98,70 @@ def test_matmulnbits_weights_decode_to_the_references_exactly(int4, tmp_path):
     assert checked == 2 * 4 + 1
 
 
-def test_qk_norm_commutes_with_rope():
-    """The graph normalises q/k before GQA's RoPE; the reference after it. Exact up to fp32 rounding."""
-    cfg = PRESETS["tiny-r1"]
-    rope, norm = Rotary(dataclasses.replace(cfg, rope_interleaved=False), 64), RMS(cfg.head_dim, cfg.norm_eps)
-    x = torch.randn(1, 64, 4, cfg.head_dim, generator=torch.Generator().manual_seed(0)) * 3
-    cos, sin = rope.tables(torch.arange(64))
-    after, before = norm(rope(x, cos, sin)), rope(norm(x), cos, sin)
-    assert ((after - before).abs().max() / after.abs().max()).item() <= 1e-5
+def test_qk_norm_before_gqa_rope_computes_the_reference_norm_after_rope(tmp_path):
+    """graph.py normalises q/k (one BranchwiseRMSNorm over the packed q|k heads) *before*
+    GroupQueryAttention applies RoPE; the reference normalises after RoPE. The built graph is
+    checked for that order, then run by ONNX Runtime with its intermediate values as outputs: the
+    keys GQA writes into the cache (RoPE'd inside the op) and its attention output equal the
+    reference's norm(rope(.)) computed from the same block input, to fp32 rounding."""
+    import onnx
+    from onnx import helper
+
+    from mobilellm_export.backends.onnxruntime.graph import export_onnx
+    from mobilellm_export.model import Transformer, random_weights, to_rotate_half
+
+    cfg = dataclasses.replace(PRESETS["tiny-r1"], vocab_size=512)  # R1: QK-norm on every RoPE layer
+    assert cfg.qk_norm and all(cfg.uses_rope(i) for i in range(cfg.n_layers))
+    cfg, sd = to_rotate_half(cfg, random_weights(cfg, seed=3))  # as build_model gives every target
+    model = Transformer.from_weights(cfg, sd, max_context=CTX).eval()
+    spec = ExportSpec(config=cfg, max_context=CTX, max_seq_len=SEQ, eos_ids=(2,), bos_id=1)
+    export_onnx(model, spec, tmp_path, "fp32")
+    proto = onnx.load(str(tmp_path / "model.onnx"))
+
+    # order: input norm -> q|k|v -> Split -> BranchwiseRMSNorm(q|k heads) -> Pack -> GQA(do_rotary)
+    nodes = {n.name: n for n in proto.graph.node}
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    H, KV, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    for i in range(cfg.n_layers):
+        gqa = nodes[f"layers.{i}.attn/GroupQueryAttention"]
+        attrs = {a.name: helper.get_attribute_value(a) for a in gqa.attribute}
+        assert attrs["do_rotary"] == 1 and attrs["rotary_interleaved"] == 0, attrs
+        pack = producer[gqa.input[0]]
+        norm = producer[pack.input[0]]
+        assert pack.op_type == "Concat" and norm.op_type == "BranchwiseRMSNorm", (pack.op_type, norm.op_type)
+        nattrs = {a.name: helper.get_attribute_value(a) for a in norm.attribute}
+        assert nattrs["num_branches"] == H + KV and len(norm.input) == 1  # per head, weightless
+        split = producer[norm.input[0]]
+        assert split.op_type == "Split" and producer[split.input[0]].name == f"layers.{i}.attn.qkv_proj"
+        assert producer[pack.input[1]] is split  # v is not normed
+
+    # numbers: block 0's input, GQA's output and the keys it cached, from ONNX Runtime
+    x_name, attn_name = "layers.0/input_norm/out0", "layers.0.attn/GroupQueryAttention/out0"
+    f32 = onnx.TensorProto.FLOAT
+    proto.graph.output.extend([helper.make_tensor_value_info(x_name, f32, None),
+                               helper.make_tensor_value_info(attn_name, f32, None)])
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    onnx.save_model(proto, str(probe / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
+    runner = OnnxRunner(probe / "model.onnx", threads=2, max_seq_len=SEQ, max_context=CTX, cfg=dataclasses.asdict(cfg))
+    toks = torch.randint(0, cfg.vocab_size, (SEQ,), generator=torch.Generator().manual_seed(5)).tolist()
+    _, x, attn_out = runner._run(toks, 0, ("logits", x_name, attn_name))
+    cached_k = torch.from_numpy(runner.caches["past_key_values.0.key"].numpy()[0, :, :SEQ])  # [KV, S, D]
+
+    with torch.no_grad():
+        blk, S = model.layers[0].self_attn, SEQ
+        x = torch.from_numpy(x).reshape(1, S, -1)
+        cos, sin = model.rope.tables(torch.arange(S))
+        q = blk.qk_norm(model.rope(blk.q_proj(x).view(1, S, H, D), cos, sin))  # the reference's order
+        k = blk.qk_norm(model.rope(blk.k_proj(x).view(1, S, KV, D), cos, sin))
+        v = blk.v_proj(x).view(1, S, KV, D)
+        want = model.caches[0].attend(q, k, v, torch.tensor([0]))  # [1, S, H * D], before o_proj
+
+    def rel(a, b):
+        return ((a - b).abs().max() / b.abs().max()).item()
+
+    assert rel(cached_k, k[0].transpose(0, 1)) <= 1e-5
+    assert rel(torch.from_numpy(attn_out).reshape(want.shape), want) <= 1e-5
 
 
 @pytest.mark.parametrize("quant", ["4bit", "fp32"])

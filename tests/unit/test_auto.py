@@ -110,7 +110,8 @@ def test_measured_sensitivities_cost_what_the_byte_model_says(model):
     """The bytes each trial records are the hand-computed sizes of its format (blocks alike)."""
     assert [it["item"] for it in model.sens["items"]] == ["layers.0", "layers.1", "layers.2", "lm_head"]
     for it in model.sens["items"][:-1]:
-        assert {o: v["bytes"] for o, v in it["options"].items()} == {o: _block_bytes(o) for o in ("4:128", "4:32", "8:0")}
+        got = {o: v["bytes"] for o, v in it["options"].items()}
+        assert got == {o: _block_bytes(o) for o in ("4:128", "4:32", "8:0")}, it["item"]
 
 
 def test_plans_fit_the_budget_and_more_budget_buys_less_kl(model):

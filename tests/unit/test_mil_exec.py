@@ -3,15 +3,14 @@ own value_inference (the op built on constant inputs) where the op has one, else
 or coremltools' `decompress`. Inputs are random and include broadcasting, negative axes and indices,
 masks, strides and empty slices."""
 
+import coremltools as ct  # a hard dependency (pyproject.toml): no skip if it is missing
 import numpy as np
 import pytest
 import torch
+from coremltools.converters.mil import Builder as mb
+from coremltools.converters.mil.mil import Function, Program, types
 
-ct = pytest.importorskip("coremltools")
-from coremltools.converters.mil import Builder as mb  # noqa: E402
-from coremltools.converters.mil.mil import Function, Program, types  # noqa: E402
-
-from mobilellm_export.runtimes.mil import OPS, MILExecutor, UnsupportedOp  # noqa: E402
+from mobilellm_export.runtimes.mil import OPS, MILExecutor, UnsupportedOp
 
 IOS18 = ct.target.iOS18
 RNG = np.random.default_rng(0)
