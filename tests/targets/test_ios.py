@@ -6,23 +6,22 @@ import dataclasses
 import json
 import shutil
 
+import coremltools as ct  # a hard dependency (pyproject.toml): no skip if it is missing
 import numpy as np
 import pytest
 import torch
 
-ct = pytest.importorskip("coremltools")
-
-from mobilellm_export.checkpoints import build_model  # noqa: E402
-from mobilellm_export.quant.quantize import quantize  # noqa: E402
-from mobilellm_export.quant.recipe import load_recipe  # noqa: E402
-from mobilellm_export.quant.simulate import DequantLinear  # noqa: E402
-from mobilellm_export.runtimes.coreml import MILRunner  # noqa: E402
-from mobilellm_export.runtimes.eager import EagerRunner  # noqa: E402
-from mobilellm_export.checkpoints import load  # noqa: E402
-from mobilellm_export.backends import ExportSpec  # noqa: E402
-from mobilellm_export.backends.coreml.target import IOS  # noqa: E402
-from mobilellm_export.runtimes.mil import MILExecutor, load_program  # noqa: E402
-from conftest import LLAMA3_TOKENIZER, calib  # noqa: E402
+from mobilellm_export.checkpoints import build_model
+from mobilellm_export.quant.quantize import quantize
+from mobilellm_export.quant.recipe import load_recipe
+from mobilellm_export.quant.simulate import DequantLinear
+from mobilellm_export.runtimes.coreml import MILRunner
+from mobilellm_export.runtimes.eager import EagerRunner
+from mobilellm_export.checkpoints import load
+from mobilellm_export.backends import ExportSpec
+from mobilellm_export.backends.coreml.target import IOS
+from mobilellm_export.runtimes.mil import MILExecutor, load_program
+from conftest import LLAMA3_TOKENIZER, calib
 
 CTX, SEQ = 256, 16
 PACKAGE_SPEC = "Data/com.apple.CoreML/model.mlmodel"

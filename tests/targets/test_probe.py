@@ -17,7 +17,6 @@ int8 test checks only that the probe program computes what the int8 artifact doe
 
 import dataclasses
 import functools
-import importlib.util
 
 import pytest
 import torch
@@ -34,8 +33,6 @@ from mobilellm_export.quant.quantize import quantize
 from mobilellm_export.quant.recipe import load_recipe
 from mobilellm_export.verify import localise as loc
 
-needs_ort = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime")
-needs_ct = pytest.mark.skipif(importlib.util.find_spec("coremltools") is None, reason="needs coremltools")
 SMALL = dict(vocab_size=512, bos_token_id=1, eos_token_ids=(2,), pad_token_id=None)  # 512 ids: quick lowerings
 CONFIGS = {
     "tiny-llama": PRESETS["tiny-llama"],
@@ -140,7 +137,6 @@ def onnx_runner(target, model, spec, out):
                       cfg=dataclasses.asdict(spec.config))
 
 
-@needs_ort
 @pytest.mark.parametrize("preset", list(CONFIGS))
 def test_onnx_clean(preset, tmp_path):
     """Every layout the graph builder writes (pre-norm, QK-norm, shared blocks, sandwich, post-norm):
@@ -157,7 +153,6 @@ def test_onnx_clean(preset, tmp_path):
     assert not list((tmp_path / "work").iterdir())  # the probe graph is gone
 
 
-@needs_ort
 @pytest.mark.parametrize("fault, expected", [(onnx_scale_fault, "layers.1.mlp"),
                                              (onnx_norm_fault, "layers.1.self_attn")], ids=["scale", "norm"])
 @pytest.mark.parametrize("preset", ["tiny-llama", "tiny-r1"])
@@ -169,7 +164,6 @@ def test_onnx_fault(preset, fault, expected):
     check(r, model, expected, logits)
 
 
-@needs_ort
 def test_onnx_fault_only_in_the_shipped_graph(tmp_path):
     """The shipped graph has the scale fault, the probe graph (lowered again from a clean prepared
     model) has not: no op diverges, and the artifact check points at the artifact itself."""
@@ -181,7 +175,6 @@ def test_onnx_fault_only_in_the_shipped_graph(tmp_path):
     check(r, model, None, logits)
 
 
-@needs_ort
 def test_onnx_probe_graph_is_the_shipped_graph_plus_outputs(tmp_path):
     """The probe graph has the shipped graph's nodes, weights and outputs, and one output more per
     probe point: the residual values the graph computes anyway. The shipped graph is unchanged."""
@@ -207,7 +200,6 @@ def test_onnx_probe_graph_is_the_shipped_graph_plus_outputs(tmp_path):
     assert outs[len(shipped.output):] == pf["probe_outputs"] and len(pf["probe_outputs"]) == len(ref.probe_names())
 
 
-@needs_ort
 def test_onnx_int8_probe_graph_computes_what_the_int8_artifact_does(tmp_path):
     """At accuracy level 4 (the default) the probe graph is lowered at level 4 too: same logits as the
     shipped graph. (Its ops differ from the float-activation reference by level 4's rounding, ~1e-2,
@@ -258,7 +250,6 @@ class FaultyIOS(IOS):
         return fn
 
 
-@needs_ct
 @pytest.mark.parametrize("preset", ["tiny-r1", "tiny-llama-shared"])
 def test_ios_clean(preset, tmp_path):
     """QK-norm (tiny-r1) and blocks applied twice: no op diverges, the MIL executor computes the
@@ -285,7 +276,6 @@ def test_ios_clean(preset, tmp_path):
     assert not list((tmp_path / "work").iterdir())
 
 
-@needs_ct
 @pytest.mark.parametrize("fault, expected", [(ios_scale_fault, "layers.1.mlp"),
                                              (ios_norm_fault, "layers.1.self_attn")], ids=["scale", "norm"])
 def test_ios_fault(fault, expected):
@@ -296,7 +286,6 @@ def test_ios_fault(fault, expected):
     check(r, model, expected, logits)
 
 
-@needs_ct
 def test_ios_probe_leaves_the_prepared_decoder_as_it_was(tmp_path):
     """probe() converts a copy: the prepared decoder's flags, caches' root and outputs stay."""
     from mobilellm_export.backends.coreml.convert import eager_step, probe_copy
