@@ -1,7 +1,9 @@
-"""Moved from test_real_size_android.py: the tests that lower or run the CLI end to end (minutes, not the unit tier)."""
+"""SmolLM2-135M `8bit` on Android, on Botchan (a third 135M lowering, ~10 min: `make test-all`)."""
 
 import pytest
+
 from conftest import BOTCHAN
+from test_real_size_android import export
 
 
 @pytest.mark.extra  # a third 135M lowering (~10 min): `make test-all`, not the CI budget
