@@ -151,11 +151,11 @@ class Target:
         return structural_copy(prepared)
 
     def seeded_fault(self, reference: Transformer, prepared, seed: int):
-        """A copy of `prepared` with one seeded lowering fault: one layer's MLP down-projection
-        replaced by a float linear whose weight is the reference's, with 1/8 of its output rows
-        scaled by 1.5. A float linear is something every target lowers, and `prepared` (which
-        shares tensors with `reference`) is not changed. A target whose prepared model names its
-        linears differently overrides this."""
+        """A copy of `prepared` with one seeded lowering fault: one (seeded) layer's MLP
+        down-projection replaced by a float linear whose weight is the reference's, scaled by 1.5. A
+        float linear is something every target lowers, and `prepared` (which shares tensors with
+        `reference`) is not changed. A target whose prepared model names its linears differently
+        overrides this."""
         import torch
         import torch.nn as nn
 
@@ -167,8 +167,7 @@ class Target:
         src = reference.get_submodule(name)  # torchao, float, or a weight-only reference's dense DequantLinear
         q = quantized(src.weight)
         w = (dequant(q[0], q[1]) if q is not None else src.weight.detach()).float().clone()
-        rows = torch.randperm(w.shape[0], generator=g)[: max(1, w.shape[0] // 8)]
-        w[rows] *= 1.5
+        w *= 1.5  # the layer's MLP output half again too large: a wrong scale, as a lowering bug makes
         faulty = self.copy_prepared(prepared)
         path = next(n for n, _ in faulty.named_modules() if n == name or n.endswith("." + name))
         parent, _, leaf = path.rpartition(".")

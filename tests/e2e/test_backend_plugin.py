@@ -25,7 +25,7 @@ def _install(dest: Path, *packages: str) -> None:
                         "--target", str(dest), str(src)], check=True, capture_output=True, timeout=300)
 
 
-def _conformance(site: Path, target: str) -> subprocess.CompletedProcess:
+def _conformance(site: Path, target: str) -> subprocess.CompletedProcess:  # target: a -k expression
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf",
                            str(TESTS / "targets" / "test_conformance.py"), "-k", target],
@@ -55,7 +55,7 @@ def test_a_fake_backend_from_an_installed_distribution_passes_the_conformance_su
 
 
 def test_a_copy_with_one_seeded_bug_fails_and_names_the_check(sites):
-    r = _conformance(sites[1], "fake-buggy")
+    r = _conformance(sites[1], "fake-buggy and not tiny-llama and not qwen and not gemma3 and not olmo2")
     assert r.returncode == 1, r.stdout[-3000:]
     failed = set(re.findall(r"^FAILED \S+::(\w+)\[", r.stdout, re.M))
     # The bug (one projection 0.2 % off) is numeric: the checks of the artifact's numbers fail and name

@@ -76,6 +76,7 @@ def r1_fp32(tmp_path_factory):
     return out / "r1-140m-android-fp32", rep
 
 
+@pytest.mark.extra  # R1-140M shapes (random weights), minutes each: make test-all
 def test_r1_140m_fp32_matches_float(r1_fp32):
     _, rep = r1_fp32
     assert rep["parity"]["float_vs_artifact"]["max_abs_logit"] <= 1e-3
@@ -83,6 +84,7 @@ def test_r1_140m_fp32_matches_float(r1_fp32):
     assert rep["passed"]
 
 
+@pytest.mark.extra  # R1-140M shapes (random weights), minutes each: make test-all
 def test_r1_140m_text_llm_runner_generates(r1_fp32):
     """`run` on R1-140M (128K vocabulary, QK-norm, Llama 3 chat template): ExecuTorch's C++ runner
     generates and prints the same greedy tokens as our runner over the same .pte. Random weights
@@ -107,6 +109,7 @@ def test_r1_140m_text_llm_runner_generates(r1_fp32):
     assert r.stdout == cpp_runner_text(tok, ours) + "\n"
 
 
+@pytest.mark.extra  # R1-140M shapes (random weights), minutes each: make test-all
 def test_r1_140m_4bit_lowering(tmp_path):
     rep = export(tmp_path, "--model", "r1-140m", "--tokenizer", str(LLAMA3_TOKENIZER), "--quant", "4bit",
                  "--max-context", "512", "--eval-tokens", "512")
@@ -114,6 +117,7 @@ def test_r1_140m_4bit_lowering(tmp_path):
     assert low["kl_mean"] <= 0.03 and low["top1"] >= 0.85, low
 
 
+@pytest.mark.extra  # R1-140M shapes (random weights), minutes each: make test-all
 def test_r1_layout_hf_directory_exports(tmp_path):
     """A MobileLLM-R1-layout HF directory (transformers 5.x config, safetensors) goes all the way."""
     src = tmp_path / "MobileLLM-R1-tiny"

@@ -1,9 +1,12 @@
 """Moved from test_rotate.py: the tests that lower or run the CLI end to end (minutes, not the unit tier)."""
 
 
+import pytest
+
 from mobilellm_export.quant.recipe import load_recipe
 
 
+@pytest.mark.extra  # ~150 s on a 128K vocabulary: make test-all
 def test_rotated_8bit_bundle_exports_and_verifies(tmp_path):
     """End to end on tiny-r1: the float pre-head lowers with the rest (XNNPACK), the gate's lowering
     pair passes, `verify` rebuilds the same rotated reference from the recipe, and a model whose

@@ -17,7 +17,10 @@ def _config(arch: str):
     import transformers as tf
 
     rope = {"rope_type": "default", "rope_theta": 1e4}
+    # initializer_range 0.2, not 0.02: logits peaked like a trained model's (max |logit| ~10, not ~0.1),
+    # so that KL and top-1 see a lowering error (near-uniform logits hide one).
     common = dict(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  initializer_range=0.2,
                   num_key_value_heads=2, rms_norm_eps=1e-5, max_position_embeddings=4096, **_IDS)
     if arch == "tiny-r1":  # MobileLLM-R1's layout: interleaved RoPE, weightless QK-norm, tied, dense
         return tf.Llama4TextConfig(**{**common, "intermediate_size": 96}, intermediate_size_mlp=128, head_dim=16,

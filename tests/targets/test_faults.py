@@ -201,6 +201,7 @@ def clean_2layer(tmp_path_factory):
     return bundle, rep
 
 
+@pytest.mark.extra  # make test-all (benchmarks/gate_faults.py runs the whole catalogue); the conformance suite fails a seeded fault for every target
 @pytest.mark.slow
 def test_a_clean_bundle_passes_the_gate_against_its_own_baseline(clean_2layer):
     bundle, rep = clean_2layer
@@ -210,6 +211,7 @@ def test_a_clean_bundle_passes_the_gate_against_its_own_baseline(clean_2layer):
     assert any(c["suite"] == "baseline" and c["status"] == "pass" for c in again["gate"]["checks"])
 
 
+@pytest.mark.extra  # make test-all (benchmarks/gate_faults.py runs the whole catalogue); the conformance suite fails a seeded fault for every target
 @pytest.mark.slow
 @pytest.mark.parametrize("name,check", [
     ("eos_ids_wrong", "metadata: EOS ids"),  # export level: the .pte's own metadata lie

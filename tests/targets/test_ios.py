@@ -271,6 +271,7 @@ def test_cli_export_writes_a_verified_bundle(tmp_path):
 # measured 80 s and 122 s (export ~95 s of SmolLM2's, executor load + 35 calls ~25 s).
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["r1-140m", "smollm2"])
+@pytest.mark.extra  # real sizes, ~200 s: make test-all; the conformance suite checks iOS at tiny sizes
 def test_executor_fp32_matches_reference_real_sizes(preset, tmp_path, request):
     ck = request.getfixturevalue("smollm2") if preset == "smollm2" else None
     _, ref, pkg, art = _export(tmp_path, preset=preset, ck=ck, nearest=True)

@@ -191,6 +191,7 @@ def test_artifact_that_differs_from_its_probe_program(reference):
 
 # ---- through ExecuTorch -----------------------------------------------------------------------
 
+@pytest.mark.extra  # make test-all: the conformance suite localises a seeded fault for every target
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", [pytest.param(None, marks=pytest.mark.extra), "scale",
                                    pytest.param("kv", marks=pytest.mark.extra)])  # one fault in CI's budget
