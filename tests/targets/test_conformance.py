@@ -170,9 +170,20 @@ def test_tampered_artifact_is_refused(target, bundles, tmp_path):
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_two_exports_are_byte_identical(target, bundles):
-    a, _ = bundles(target, "tiny-r1", "4bit")
-    b, _ = bundles(target, "tiny-r1", "4bit", copy=1)
+def test_two_exports_are_byte_identical(target, hf_models, tmp_path):
+    """Two exports of one model, each in its own process as a user runs them, write the same bytes."""
+    from test_sources import run_cli
+
+    _, folder = hf_models("tiny-r1")
+    bundles = []
+    for i in range(2):
+        out = tmp_path / str(i)
+        r = run_cli("export", "--model", str(folder), "--tokenizer", str(hf_tiny.TOKENIZER), "--target", target,
+                    "--quant", "4bit", "--max-context", str(MAX_CONTEXT), "--max-seq-len", str(MAX_SEQ_LEN),
+                    "--no-verify", "--out", str(out), "--quiet", timeout=1800)
+        assert r.returncode == 0, r.stderr[-2000:]
+        bundles += [p for p in out.iterdir() if (p / "bundle.json").is_file()]
+    a, b = bundles
     assert (a / "bundle.json").read_bytes() == (b / "bundle.json").read_bytes()
     for f in _manifest(a)["files"]:
         assert hashlib.sha256((a / f).read_bytes()).digest() == hashlib.sha256((b / f).read_bytes()).digest(), f
