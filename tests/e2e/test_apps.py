@@ -70,7 +70,7 @@ def test_a_wrong_vector_fails_the_kotlin_tests(tmp_path, kotlin_tests):
     assert r.returncode != 0
     assert "Tests run: 6,  Failures: 4" in out, out
     for name in ("gemma3/single-system: rendered prompt", "gemma3/multi: runner text", "split-stop: shown after piece 0",
-                 "future-schema: bundle.json has schema_version 3",
+                 "future-schema: bundle.json has schema_version 4",
                  "pre-normalize-unknown-step: bundle.json: generation.prompt_format.pre_normalize[1]: unknown step type",
                  "qwen3-reasoning: reuse"):
         assert name in out, out
