@@ -74,11 +74,13 @@ def _fixed_hash_seed() -> None:
     """Reproducible builds: coremltools' graph passes iterate sets of op names, so a converted Core ML
     program depended on the process's string-hash seed (two exports of one model differed in their
     ops). The command re-runs itself once under PYTHONHASHSEED=0, before any work; only as the program
-    itself, never inside a host process (a test's CliRunner)."""
+    itself (the console script or `python -m mobilellm_export.cli`), never inside a host process that
+    calls main() (a test's CliRunner, a wrapper script)."""
     import os
     from pathlib import Path
 
-    if os.environ.get("PYTHONHASHSEED") is None and Path(sys.argv[0]).name in ("mobilellm-export", "cli.py"):
+    argv0 = Path(sys.argv[0])
+    if os.environ.get("PYTHONHASHSEED") is None and argv0.name in ("mobilellm-export", "cli.py") and argv0.is_file():
         os.environ["PYTHONHASHSEED"] = "0"
         os.execv(sys.executable, [sys.executable, "-m", "mobilellm_export.cli", *sys.argv[1:]])
 
