@@ -28,6 +28,10 @@ demo: setup
 # -rs: every skip and its reason is in the log (tests/conftest.py fails a run that skips for any
 # other reason than a tool this machine cannot have).
 PYTEST := $(BIN)/python -m pytest -q -rs --durations=15 -p no:cacheprovider
+# The lowering tiers on two workers (tests/conftest.py groups the work so fixtures are built once).
+# Their torch threads then outnumber the cores: passive waits keep an idle OpenMP thread from spinning
+# on a core the other worker needs.
+PARALLEL := OMP_WAIT_POLICY=PASSIVE $(PYTEST) -n 2 --dist loadgroup --no-loadscope-reorder
 TIMED = s=$$(date +%s); $(MAKE) --no-print-directory $(1) || exit $$?; echo "[time] $(1): $$(( $$(date +%s) - s )) s"
 
 test: setup apps-tools
@@ -43,11 +47,11 @@ test-unit: setup
 # The target conformance suite (every registered target x every tiny architecture) and each
 # target's own lowering tests.
 test-targets: setup
-	$(PYTEST) tests/targets -m "not extra"
+	$(PARALLEL) tests/targets -m "not extra"
 
 # The CLI end to end, hardening, the apps' cores, plug-ins, and the real-weight SmolLM2 checks.
 test-e2e: setup apps-tools
-	$(PYTEST) tests/e2e -m "not extra"
+	$(PARALLEL) tests/e2e -m "not extra"
 
 # The package as a user installs it: build the wheel, install it into a fresh venv (dependencies
 # resolved from its own metadata), and export from a folder where the source tree is not importable.

@@ -88,3 +88,28 @@ def pytest_terminal_summary(terminalreporter):
                                     f"fail the run:", red=True)
         for s in _bad_skips:
             terminalreporter.write_line(f"  {s}")
+
+
+# ---- two workers (pytest-xdist, `make test`) -----------------------------------------------------
+# The tiers spend most of their time in single-threaded Python (torch.export, ExecuTorch's and Core
+# ML's passes), so two workers on two cores nearly halve them. Work is handed out in groups: by
+# default a file (its module fixtures are built once); a file may split itself finer with a module
+# function `xdist_group(item) -> str` (the conformance suite: one group per target x architecture,
+# so each bundle is still built once). Groups start heaviest first, so no long one is left for last.
+HEAVY_FIRST = ("e2e/test_real_size_android.py", "targets/test_conformance.py", "targets/test_android.py",
+               "targets/test_ios.py", "targets/test_probe.py", "e2e/test_export.py", "e2e/test_hardening.py")
+
+
+def _rank(item) -> int:
+    path = item.nodeid.split("::")[0]
+    return next((i for i, h in enumerate(HEAVY_FIRST) if path.endswith(h)), len(HEAVY_FIRST))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
+def pytest_collection_modifyitems(config, items):
+    if not config.pluginmanager.has_plugin("xdist"):
+        return
+    for item in items:
+        split = getattr(item.module, "xdist_group", None)
+        item.add_marker(pytest.mark.xdist_group(split(item) if split else item.nodeid.split("::")[0]))
+    items.sort(key=_rank)  # stable: the order within a rank is the collection's
