@@ -82,9 +82,19 @@ def validate(manifest, where: str = MANIFEST) -> None:
         raise UserError(f"{where}: {field}: {e.message.splitlines()[0][:200]}")
 
 
+def outside_bundles(path: Path, flag: str) -> None:
+    """The tool never writes into a bundle (a written file would fail the next verify's closed-world
+    check, and a bundle nested in a bundle is neither): one line when `path` lies in one."""
+    path = Path(os.path.abspath(path))
+    for p in (path, *path.parents):
+        if (p / MANIFEST).is_file():
+            raise UserError(f"{flag} {path} is inside the bundle {p}; the tool never writes into a bundle")
+
+
 def check_writable(out: Path) -> None:
     """Before any work: --out is (or can become) a folder we can write in; one line otherwise."""
     out = Path(out)
+    outside_bundles(out, "--out")
     for p in (out, *out.parents):
         if p.exists() and not p.is_dir():
             raise UserError(f"--out {out}: {p} is a file, not a folder")
@@ -247,12 +257,23 @@ def read_manifest(d: Path) -> dict:
 
 
 def check_files(d: Path, manifest: dict) -> None:
-    """The bundle is exactly what bundle.json lists: every listed file inside the folder with its
-    size and sha256, the artifact, data file and tokenizer files among them, and nothing unlisted.
-    One clear line otherwise. (The manifest's own values are checked against the files they come
-    from by `verify.metadata`.)"""
-    d = Path(d)
-    root = d.resolve()
+    """The bundle is a closed world, exactly what bundle.json lists: every listed file a regular file
+    inside the folder with its size and sha256, the artifact, data file and tokenizer files among
+    them, nothing unlisted, and nothing but regular files and folders (no link, FIFO or device: a
+    loader that follows one reads outside the bundle, or hangs). One clear line otherwise. (The
+    manifest's own values are checked against the files they come from by `verify.metadata`, and
+    references *inside* artifacts by each target's `check_references`.)"""
+    import stat
+
+    root = Path(d).resolve()  # the bundle path itself may be a link; nothing inside it may be
+    for top, dirs, files in os.walk(root, followlinks=False):
+        for name in dirs + files:
+            p = Path(top) / name
+            mode = p.lstat().st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                what = "a link" if stat.S_ISLNK(mode) else "not a regular file"
+                raise UserError(f"bundle file {p.relative_to(root).as_posix()} is {what}: a bundle holds only "
+                                f"regular files and folders (a link could point outside the bundle)")
     listed = manifest["files"]
     required = [manifest["target"]["entry"], manifest["target"].get("data_file"), manifest["tokenizer"]["file"],
                 manifest["tokenizer"]["config"]]
@@ -260,16 +281,13 @@ def check_files(d: Path, manifest: dict) -> None:
         if name not in listed and not any(f.startswith(name.rstrip("/") + "/") for f in listed):
             raise UserError(f"bundle.json does not list {name}, which the bundle needs")
     for name, info in listed.items():
-        p = d / name
-        if not p.resolve().is_relative_to(root):
+        p = root / name
+        if ".." in Path(name).parts or Path(name).is_absolute() or not p.resolve().is_relative_to(root):
             raise UserError(f"bundle file {name} points outside the bundle")
         if not p.is_file():
             raise UserError(f"bundle file {name} is missing")
         if p.stat().st_size != info["bytes"] or sha256(p) != info["sha256"]:
             raise UserError(f"{name} fails its sha256 check: the bundle was modified or is corrupt")
-    for p in d.rglob("*"):
-        if p.is_symlink() and not p.resolve().is_relative_to(root):
-            raise UserError(f"bundle file {p.relative_to(d).as_posix()} is a link out of the bundle")
-    extra = sorted(set(bundle_files(d)) - set(listed))
+    extra = sorted(set(bundle_files(root)) - set(listed))
     if extra:
         raise UserError(f"the bundle holds {len(extra)} file(s) bundle.json does not list, e.g. {extra[0]}")

@@ -62,6 +62,18 @@ class DefaultToExport(click.Group):
             args = ["export", *args]
         return super().parse_args(ctx, args)
 
+    def main(self, *args, **kwargs):
+        """click's usage errors (a bad flag or value) as one `error:` line and exit 2, like every other
+        bad input, instead of its usage block."""
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Abort:
+            _fail("interrupted; nothing was written", 130)
+        except click.ClickException as e:
+            msg = " ".join(e.format_message().split())
+            hint = " (see --help)" if isinstance(e, click.UsageError) else ""
+            _fail(msg + hint, e.exit_code if e.exit_code != 1 else 2)
+
 
 @click.group(cls=DefaultToExport, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mobilellm-export")
@@ -172,10 +184,15 @@ def export(model, quiet, as_json, junit, **opts):
     """Export SOURCE to a verified bundle (the default command)."""
     import time
 
+    from pathlib import Path
+
+    from mobilellm_export.bundle import outside_bundles
     from mobilellm_export.cli_flags import export_request
     from mobilellm_export.pipeline import export_command
 
     started = time.monotonic()
+    if junit:
+        outside_bundles(Path(junit).parent, "--junit")
     progress = _progress(quiet or as_json)
     path, rep = export_command(export_request(model, opts), progress)
     _emit(rep, progress, as_json, junit, started)
@@ -240,23 +257,34 @@ def generate(source, prompt, tokenizer, max_new_tokens, temperature, top_p, seed
 @JUNIT
 @click.option("--report-dir", type=click.Path(file_okay=False),
               help="Write report.json, report.md and the plots here (the bundle itself is never written).")
+@click.option("--source", metavar="PATH", help="The float model the bundle was built from (a HF folder or .gguf). "
+              "Needed unless it is a preset or the offline default: verify never opens a path a bundle names.")
 @THREADS
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @friendly
-def verify(bundle, eval_text, eval_tokens, thresholds, no_latency, calib_text, baseline, junit, report_dir, threads,
-           quiet, as_json):
-    """Re-check an existing bundle: sha256 of every file, metadata, parity, latency, baseline."""
+def verify(bundle, eval_text, eval_tokens, thresholds, no_latency, calib_text, baseline, junit, report_dir, source,
+           threads, quiet, as_json):
+    """Re-check an existing bundle: sha256 of every file, metadata, parity, latency, baseline.
+
+    The bundle is untrusted data: its bounds are the tool's (`--threshold` alone loosens one), and it
+    is judged against the float model given here, not one it names."""
     import time
 
     from mobilellm_export.cli_flags import verify_request
     from mobilellm_export.pipeline import verify_command
 
+    from pathlib import Path
+
+    from mobilellm_export.bundle import outside_bundles
+
     started = time.monotonic()
+    if junit:
+        outside_bundles(Path(junit).parent, "--junit")
     progress = _progress(quiet or as_json)
     rep = verify_command(verify_request(bundle, eval_text=eval_text, eval_tokens=eval_tokens, thresholds=thresholds,
                                         no_latency=no_latency, baseline=baseline, threads=threads,
-                                        report_dir=report_dir, calib_text=calib_text), progress)
+                                        report_dir=report_dir, calib_text=calib_text, source=source), progress)
     _emit(rep, progress, as_json, junit, started)
     if rep["passed"] is False and not as_json:
         _say_failed(rep, progress)

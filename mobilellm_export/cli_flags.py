@@ -25,8 +25,9 @@ def export_request(model: str, opts: dict) -> ExportRequest:
                          checking=check)
 
 
-def verify_request(bundle: str, *, report_dir, calib_text, **check) -> VerifyRequest:
-    return VerifyRequest(bundle=bundle, report_dir=report_dir, calib_text=calib_text, checking=checking(**check))
+def verify_request(bundle: str, *, report_dir, calib_text, source=None, **check) -> VerifyRequest:
+    return VerifyRequest(bundle=bundle, report_dir=report_dir, calib_text=calib_text, source=source,
+                         checking=checking(**check))
 
 
 def option_dest(target: str, option) -> str:

@@ -27,7 +27,7 @@ from mobilellm_export import bundle as bundle_mod
 from mobilellm_export.backends import ExportSpec, Target
 from mobilellm_export.checkpoints import Checkpoint, build_model
 from mobilellm_export.console import Progress
-from mobilellm_export.errors import UserError
+from mobilellm_export.errors import UserError, load_json
 from mobilellm_export.memory import release
 from mobilellm_export.presets import generation_defaults as family_defaults
 from mobilellm_export.quant.quantize import quantize
@@ -36,7 +36,7 @@ from mobilellm_export.runtimes.eager import EagerRunner
 from mobilellm_export.text.corpus import load_text, windows
 from mobilellm_export.verify import gate as gate_mod, latency, metadata, parity, report as report_mod
 from mobilellm_export.verify.parity import LogitStore
-from mobilellm_export.verify.thresholds import thresholds_for as merge_thresholds
+from mobilellm_export.verify.thresholds import loosened, thresholds_for as merge_thresholds, tool_bounds
 
 WINDOW = 512
 GREEDY_PROMPT, GREEDY_TOKENS = 16, 64
@@ -84,6 +84,31 @@ class VerifyRequest:
 def thresholds_for(recipe: Recipe, target: str | Target, overrides: dict[str, float] | tuple[str, ...] = ()) -> Thresholds:
     """verify/thresholds.py's merge rule, for a target given by name or object."""
     return merge_thresholds(recipe, backends.get(target) if isinstance(target, str) else target, overrides)
+
+
+def bounds(recipe: Recipe, target: Target, overrides: tuple[str, ...], progress: Progress) -> tuple[Thresholds, dict]:
+    """The bounds to judge by, and those the command line loosened (said aloud and in the report)."""
+    th = thresholds_for(recipe, target, overrides)
+    loose = loosened(thresholds_for(recipe, target), th)
+    if loose:
+        progress.note("bounds loosened by --threshold: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in loose.items()))
+    return th, loose
+
+
+def verify_source(m: dict, source: str | None) -> str:
+    """What verify loads as the float model: `--source`, or a model the tool itself provides (a preset,
+    the offline default). A path or hub id that bundle.json names is provenance, never read or fetched:
+    a bundle is untrusted, and a gate must not open files or reach the network on its say-so."""
+    from mobilellm_export.checkpoints import OFFLINE_DEFAULT
+    from mobilellm_export.presets import PRESETS
+
+    if source is not None:
+        return source
+    src = m["source"]
+    if (src.get("kind") == "preset" and src.get("id") in PRESETS) or (src.get("kind") == "gguf" and src.get("id") == OFFLINE_DEFAULT):
+        return src["id"]
+    raise UserError(f"this bundle was built from the {src.get('kind')} source {str(src.get('id'))[:80]!r}, which "
+                    f"verify does not open on a bundle's word: pass --source PATH (the float model) to re-check it")
 
 
 def generation_defaults(ck: Checkpoint, spec: ExportSpec) -> dict:
@@ -221,13 +246,14 @@ def calibration_checks(recipe: Recipe, ck: Checkpoint, eval_text: str | None, ev
             status="pass" if same else "warn",
             message="the rebuilt reference holds the integers the export serialised" if same else
             f"the rebuilt reference's integers differ from the export's ({qfacts['weights_sha256']} vs "
-            f"{built['weights_sha256']}): lowering numbers compare against a slightly different model"))
+            f"{str(built['weights_sha256'])[:64]}): lowering numbers compare against a slightly different model"))
     return out
 
 
 def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_context: int, max_seq_len: int,
            checking: Checking, thresholds: Thresholds, progress: Progress, do_verify: bool = True,
-           baseline: dict | None = None, lowering_fault: int | None = None) -> tuple[Path, dict]:
+           baseline: dict | None = None, lowering_fault: int | None = None,
+           loosened: dict | None = None) -> tuple[Path, dict]:
     """`lowering_fault`: the seed of one fault in the lowered model (Target.seeded_fault), for the
     evidence that verification catches it; never set by the CLI."""
     spec = export_spec(ck, max_context, max_seq_len, checking.threads)
@@ -258,7 +284,7 @@ def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_cont
     del model  # `reference` holds (or shares) what is needed
     rep = {"model": ck.name, "target": target.name, "recipe": recipe.name, "threads": checking.threads,
            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "target_notes": notes, "quantization": qfacts}
+           "target_notes": notes, "quantization": qfacts, "thresholds_loosened": loosened or {}}
     with bundle_mod.atomic_dir(final) as tmp:
         with progress.step(f"lower to {target.name}", f"{target.runtime}, max_seq_len {max_seq_len}, "
                            f"max_context {max_context}") as task:
@@ -374,7 +400,8 @@ def verify_parity(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: di
                   "tokens": eval_tokens, "bos": bos is not None}
     if baseline is not None:  # before minutes of scoring, not after
         gate_mod.comparable({"eval": evaluation}, baseline)
-    prompt = ([bos] if bos is not None else []) + ids[:GREEDY_PROMPT]
+    # at most half the context, so a short one (--max-context 16, the minimum) still has room to generate
+    prompt = ([bos] if bos is not None else []) + ids[:min(GREEDY_PROMPT, gen["max_context"] // 2 - (bos is not None))]
     n_greedy = min(GREEDY_TOKENS, gen["max_context"] - len(prompt))
     g: dict[str, list[int]] = {}
     with tempfile.TemporaryDirectory(prefix="mobilellm-parity.") as tmp:
@@ -455,9 +482,11 @@ def export_command(req: ExportRequest, progress: Progress) -> tuple[Path, dict]:
     from mobilellm_export.quant.recipe import load_recipe
 
     c = req.checking
+    if c.eval_text:
+        load_text(c.eval_text)  # a wrong path, a device or a FIFO fails now, not after minutes of export
     tgt = backends.get(req.target, req.target_options)
     recipe = with_size_budget(with_calib_text(load_recipe(req.quant), req.calib_text), req.size_mb)
-    th = thresholds_for(recipe, tgt, c.thresholds)
+    th, loose = bounds(recipe, tgt, c.thresholds, progress)
     base = gate_mod.load_baseline(c.baseline) if c.baseline else None
     if base is not None and not req.verify:
         raise UserError("--baseline needs verification; drop --no-verify")
@@ -466,7 +495,7 @@ def export_command(req: ExportRequest, progress: Progress) -> tuple[Path, dict]:
     with progress.step("load", req.source):
         ck = load(req.source, tokenizer=req.tokenizer)
     return export(ck, recipe, tgt, out=req.out, max_context=req.max_context, max_seq_len=req.max_seq_len,
-                  checking=c, thresholds=th, progress=progress, do_verify=req.verify, baseline=base)
+                  checking=c, thresholds=th, progress=progress, do_verify=req.verify, baseline=base, loosened=loose)
 
 
 def verify_command(req: VerifyRequest, progress: Progress) -> dict:
@@ -474,20 +503,29 @@ def verify_command(req: VerifyRequest, progress: Progress) -> dict:
     from mobilellm_export.checkpoints import load
 
     c = req.checking
+    if c.eval_text:
+        load_text(c.eval_text)  # before any work
     d = Path(req.bundle)
     base = gate_mod.load_baseline(c.baseline) if c.baseline else None
     if req.report_dir is not None:
+        bundle_mod.outside_bundles(Path(req.report_dir), "--report-dir")
         bundle_mod.check_writable(Path(req.report_dir))
     m = bundle_mod.read_manifest(d)
     bundle_mod.check_files(d, m)
-    recipe = Recipe.from_dict(m["recipe"])
-    if req.calib_text is not None:  # the text moved: the same bytes, found elsewhere
-        if not recipe.calibration.text_sha256:
+    recipe = tool_bounds(Recipe.from_dict(m["recipe"]))
+    source = verify_source(m, req.source)  # before any work
+    cal = recipe.calibration
+    if req.calib_text is not None:  # the text, given on the command line: the same bytes the export read
+        if not cal.text_sha256:
             raise UserError("--calib-text: this bundle was calibrated on the built-in text (or not at all)")
-        recipe = dataclasses.replace(recipe, calibration=dataclasses.replace(
-            recipe.calibration, text=str(Path(req.calib_text).resolve())))
+        recipe = dataclasses.replace(recipe, calibration=dataclasses.replace(cal, text=str(Path(req.calib_text).resolve())))
+    elif cal.text or cal.text_sha256:
+        # the path bundle.json names is provenance: never opened (a FIFO would hang verify, /dev/zero
+        # fill its memory, and any file's hash would answer an attacker's question)
+        raise UserError(f"this bundle was calibrated on a text of its own (sha256 {cal.text_sha256[:16] or '?'}...): "
+                        f"pass it with --calib-text FILE")
     if recipe.calibration.text_sha256:
-        _calib_spec(recipe, m["generation"]["max_context"])  # a missing or changed text fails before any work
+        _calib_spec(recipe, m["generation"]["max_context"])  # a changed text fails before any work
     progress.note(f"{d.name}: all {len(m['files'])} files match their sha256, none unlisted")
     tgt = backends.of_bundle(m)
     gen = m["generation"]
@@ -505,10 +543,10 @@ def verify_command(req: VerifyRequest, progress: Progress) -> dict:
         probe = tgt.runner(d, m, threads=c.threads)
         del probe
         release()
-    th = thresholds_for(recipe, tgt, c.thresholds)
+    th, loose = bounds(recipe, tgt, c.thresholds, progress)
     torch.set_num_threads(c.threads)
-    with progress.step("load", req.source or m["source"]["id"]):
-        ck = load(req.source or m["source"]["id"], tokenizer=str(d / m["tokenizer"]["file"]))
+    with progress.step("load", source):
+        ck = load(source, tokenizer=str(d / m["tokenizer"]["file"]))
     spec = dataclasses.replace(spec, config=ck.config)
     notes = tgt.check(recipe, spec)  # the same target the export used, options included
     with progress.step("reference model + quantize", recipe.name):
@@ -518,15 +556,16 @@ def verify_command(req: VerifyRequest, progress: Progress) -> dict:
     handed = [tgt.reference(qmodel)]
     del qmodel
     rep = {"model": m["model"], "target": tgt.name, "recipe": recipe.name, "threads": c.threads,
-           "target_notes": notes, "quantization": qfacts, "metadata": meta,
+           "target_notes": notes, "quantization": qfacts, "metadata": meta, "thresholds_loosened": loose,
            "size_mb": {f: i["bytes"] / 1e6 for f, i in m["files"].items()},
            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     built = None
-    if (d / "report.json").is_file():
+    if (d / "report.json").is_file():  # unhashed, so untrusted: only ever compared, never obeyed
         try:
-            built = json.loads((d / "report.json").read_text(encoding="utf-8")).get("quantization")
-        except (OSError, ValueError):
+            built = load_json(d / "report.json", "report.json").get("quantization")
+        except UserError:
             built = None  # an unreadable old report only costs this one comparison
+        built = built if isinstance(built, dict) else None
     positions = verification(rep, ck, recipe, tgt, d, m, handed, qfacts, th, spec, c, base, progress, built)
     rep["steps"] = progress.steps
     if req.report_dir is not None:

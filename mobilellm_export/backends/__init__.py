@@ -196,6 +196,11 @@ class Target:
         from its file for `verify`'s metadata checks; None where the artifact carries none."""
         return None
 
+    def file_checks(self, bundle_dir: Path, manifest: dict) -> list[dict]:
+        """Checks of the other files this target's apps read values from (onnxruntime-genai's
+        genai_config.json), each {name, ok, manifest, derived, source, message}, for `verify`."""
+        return []
+
 
 # ---- registry -----------------------------------------------------------------------------------
 

@@ -125,6 +125,72 @@ class _Meta:
         return v
 
 
+# Fixed-size GGUF value types (bytes each); 8 = string, 9 = array.
+_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def _check_header(path: Path, size: int) -> None:
+    """Walk the metadata and tensor table with every count and length bounded by the bytes left in
+    the file, before gguf's reader sees it: that reader builds a Python list per array element, so a
+    68-byte file declaring a 2^40-element array grew without end ("reads headers only")."""
+    import mmap
+    import struct
+
+    def bad(why: str):
+        raise UserError(f"{path}: truncated or corrupt GGUF file ({size:,} bytes; {why})")
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        pos = 0
+
+        def take(fmt: str):
+            nonlocal pos
+            n = struct.calcsize(fmt)
+            if pos + n > size:
+                bad(f"header runs past the end at byte {pos:,}")
+            v = struct.unpack_from(fmt, m, pos)[0]
+            pos += n
+            return v
+
+        def skip(n: int, what: str):
+            nonlocal pos
+            if n < 0 or pos + n > size:
+                bad(f"{what} of {n:,} bytes at byte {pos:,} runs past the end")
+            pos += n
+
+        def value(vtype: int, depth: int = 0):
+            if vtype in _SCALAR:
+                skip(_SCALAR[vtype], "a value")
+            elif vtype == 8:
+                skip(take("<Q"), "a string")
+            elif vtype == 9 and depth < 4:
+                etype, count = take("<I"), take("<Q")
+                if etype in _SCALAR:
+                    skip(count * _SCALAR[etype], "an array")
+                elif count * 8 > size - pos:  # every string or array element takes at least 8 bytes
+                    bad(f"an array of {count:,} elements cannot fit in the file")
+                else:
+                    for _ in range(count):
+                        value(etype, depth + 1)
+            else:
+                bad(f"unknown value type {vtype}")
+
+        skip(4, "the magic")
+        if take("<I") not in (2, 3):
+            bad("unsupported GGUF version")
+        n_tensors, n_kv = take("<Q"), take("<Q")
+        if (n_tensors + n_kv) * 12 > size:
+            bad(f"{n_tensors:,} tensors and {n_kv:,} metadata entries cannot fit in the file")
+        for _ in range(n_kv):
+            skip(take("<Q"), "a key")
+            value(take("<I"))
+        for _ in range(n_tensors):
+            skip(take("<Q"), "a tensor name")
+            n_dims = take("<I")
+            if n_dims > 8:
+                bad(f"a tensor with {n_dims} dimensions")
+            skip(8 * n_dims + 12, "a tensor's shape")
+
+
 def _open(path: Path):
     import gguf  # noqa: PLC0415  (keeps `import mobilellm_export.checkpoints.gguf` cheap)
 
@@ -142,6 +208,7 @@ def _open(path: Path):
         raise UserError(f"{path}: empty file, not a GGUF model")
     if magic != b"GGUF":
         raise UserError(f"{path}: not a GGUF file (starts with {magic!r}, expected b'GGUF')")
+    _check_header(path, size)
     try:
         # GGUFReader memory-maps the file and builds a view of every tensor up front, so a truncated
         # file fails here (metadata running off the end, or a tensor view shorter than its shape).

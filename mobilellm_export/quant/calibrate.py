@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from mobilellm_export import errors
 from mobilellm_export.errors import UserError
 
 BUILTIN = resources.files("mobilellm_export") / "data" / "calib.txt"
@@ -36,11 +37,7 @@ class CalibSpec:
 
 def read_text(path: str | None) -> tuple[str, str]:
     """(text, label) of the calibration text."""
-    p = Path(path) if path else BUILTIN
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read calibration text {p}: {e}") from None
+    text = errors.read_text(Path(path) if path else BUILTIN, "calibration text")
     return text, (str(path) if path else "built-in (Botchan chapters VII-XI)")
 
 

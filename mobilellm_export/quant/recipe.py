@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from mobilellm_export.errors import UserError
+from mobilellm_export.errors import UserError, read_text
 
 
 def _shipped():
@@ -176,10 +176,34 @@ class Recipe:
         return d
 
     @classmethod
-    def from_dict(cls, r: dict) -> Recipe:
+    def from_dict(cls, r: dict, where: str = "bundle.json") -> Recipe:
         """Inverse of to_dict (a bundle's manifest records the recipe it was built with). The methods
-        and transforms it names must be registered: a bundle built with a plugin needs it installed."""
-        recipe = cls(name=r["name"], description=r.get("description", ""), linear=WeightQuant(**r["linear"]),
+        and transforms it names must be registered: a bundle built with a plugin needs it installed.
+        A wrong type or an unknown key is one line naming `where`, never a traceback."""
+        try:
+            recipe = cls._from_dict(r)
+            for ov in recipe.overrides:
+                if not isinstance(ov, dict) or not isinstance(ov.get("match"), str):
+                    raise TypeError(f"override {ov!r} has no 'match' pattern")
+            for part in (recipe.linear, recipe.embedding, recipe.head, recipe.calibration, recipe.auto,
+                         *recipe.weights()):
+                _typed(part)
+            for w in recipe.weights() + [recipe.embedding]:
+                _check_weight(w, f"{where} recipe", True)
+        except (TypeError, KeyError, AttributeError, ValueError) as e:
+            raise UserError(f"{where}: its recipe is malformed ({type(e).__name__}: {str(e)[:120]})") from None
+        check_registered(recipe, f"recipe {recipe.name}")
+        return recipe
+
+    @classmethod
+    def _from_dict(cls, r: dict) -> Recipe:
+        if not isinstance(r, dict) or not isinstance(r.get("name"), str):
+            raise TypeError("not a table with a name")
+        known = {f.name for f in dataclasses.fields(cls)} | {"target_thresholds"}  # schema 2 wrote the last
+        unknown = sorted(set(r) - known)
+        if unknown:
+            raise KeyError(f"unknown key {unknown[0]!r}")
+        return cls(name=r["name"], description=r.get("description", ""), linear=WeightQuant(**r["linear"]),
                      embedding=WeightQuant(**r["embedding"]), head=WeightQuant(**r["head"]),
                      thresholds=Thresholds(**r["thresholds"]),
                      gate=Gate(**r.get("gate", {})), overrides=tuple(r.get("overrides", ())),
@@ -189,8 +213,6 @@ class Recipe:
                          "head_options": tuple(r["auto"].get("head_options", Auto.head_options))}),
                      smooth=r.get("smooth", 0.0), rotate=r.get("rotate", False),
                      transforms=tuple(r.get("transforms", ())), path=r.get("path", ""))
-        check_registered(recipe, f"recipe {recipe.name}")
-        return recipe
 
 
 _GROUPS = (0, 16, 32, 64, 128, 256)
@@ -207,6 +229,23 @@ def _section(cls, raw: dict, where: str):
         return cls(**raw)
     except TypeError as e:
         raise UserError(f"{where}: {e}") from None
+
+
+def _typed(part) -> None:
+    """Every field of a recipe part has its default's type (an int where a float is expected is
+    fine): values read back from a bundle, so a string where a number goes fails here, not later."""
+    if part is None:
+        return
+    for f in dataclasses.fields(part):
+        want, v = f.default, getattr(part, f.name)
+        if want is dataclasses.MISSING or want is None:
+            continue
+        if isinstance(want, bool) or not isinstance(want, (int, float)):
+            ok = type(v) is type(want)
+        else:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (isinstance(want, float) or type(v) is int)
+        if not ok:
+            raise TypeError(f"{type(part).__name__}.{f.name} = {v!r} is not a {type(want).__name__}")
 
 
 def _check_weight(w: WeightQuant, where: str, linear: bool) -> None:
@@ -236,6 +275,8 @@ def parse_recipe(text: str, name: str, path: str = "") -> Recipe:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"recipe {path or name}: invalid TOML: {e}") from None
+    except RecursionError:  # tomllib recurses into nested inline tables and arrays
+        raise UserError(f"recipe {path or name}: invalid TOML: nested too deeply") from None
     where = Path(path).name if path else name
     top = {"name", "description", "linear", "embedding", "head", "thresholds", "gate", "override", "calibration", "auto",
            "smooth", "rotate", "transform"}
@@ -346,18 +387,25 @@ def available() -> list[str]:
     return sorted(p.name[:-5] for p in _shipped().iterdir() if p.name.endswith(".toml"))
 
 
+def shipped(name: str) -> Recipe | None:
+    """The recipe this tool ships under `name`, or None (a name is never read as a path)."""
+    if name not in available():
+        return None
+    return parse_recipe((_shipped() / f"{name}.toml").read_text(encoding="utf-8"), name, "")
+
+
 def load_recipe(name_or_path: str) -> Recipe:
     """A shipped recipe by name (e.g. '4bit') or a path to a TOML file."""
     p = Path(name_or_path)
     if p.suffix != ".toml":
-        res = _shipped() / f"{name_or_path}.toml"
-        if not res.is_file():
+        recipe = shipped(name_or_path)
+        if recipe is None:
             raise UserError(f"unknown recipe {name_or_path!r}: choose one of {', '.join(available())} "
                             f"or give a .toml path")
-        return parse_recipe(res.read_text(encoding="utf-8"), name_or_path, "")
+        return recipe
     if not p.is_file():
         raise UserError(f"recipe file {name_or_path} does not exist")
-    return parse_recipe(p.read_text(encoding="utf-8"), p.stem, str(p))
+    return parse_recipe(read_text(p, "recipe file", 1 << 20), p.stem, str(p))
 
 
 def same_grid(a: WeightQuant, b: WeightQuant) -> bool:

@@ -138,10 +138,6 @@ def coreml_runner(path: Path, max_seq_len: int, max_context: int, mode: str = "f
 
 def package_metadata(path: Path) -> dict:
     """The package's user-defined metadata (eos_ids, max_context, ...), read from its spec."""
-    import coremltools as ct
+    from mobilellm_export.runtimes.mil import read_spec
 
-    try:
-        spec = ct.utils.load_spec(str(path))
-    except Exception as e:
-        raise UserError(f"{Path(path).name} is not a readable Core ML package: {str(e).splitlines()[0] if str(e) else e}")
-    return dict(spec.description.metadata.userDefined)
+    return dict(read_spec(path).description.metadata.userDefined)

@@ -47,17 +47,57 @@ def dtype_name(t) -> str:
     return types.builtin_to_string(t)
 
 
+def package_model_file(path: str | Path) -> Path:
+    """The root model file of an .mlpackage, found through its Manifest.json, which must keep every
+    item inside the package's Data folder. coremltools' own reader (ModelPackage) follows whatever path
+    the manifest names, even outside the bundle, and saves the manifest back when it is done: a
+    verifier neither reads outside a bundle nor writes into one."""
+    from mobilellm_export.errors import load_json
+
+    path = Path(path)
+    data = (path / "Data").resolve()
+    m = load_json(path / "Manifest.json", f"{path.name}/Manifest.json", 1 << 20)
+    entries, root = m.get("itemInfoEntries"), m.get("rootModelIdentifier")
+    if not isinstance(entries, dict) or not isinstance(root, str) or not isinstance(entries.get(root), dict):
+        raise UserError(f"{path.name}/Manifest.json names no root model among its items")
+    for key, item in entries.items():
+        rel = item.get("path") if isinstance(item, dict) else None
+        if (not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts
+                or not (data / rel).resolve().is_relative_to(data)):
+            raise UserError(f"{path.name}/Manifest.json item {str(key)[:40]!r} points outside the package: {str(rel)[:80]!r}")
+    model = data / entries[root]["path"]
+    if not model.is_file():
+        raise UserError(f"{path.name}/Manifest.json's root model {entries[root]['path']!r} is not a file in the package")
+    return model
+
+
+def read_spec(path: str | Path):
+    """The Core ML model spec of an .mlpackage, read from the file its manifest names (see above)."""
+    from coremltools.proto import Model_pb2
+
+    from mobilellm_export.errors import read_bytes
+
+    model = package_model_file(path)
+    spec = Model_pb2.Model()
+    try:
+        spec.ParseFromString(read_bytes(model, "Core ML model", 1 << 30))
+    except UserError:
+        raise
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise UserError(f"{Path(path).name} is not a readable Core ML package: {str(e).splitlines()[0] if str(e) else e}") from None
+    return spec
+
+
 def load_program(path: str | Path):
     """The MIL program of a saved .mlpackage, loaded by coremltools (`milproto.load`, which runs each op's
     type inference as it builds it), then validated and type-checked again op by op."""
-    import coremltools as ct
     from coremltools.converters.mil.frontend.milproto.load import load
 
     path = Path(path)
     if not (path / "Manifest.json").is_file():
         raise UserError(f"{path} is not an .mlpackage (no Manifest.json)")
+    spec = read_spec(path)
     try:
-        spec = ct.utils.load_spec(str(path))
         prog = load(spec, spec.specificationVersion, file_weights_dir=str(path / "Data" / "com.apple.CoreML" / "weights"))
         prog.validate(check_essential_scope=True)
     except UserError:

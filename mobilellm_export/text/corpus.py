@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from mobilellm_export.errors import UserError
+from mobilellm_export.errors import UserError, read_text
 
 SAMPLE = resources.files("mobilellm_export") / "data" / "sample.txt"
 
@@ -21,11 +21,7 @@ def novel_text(raw: str) -> str:
 
 
 def load_text(path: str | None) -> str:
-    p = Path(path) if path else SAMPLE
-    try:
-        return novel_text(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read evaluation text {p}: {e}") from None
+    return novel_text(read_text(Path(path) if path else SAMPLE, "evaluation text"))
 
 
 def windows(ids: list[int], n_tokens: int, window: int, bos: int | None = None) -> list[list[int]]:

@@ -14,10 +14,9 @@ paired round by round with the new one (`latency.run_paired`); from the two repo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from mobilellm_export.errors import UserError
+from mobilellm_export.errors import UserError, load_json
 from mobilellm_export.quant.recipe import Gate
 from mobilellm_export.verify.report import metadata_records, record
 
@@ -31,11 +30,8 @@ def load_baseline(path: str | Path) -> dict:
         p = p / "report.json"
     if not p.is_file():
         raise UserError(f"baseline {path}: no such report (give OLD/report.json or the bundle folder)")
-    try:
-        rep = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"baseline {p}: not a JSON report ({e})") from None
-    if not isinstance(rep, dict) or not isinstance(rep.get("parity"), dict) or not isinstance(rep.get("eval"), dict):
+    rep = load_json(p, "baseline")
+    if not isinstance(rep.get("parity"), dict) or not isinstance(rep.get("eval"), dict):
         raise UserError(f"baseline {p}: not a verified report (no parity section; was it exported with --no-verify?)")
     rep["_path"] = str(p)
     return rep

@@ -65,7 +65,7 @@ def derive(bundle_dir: Path, manifest: dict, target) -> list[dict]:
                     "derived": tok.vocab_size, "source": manifest["tokenizer"]["file"],
                     "message": f"{manifest['tokenizer']['file']} has {len(past)} ordinary token(s) past {entry}'s "
                                f"{art['vocab_size']}-entry vocabulary"})
-    return out
+    return out + target.file_checks(d, manifest)
 
 
 def require(checks: list[dict]) -> None:

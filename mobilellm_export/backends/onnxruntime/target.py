@@ -117,6 +117,7 @@ class Onnx(Target):
         from mobilellm_export.runtimes.onnxruntime import OnnxRunner
 
         gen = manifest["generation"]
+        _graph(bundle_dir, manifest)  # its external data inside the bundle, before ORT follows it
         with _loading(manifest):
             return OnnxRunner(Path(bundle_dir) / manifest["target"]["entry"], threads=threads,
                               max_seq_len=gen["max_seq_len"], max_context=gen["max_context"],
@@ -129,22 +130,90 @@ class Onnx(Target):
             return None
         from mobilellm_export.runtimes.onnxruntime import GenAIRunner
 
+        _graph(bundle_dir, manifest)
+        bad = next((c for c in self.file_checks(bundle_dir, manifest) if not c["ok"]), None)
+        if bad is not None:  # genai_config.json names the graph it loads
+            raise UserError(bad["message"])
         with _loading(manifest):
             return GenAIRunner(Path(bundle_dir), manifest, threads)
 
     def metadata(self, bundle_dir: Path, manifest: dict) -> dict:
-        import onnx
-
         path = Path(bundle_dir) / manifest["target"]["entry"]
-        try:
-            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        except Exception as e:  # a protobuf that does not parse
-            raise UserError(f"{path.name} is not a readable ONNX model: {str(e).splitlines()[0] if str(e) else e}")
+        props = {p.key: p.value for p in _graph(bundle_dir, manifest).metadata_props}
         missing = [k for k in ("eos_ids", "max_context", "max_seq_len", "vocab_size") if k not in props]
         if missing:
             raise UserError(f"{path.name} lacks the metadata entry {missing[0]}")
-        return {"eos_ids": json.loads(props["eos_ids"]), "max_context": int(props["max_context"]),
-                "max_seq_len": int(props["max_seq_len"]), "vocab_size": int(props["vocab_size"])}
+        try:
+            out = {"eos_ids": json.loads(props["eos_ids"]), "max_context": int(props["max_context"]),
+                   "max_seq_len": int(props["max_seq_len"]), "vocab_size": int(props["vocab_size"])}
+        except ValueError:
+            out = None
+        if out is None or not (isinstance(out["eos_ids"], list) and all(type(i) is int for i in out["eos_ids"])):
+            raise UserError(f"{path.name}'s metadata is malformed (eos_ids {props['eos_ids'][:40]!r})")
+        return out
+
+    def file_checks(self, bundle_dir: Path, manifest: dict) -> list[dict]:
+        """genai_config.json, which onnxruntime-genai apps read instead of bundle.json (EOS, BOS, context,
+        the graph's file and shapes), re-derived from bundle.json's values as `export` writes it; verify
+        checks those against the artifact itself."""
+        import types
+
+        from mobilellm_export.backends.onnxruntime.package import genai_config
+        from mobilellm_export.errors import load_json
+
+        name = manifest["target"].get("genai_config")
+        if name is None:  # a bundle without one has nothing an app could misread
+            return []
+        if name != "genai_config.json":
+            return [{"name": "genai_config.json", "ok": False, "manifest": name, "derived": "genai_config.json",
+                     "source": "bundle.json", "message": f"bundle.json names {str(name)[:60]!r} as genai_config.json"}]
+        cfg, gen = manifest["config"], manifest["generation"]
+        spec = ExportSpec(config=types.SimpleNamespace(**cfg), max_context=gen["max_context"], max_seq_len=gen["max_seq_len"],
+                          eos_ids=tuple(gen["eos_ids"]), bos_id=gen["bos"]["id"], threads=1)
+        n_caches = cfg["n_layers"] * (2 if cfg.get("layer_sharing") else 1)
+        want = _flat(genai_config(spec, n_caches, cfg.get("pad_token_id")))
+        got = _flat(load_json(Path(bundle_dir) / name, name, 1 << 20))
+        threads = "model.decoder.session_options.intra_op_num_threads"  # the export's --threads: a setting
+        want.pop(threads, None)
+        got.pop(threads, None)
+        bad = sorted(k for k in want.keys() | got.keys() if want.get(k, "(absent)") != got.get(k, "(absent)"))
+        first = bad[0] if bad else None
+        return [{"name": "genai_config.json", "ok": not bad, "manifest": want.get(first) if bad else None,
+                 "derived": got.get(first, "(absent)") if bad else None, "source": name,
+                 "message": f"{name} says {first} = {str(got.get(first, '(absent)'))[:60]}, but the bundle's "
+                            f"model and generation settings give {str(want.get(first, '(absent)'))[:60]}"
+                 if bad else ""}]
+
+
+def _flat(d, prefix: str = "") -> dict:
+    """{"a.b.c": leaf} of nested dicts (lists are leaves)."""
+    out = {}
+    for k, v in (d.items() if isinstance(d, dict) else ()):
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _graph(bundle_dir: Path, manifest: dict):
+    """The graph's protobuf (weights not loaded), with every external-data location checked to be the
+    bundle's own data file: ONNX Runtime would read any path a tensor names."""
+    import onnx
+
+    path = Path(bundle_dir) / manifest["target"]["entry"]
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # a protobuf that does not parse
+        raise UserError(f"{path.name} is not a readable ONNX model: {str(e).splitlines()[0] if str(e) else e}") from None
+    data = manifest["target"].get("data_file")
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            where = next((e.value for e in t.external_data if e.key == "location"), None)
+            if where != data:
+                raise UserError(f"{path.name}: tensor {t.name[:40]!r} reads its data from {str(where)[:80]!r}, "
+                                f"not the bundle's {data}")
+    return model
 
 
 @contextlib.contextmanager
