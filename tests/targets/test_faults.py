@@ -8,6 +8,7 @@ fault through the gate on the 4-layer model (benchmarks/gate_faults.py runs the 
 clean false-alarm cases and writes the catch rate).
 """
 
+import json
 import shutil
 from pathlib import Path
 
@@ -206,7 +207,8 @@ def clean_2layer(tmp_path_factory):
 def test_a_clean_bundle_passes_the_gate_against_its_own_baseline(clean_2layer):
     bundle, rep = clean_2layer
     assert rep["passed"], harness.failed_checks(rep)
-    again = harness.verify_bundle(bundle, baseline=str(bundle / "report.json"), threads=2)
+    source = json.loads((bundle / "bundle.json").read_text())["source"]["id"]  # this test's own folder
+    again = harness.verify_bundle(bundle, baseline=str(bundle / "report.json"), threads=2, source=source)
     assert again["passed"] and not harness.failed_checks(again)
     assert any(c["suite"] == "baseline" and c["status"] == "pass" for c in again["gate"]["checks"])
 

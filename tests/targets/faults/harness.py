@@ -155,10 +155,11 @@ def export_bundle(source: str, out: Path, recipe: str, *, target=None, baseline:
                            baseline=gate.load_baseline(baseline) if baseline else None)
 
 
-def verify_bundle(bundle: Path, baseline: str | None, threads: int = THREADS) -> dict:
+def verify_bundle(bundle: Path, baseline: str | None, threads: int = THREADS, source: str | None = None) -> dict:
+    """`source`: the float model, as `verify --source` gives it (verify never loads the one a bundle names)."""
     from mobilellm_export import pipeline
 
-    return pipeline.verify_command(pipeline.VerifyRequest(str(bundle), checking=pipeline.Checking(
+    return pipeline.verify_command(pipeline.VerifyRequest(str(bundle), source=source, checking=pipeline.Checking(
         eval_tokens=SETTINGS["eval_tokens"], latency=False, threads=threads, baseline=baseline)), _progress())
 
 
@@ -209,7 +210,7 @@ def run_fault(fault: Fault, clean_report_path: str | Path, workdir: Path, *, sou
             fault.apply(bundle)
             rehash(bundle)
             stage = "gate"
-            rep = verify_bundle(bundle, baseline=str(clean_report_path))
+            rep = verify_bundle(bundle, baseline=str(clean_report_path), source=source)
         else:
             _, rep = export_bundle(source, workdir, fault.recipe, target=FaultyAndroid(fault),
                                    baseline=str(clean_report_path))
