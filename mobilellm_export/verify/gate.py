@@ -30,7 +30,10 @@ def load_baseline(path: str | Path) -> dict:
         p = p / "report.json"
     if not p.is_file():
         raise UserError(f"baseline {path}: no such report (give OLD/report.json or the bundle folder)")
-    rep = load_json(p, "baseline")
+    try:
+        rep = load_json(p, "baseline")
+    except UserError as e:
+        raise UserError(f"baseline {p}: not a JSON report ({e})") from None
     if not isinstance(rep.get("parity"), dict) or not isinstance(rep.get("eval"), dict):
         raise UserError(f"baseline {p}: not a verified report (no parity section; was it exported with --no-verify?)")
     rep["_path"] = str(p)
