@@ -131,6 +131,14 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+def _remove(p: Path) -> None:
+    """A folder with its contents, or a link alone (rmtree refuses links, silently with ignore_errors)."""
+    if p.is_symlink():
+        p.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def _replace(tmp: Path, final: Path) -> None:
     """Put the complete bundle `tmp` under `final`: a single rename, or an atomic exchange with the
     bundle already there (an interrupt can never leave `final` missing); elsewhere rename the old
@@ -139,7 +147,7 @@ def _replace(tmp: Path, final: Path) -> None:
         os.rename(tmp, final)
         return
     if _exchange(tmp, final):
-        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old bundle
+        _remove(tmp)  # tmp now holds the old bundle (or the link that stood at `final`)
         return
     old = final.with_name(f".{final.name}.old-{os.getpid()}.partial")
     os.rename(final, old)
@@ -148,7 +156,7 @@ def _replace(tmp: Path, final: Path) -> None:
     except BaseException:
         os.rename(old, final)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
 
 
 def clean_stale(parent: Path) -> list[str]:
@@ -166,7 +174,7 @@ def clean_stale(parent: Path) -> list[str]:
         lock_path = d.with_name(d.name + ".lock")
         if not lock_path.exists():
             if time.time() - d.lstat().st_mtime > 3600:
-                shutil.rmtree(d, ignore_errors=True)
+                _remove(d)
                 removed.append(d.name)
             continue
         with open(lock_path, "a") as lock:
@@ -174,7 +182,7 @@ def clean_stale(parent: Path) -> list[str]:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # a live export
-            shutil.rmtree(d, ignore_errors=True)
+            _remove(d)
             lock_path.unlink(missing_ok=True)
             removed.append(d.name)
     for lock_path in Path(parent).glob(".*.partial.lock"):  # a lock whose folder is gone

@@ -88,3 +88,20 @@ def test_nothing_is_written_inside_a_bundle(tmp_path):
             outside_bundles(inside, "--report-dir")
     outside_bundles(tmp_path / "out", "--out")  # the folder that holds bundles is fine
     check_writable(tmp_path / "out")
+
+
+def test_a_bundle_path_that_is_a_link_leaves_nothing_behind(tmp_path):
+    """The new bundle takes the link's place; the link itself (which rmtree refuses) is removed, so no
+    `.NAME.xxxx.partial` link is left for the stale-cleanup, which never removed one."""
+    from mobilellm_export.bundle import atomic_dir
+
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("the link's target is not ours to delete")
+    out.mkdir()
+    (out / "m-android-4bit").symlink_to(elsewhere)
+    with atomic_dir(out / "m-android-4bit") as tmp:
+        (tmp / "bundle.json").write_text("{}")
+    assert sorted(p.name for p in out.iterdir()) == ["m-android-4bit"]
+    assert not (out / "m-android-4bit").is_symlink() and (out / "m-android-4bit" / "bundle.json").is_file()
+    assert (elsewhere / "keep.txt").is_file()
