@@ -28,10 +28,10 @@ demo: setup
 # -rs: every skip and its reason is in the log (tests/conftest.py fails a run that skips for any
 # other reason than a tool this machine cannot have).
 PYTEST := $(BIN)/python -m pytest -q -rs --durations=15 -p no:cacheprovider
-# The lowering tiers on two workers (tests/conftest.py groups the work so fixtures are built once).
+# The lowering tiers on two workers (tests/conftest.py's scheduler groups the work so fixtures are built once).
 # Their torch threads then outnumber the cores: passive waits keep an idle OpenMP thread from spinning
 # on a core the other worker needs.
-PARALLEL := OMP_WAIT_POLICY=PASSIVE $(PYTEST) -n 2 --dist loadgroup --no-loadscope-reorder
+PARALLEL := OMP_WAIT_POLICY=PASSIVE $(PYTEST) -n 2 --no-loadscope-reorder
 TIMED = s=$$(date +%s); $(MAKE) --no-print-directory $(1) || exit $$?; echo "[time] $(1): $$(( $$(date +%s) - s )) s"
 
 test: setup apps-tools

@@ -92,12 +92,36 @@ def pytest_terminal_summary(terminalreporter):
 
 # ---- two workers (pytest-xdist, `make test`) -----------------------------------------------------
 # The tiers spend most of their time in single-threaded Python (torch.export, ExecuTorch's and Core
-# ML's passes), so two workers on two cores nearly halve them. Work is handed out in groups: by
-# default a file (its module fixtures are built once); a file may split itself finer with a module
-# function `xdist_group(item) -> str` (the conformance suite: one group per target x architecture,
-# so each bundle is still built once). Groups start heaviest first, so no long one is left for last.
+# ML's passes), so two workers share two cores. Work is handed out in groups (a custom xdist
+# scheduler: its `loadgroup` marks do not group under pytest 9): by default a file, so its module
+# fixtures are built once; the conformance suite in one group per target x architecture (the tests
+# that share a bundle), so each bundle is still built once. Groups start heaviest first.
 HEAVY_FIRST = ("e2e/test_real_size_android.py", "targets/test_conformance.py", "targets/test_android.py",
                "targets/test_ios.py", "targets/test_probe.py", "e2e/test_export.py", "e2e/test_hardening.py")
+SHARES_TINY_R1 = ("test_metadata_round_trip", "test_tampered_artifact_is_refused")  # the tiny-r1 4bit bundle
+
+
+def work_group(nodeid: str) -> str:
+    path, _, test = nodeid.partition("::")
+    if not path.endswith("targets/test_conformance.py"):
+        return path
+    name, _, params = test.partition("[")
+    params = params.rstrip("]")
+    if "-" in params:  # [target-arch]: the tests of one bundle pair
+        return f"conformance-{params}"
+    if name in SHARES_TINY_R1:
+        return f"conformance-{params}-tiny-r1"
+    return nodeid  # builds its own bundles
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return work_group(nodeid)
+
+    return ByWorkGroup(config, log)
 
 
 def _rank(item) -> int:
@@ -105,11 +129,6 @@ def _rank(item) -> int:
     return next((i for i, h in enumerate(HEAVY_FIRST) if path.endswith(h)), len(HEAVY_FIRST))
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
 def pytest_collection_modifyitems(config, items):
-    if not config.pluginmanager.has_plugin("xdist"):
-        return
-    for item in items:
-        split = getattr(item.module, "xdist_group", None)
-        item.add_marker(pytest.mark.xdist_group(split(item) if split else item.nodeid.split("::")[0]))
-    items.sort(key=_rank)  # stable: the order within a rank is the collection's
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller hands out groups in this order
+        items.sort(key=_rank)  # stable: the order within a rank is the collection's

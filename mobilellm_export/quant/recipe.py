@@ -188,11 +188,11 @@ class Recipe:
             for part in (recipe.linear, recipe.embedding, recipe.head, recipe.calibration, recipe.auto,
                          *recipe.weights()):
                 _typed(part)
+            check_registered(recipe, f"recipe {recipe.name}")  # a plugin's method: the one line says which
             for w in recipe.weights() + [recipe.embedding]:
                 _check_weight(w, f"{where} recipe", True)
         except (TypeError, KeyError, AttributeError, ValueError) as e:
             raise UserError(f"{where}: its recipe is malformed ({type(e).__name__}: {str(e)[:120]})") from None
-        check_registered(recipe, f"recipe {recipe.name}")
         return recipe
 
     @classmethod

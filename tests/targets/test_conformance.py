@@ -83,18 +83,6 @@ def bundles(tmp_path_factory, hf_models):
     return get
 
 
-def xdist_group(item) -> str:
-    """Under two workers (tests/conftest.py): the tests that share a bundle run in one group, so each
-    bundle is built once; the other tests (each builds its own) are groups of one."""
-    params = getattr(item, "callspec", None)
-    params = params.params if params else {}
-    if "arch" in params:
-        return f"conformance-{params['target']}-{params['arch']}"
-    if item.originalname in ("test_metadata_round_trip", "test_tampered_artifact_is_refused"):
-        return f"conformance-{params['target']}-tiny-r1"  # the tiny-r1 4bit bundle
-    return f"{item.originalname}-{params.get('target')}"  # a group name holds no ']' (xdist splits on it)
-
-
 def _manifest(path: Path) -> dict:
     return json.loads((path / "bundle.json").read_text())
 
