@@ -221,3 +221,17 @@ def test_nothing_is_written_into_a_bundle(tmp_path):
 ])
 def test_usage_errors_are_one_line(args, needle):
     assert_one_line_error(run_cli(*args, timeout=120), needle)
+
+
+def test_the_documented_minimum_context_exports_and_verifies(tmp_path):
+    """--max-context 16 with a BOS-adding tokenizer (R1's): the greedy check's prompt was BOS + 16
+    tokens, past the context, and the export ended in an IndexError after minutes of work."""
+    from conftest import LLAMA3_TOKENIZER
+
+    r = run_cli("--model", "tiny-r1", "--tokenizer", str(LLAMA3_TOKENIZER), "--quant", "fp32", "--max-context", "16",
+                "--max-seq-len", "8", "--eval-tokens", "64", "--no-latency", "--out", str(tmp_path), "--json", "--quiet",
+                timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(r.stdout)
+    assert rep["passed"] and rep["eval"]["bos"]
+    assert 1 <= len(rep["greedy_tokens"]["artifact"]) <= 16 - 1 and rep["greedy"]["float_vs_artifact"]["match"] == 1.0
