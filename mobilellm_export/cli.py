@@ -183,7 +183,6 @@ def TARGET_OPTIONS(fn):
 def export(model, quiet, as_json, junit, **opts):
     """Export SOURCE to a verified bundle (the default command)."""
     import time
-
     from pathlib import Path
 
     from mobilellm_export.bundle import outside_bundles
@@ -270,13 +269,11 @@ def verify(bundle, eval_text, eval_tokens, thresholds, no_latency, calib_text, b
     The bundle is untrusted data: its bounds are the tool's (`--threshold` alone loosens one), and it
     is judged against the float model given here, not one it names."""
     import time
-
-    from mobilellm_export.cli_flags import verify_request
-    from mobilellm_export.pipeline import verify_command
-
     from pathlib import Path
 
     from mobilellm_export.bundle import outside_bundles
+    from mobilellm_export.cli_flags import verify_request
+    from mobilellm_export.pipeline import verify_command
 
     started = time.monotonic()
     if junit:
