@@ -91,20 +91,21 @@ def outside_bundles(path: Path, flag: str) -> None:
             raise UserError(f"{flag} {path} is inside the bundle {p}; the tool never writes into a bundle")
 
 
-def check_writable(out: Path) -> None:
-    """Before any work: --out is (or can become) a folder we can write in; one line otherwise."""
+def check_writable(out: Path, flag: str = "--out") -> None:
+    """Before any work: `flag`'s folder is (or can become) one we can write in, outside every bundle;
+    one line otherwise."""
     out = Path(out)
-    outside_bundles(out, "--out")
+    outside_bundles(out, flag)
     for p in (out, *out.parents):
         if p.exists() and not p.is_dir():
-            raise UserError(f"--out {out}: {p} is a file, not a folder")
+            raise UserError(f"{flag} {out}: {p} is a file, not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=out)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise UserError(f"--out {out} is not writable: {e.strerror}") from None
+        raise UserError(f"{flag} {out} is not writable: {e.strerror}") from None
 
 
 _RENAME_EXCHANGE = 2

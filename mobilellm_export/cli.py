@@ -139,7 +139,23 @@ CALIB_TEXT = click.option("--calib-text", type=click.Path(exists=True, dir_okay=
                                "from the default evaluation text).")
 BASELINE = click.option("--baseline", type=click.Path(), metavar="OLD/report.json",
                         help="Fail when a metric regresses past the recipe's [gate] tolerance against this report.")
-JUNIT = click.option("--junit", type=click.Path(dir_okay=False), metavar="FILE",
+def _outside_bundles(ctx, param, value):
+    """--junit is refused inside a bundle while the flags are read, before any work (the tool never
+    writes into a bundle)."""
+    if value:
+        from pathlib import Path
+
+        from mobilellm_export.bundle import outside_bundles
+        from mobilellm_export.errors import UserError
+
+        try:
+            outside_bundles(Path(value).parent, "--junit")
+        except UserError as e:
+            raise click.BadParameter(str(e)) from None
+    return value
+
+
+JUNIT = click.option("--junit", type=click.Path(dir_okay=False), metavar="FILE", callback=_outside_bundles,
                      help="Write one JUnit testcase per check (any CI system renders it).")
 EVAL_TOKENS = click.option("--eval-tokens", default=4096, show_default=True, type=click.IntRange(16),
                            help="Tokens of the eval text scored (windows of 512). The recipe thresholds are set on 4096.")
@@ -183,15 +199,11 @@ def TARGET_OPTIONS(fn):
 def export(model, quiet, as_json, junit, **opts):
     """Export SOURCE to a verified bundle (the default command)."""
     import time
-    from pathlib import Path
 
-    from mobilellm_export.bundle import outside_bundles
     from mobilellm_export.cli_flags import export_request
     from mobilellm_export.pipeline import export_command
 
     started = time.monotonic()
-    if junit:
-        outside_bundles(Path(junit).parent, "--junit")
     progress = _progress(quiet or as_json)
     path, rep = export_command(export_request(model, opts), progress)
     _emit(rep, progress, as_json, junit, started)
@@ -269,15 +281,11 @@ def verify(bundle, eval_text, eval_tokens, thresholds, no_latency, calib_text, b
     The bundle is untrusted data: its bounds are the tool's (`--threshold` alone loosens one), and it
     is judged against the float model given here, not one it names."""
     import time
-    from pathlib import Path
 
-    from mobilellm_export.bundle import outside_bundles
     from mobilellm_export.cli_flags import verify_request
     from mobilellm_export.pipeline import verify_command
 
     started = time.monotonic()
-    if junit:
-        outside_bundles(Path(junit).parent, "--junit")
     progress = _progress(quiet or as_json)
     rep = verify_command(verify_request(bundle, eval_text=eval_text, eval_tokens=eval_tokens, thresholds=thresholds,
                                         no_latency=no_latency, baseline=baseline, threads=threads,

@@ -185,8 +185,7 @@ class Recipe:
             for ov in recipe.overrides:
                 if not isinstance(ov, dict) or not isinstance(ov.get("match"), str):
                     raise TypeError(f"override {ov!r} has no 'match' pattern")
-            for part in (recipe.linear, recipe.embedding, recipe.head, recipe.calibration, recipe.auto,
-                         *recipe.weights()):
+            for part in (recipe.embedding, recipe.calibration, recipe.auto, *recipe.weights()):
                 _typed(part)
             check_registered(recipe, f"recipe {recipe.name}")  # a plugin's method: the one line says which
             for w in recipe.weights() + [recipe.embedding]:
