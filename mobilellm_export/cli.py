@@ -45,7 +45,7 @@ def friendly(fn):
             _fail("interrupted; nothing was written", 130)
         except Terminated as t:
             _fail(f"terminated by {t.name}; nothing was written", 128 + t.signum)
-        except Exception as e:
+        except BaseException as e:  # noqa: BLE001  pyo3's PanicException is a BaseException
             msg = user_message(e)
             if msg is None:
                 raise

@@ -96,6 +96,8 @@ def user_message(e: BaseException) -> str | None:
 
     if isinstance(e, UserError):
         return str(e).splitlines()[0] if str(e) else type(e).__name__
+    if type(e).__name__ == "PanicException":  # a Rust panic in a native library (pyo3), on input it was handed
+        return f"native code panicked on this input: {str(e).splitlines()[0] if str(e) else '?'}"
     if isinstance(e, OSError) and errno.errorcode.get(e.errno) in _USER_ERRNOS:
         where = f" while writing {e.filename}" if e.filename else ""
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from mobilellm_export.runtimes import AppRunner, Runner
+from mobilellm_export.text.tokenizer import encode_bounded
 
 
 def session(path: Path, threads: int | None):
@@ -123,7 +124,7 @@ class GenAIRunner(AppRunner):
     def generate(self, prompt: str, max_new_tokens: int, temperature: float = 0.0, on_text=None,
                  quiet: bool = False) -> dict:
         og = self.og
-        ids = self.tok.encode(prompt, add_special_tokens=False).ids
+        ids = encode_bounded(self.tok, prompt)
         params = og.GeneratorParams(self.model)
         opts = {"max_length": min(self.max_context, len(ids) + max_new_tokens)}
         opts.update({"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False})

@@ -1,34 +1,28 @@
-"""Rendering a checkpoint's chat template: sandboxed, and bounded in time and output.
+"""Rendering a checkpoint's chat template: sandboxed, and bounded in time, memory and output.
 
 A chat template is code from whoever published the checkpoint. jinja2's immutable sandbox keeps it
-from touching Python objects; on top of that, rendering here stops
-- when the output passes MAX_OUTPUT characters (checked as it streams, and before a `*` or `**`
-  builds a huge string, list or number in one step),
-- when it runs past DEADLINE_S seconds, a nested loop that prints nothing included (a timer
-  signal in the main thread; elsewhere a watchdog thread), and
-- on any template error (syntax, a refused attribute, an undefined call),
-each as one UserError line.
+from touching Python objects. On top of that, rendering runs in a forked child (`sandbox.run`)
+that is killed past DEADLINE_S seconds (a nested loop that prints nothing included) and has
+MEMORY_MB of address space beyond its parent's (one C call, `"%03000000000d" % 1`, allocated 3 GB);
+in it, rendering also stops when the output passes MAX_OUTPUT characters (checked as it streams,
+and before a `*` or `**` builds a huge string, list or number in one step). Each of these, and any
+template error (syntax, a refused attribute, an undefined call), is one UserError line.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
-import signal
-import threading
 
 import jinja2
 import jinja2.sandbox
 
+from mobilellm_export import sandbox
 from mobilellm_export.errors import UserError
 
 MAX_OUTPUT = 1 << 20  # characters: a prompt is a few kB; a MiB is already absurd
 DEADLINE_S = 2.0
-
-
-class _Timeout(Exception):
-    pass
+MEMORY_MB = 512  # beyond the parent's: jinja2 and a few prompts need a few MB
 
 
 class _TooLong(Exception):
@@ -57,23 +51,9 @@ def _environment(raise_exception) -> BoundedSandbox:
     return env
 
 
-@contextlib.contextmanager
-def _alarm(seconds: float):
-    def on_alarm(signum, frame):
-        raise _Timeout()
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def _stream(template: str, context: dict) -> str:
     def raise_exception(msg):
-        raise UserError(f"chat template: {msg}")
+        raise UserError(str(msg))
 
     out, size = [], 0
     for piece in _environment(raise_exception).from_string(template).generate(**context):
@@ -93,39 +73,17 @@ def render(template: str, *, now: datetime.datetime | None = None, **context) ->
     if now is not None and "strftime_now" not in context:
         pinned = now
         context["strftime_now"] = lambda fmt: pinned.strftime(str(fmt))
+    return sandbox.run(_render, template, context, seconds=DEADLINE_S, memory_mb=MEMORY_MB, what="chat template")
+
+
+def _render(template: str, context: dict) -> str:
+    """In the child: every way a template can fail as one UserError line."""
     try:
-        if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
-            with _alarm(DEADLINE_S):
-                return _stream(template, context)
-        return _render_watched(template, context)
-    except _Timeout:
-        raise UserError(f"chat template: rendering ran past {DEADLINE_S:g} s; refusing this template") from None
+        return _stream(template, context)
     except _TooLong:
-        raise UserError(f"chat template: output would exceed {MAX_OUTPUT:,} characters; refusing this template") from None
+        raise UserError(f"output would exceed {MAX_OUTPUT:,} characters; refusing this template") from None
     except jinja2.TemplateError as e:
         first = str(e).splitlines()[0] if str(e) else ""
-        raise UserError(f"chat template: {type(e).__name__}: {first}") from None
-    except (OverflowError, MemoryError, RecursionError, ValueError, TypeError, ZeroDivisionError) as e:
-        raise UserError(f"chat template: {type(e).__name__}: {str(e)[:120]}") from None
-
-
-def _render_watched(template: str, context: dict) -> str:
-    """Off the main thread no timer signal can interrupt the renderer: run it in a daemon thread
-    and give up on it at the deadline (it then runs on, bounded by the output check, until the
-    process ends)."""
-    box: dict = {}
-
-    def work():
-        try:
-            box["out"] = _stream(template, context)
-        except BaseException as e:  # noqa: BLE001  (re-raised in the caller's thread)
-            box["err"] = e
-
-    t = threading.Thread(target=work, daemon=True)
-    t.start()
-    t.join(DEADLINE_S)
-    if t.is_alive():
-        raise _Timeout()
-    if "err" in box:
-        raise box["err"]
-    return box["out"]
+        raise UserError(f"{type(e).__name__}: {first}") from None
+    except (OverflowError, RecursionError, ValueError, TypeError, ZeroDivisionError) as e:
+        raise UserError(f"{type(e).__name__}: {str(e)[:120]}") from None

@@ -57,6 +57,7 @@ from mobilellm_export.errors import UserError
 VERSION = 1  # a format without pre_normalize
 VERSION_PRE_NORMALIZE = 2  # a format with it (see above)
 PLACEHOLDER = "{date}"
+_MARK = ("\ue000", "\ue001")  # around a strftime_now format while deriving
 # Python's str.strip() whitespace (what jinja's `trim` removes); Kotlin's trim() and Swift's
 # whitespacesAndNewlines differ from it (e.g. U+0085, U+200B), so the set travels with the format.
 TRIM_CHARS = "".join(chr(i) for i in range(0x3001) if chr(i).isspace())
@@ -275,18 +276,21 @@ def prove(fmt: dict, template: str, *, bos_token: str | None, eos_token: str | N
 def _derive(template: str, bos: str, eos: str, specials: list[str]) -> dict:
     formats: list[str] = []
 
+    # The template renders in a sandbox child (chat_template.render), where a side effect would be
+    # lost: so strftime_now's format comes back inside the output, between two private-use marks.
     def marker(f):
-        formats.append(str(f))
-        return PLACEHOLDER
+        return f"{_MARK[0]}{f}{_MARK[1]}"
 
-    if PLACEHOLDER in template:
+    if PLACEHOLDER in template or any(m in template for m in _MARK):
         raise _Irreducible(f"the template contains the text {PLACEHOLDER!r}, which the format uses for the date")
 
     def r(msgs, gen=True, **kw):
         from mobilellm_export.text.chat_template import render as jrender
 
-        return jrender(template, messages=msgs, add_generation_prompt=gen, bos_token=bos, eos_token=eos,
-                       strftime_now=marker, **kw)
+        out = jrender(template, messages=msgs, add_generation_prompt=gen, bos_token=bos, eos_token=eos,
+                      strftime_now=marker, **kw)
+        formats.extend(re.findall(f"{_MARK[0]}(.*?){_MARK[1]}", out, flags=re.S))
+        return re.sub(f"{_MARK[0]}.*?{_MARK[1]}", lambda _: PLACEHOLDER, out, flags=re.S)
 
     def split(text: str, sentinels: list[str]) -> list[str]:
         gaps, pos = [], 0

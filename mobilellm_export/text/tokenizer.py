@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 
+from mobilellm_export import sandbox
 from mobilellm_export.errors import UserError, load_json
 from mobilellm_export.presets import SYSTEM_PROMPTS
 
@@ -35,6 +36,42 @@ CONFIG_KEY = "mobilellm_pre_normalize"  # tokenizer_config.json: the steps moved
 
 
 # ---- pre-normalization (mirrored by android_demo/core and ios_demo) --------------------------------
+
+# A tokenizer's pre-tokenizer regexes are code from whoever published it: one took 11 s per 1,000
+# characters, and onig's retry limit ends another in a Rust panic. So every encode runs in a
+# sandbox child, with a deadline in proportion to the text (real tokenizers do >1 MB/s here).
+ENCODE_S = 5.0
+ENCODE_CHARS_PER_S = 10_000
+ENCODE_MB = 1024
+
+
+_WORKERS: dict[int, tuple[HFTokenizer, sandbox.Worker]] = {}  # id(tokenizer) -> (it, its child); at most 4
+
+
+def _worker(tok: HFTokenizer) -> sandbox.Worker:
+    """The sandbox child encoding with `tok` (forked once: it holds the loaded tokenizer)."""
+    hit = _WORKERS.pop(id(tok), None)
+    if hit is None or hit[0] is not tok:
+        def handle(req):
+            e = tok.encode(req["text"], add_special_tokens=req["special"])
+            return [e.ids, e.offsets] if req["offsets"] else e.ids
+
+        hit = (tok, sandbox.Worker(handle, memory_mb=ENCODE_MB, what="the tokenizer"))
+        while len(_WORKERS) >= 4:  # the least recently used goes (a dict keeps insertion order)
+            _WORKERS.pop(next(iter(_WORKERS)))[1].close()
+    _WORKERS[id(tok)] = hit  # the reference to tok keeps its id from being reused meanwhile
+    return hit[1]
+
+
+def encode_bounded(tok: HFTokenizer, text: str, add_special_tokens: bool = False, offsets: bool = False):
+    """tok.encode(text)'s ids (and, with offsets, [ids, offsets]) from a sandbox child: one
+    UserError line when the tokenizer panics, passes its time budget or its memory budget."""
+    budget = ENCODE_S + len(text) / ENCODE_CHARS_PER_S
+    try:
+        return _worker(tok).call({"text": text, "special": add_special_tokens, "offsets": offsets}, seconds=budget)
+    except UserError as e:
+        raise UserError(str(e).replace("the tokenizer", f"the tokenizer (on {len(text):,} characters)", 1)) from None
+
 
 def pre_normalize(steps: list[dict], text: str) -> str:
     """`text` with the steps applied in order: NFC, or Replace (every non-overlapping occurrence of
@@ -243,7 +280,7 @@ class Tokenizer:
         """The ids of `text` (pre-normalized first: never pass `runner_text` output here).
         add_special_tokens lets tokenizer.json's post-processor add BOS. Prompts use `prompt_ids`,
         which applies the bundle's BOS policy instead."""
-        return self.tok.encode(self.runner_text(text), add_special_tokens=add_special_tokens).ids
+        return encode_bounded(self.tok, self.runner_text(text), add_special_tokens)
 
     # ---- BOS policy ------------------------------------------------------------------------
     def bos_policy(self, fallback_id: int | None = None) -> dict:
@@ -266,7 +303,7 @@ class Tokenizer:
             return {**policy, "add": False, "reason": "the tokenizer has no BOS token"}
         if isinstance(flag, bool):
             return {**policy, "add": flag, "reason": f"tokenizer_config.json add_bos_token = {str(flag).lower()}"}
-        if self.tok.encode("a", add_special_tokens=True).ids[:1] == [bos]:
+        if encode_bounded(self.tok, "a", add_special_tokens=True)[:1] == [bos]:
             return {**policy, "add": True, "reason": "tokenizer.json's post-processor adds BOS"}
         if renders:
             return {**policy, "add": True, "reason": "the chat template starts prompts with bos_token"}

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from mobilellm_export.errors import UserError
+from mobilellm_export.text.tokenizer import encode_bounded
 
 
 def quartiles(v: list[float]) -> dict:
@@ -77,11 +78,11 @@ def measure(round_fn, rounds: int) -> dict:
 def prompt_prefix(tokenizer, text: str, n: int) -> str:
     """The shortest prefix of `text` that `tokenizer` (a tokenizers.Tokenizer) turns into exactly n
     tokens, without special tokens: a prompt of a known length for a text-in runtime."""
-    enc = tokenizer.encode(text, add_special_tokens=False)
-    if len(enc.ids) < n:
-        raise UserError(f"the text has only {len(enc.ids)} tokens, fewer than the {n} asked for")
-    prefix = text[:enc.offsets[n - 1][1]]
-    got = len(tokenizer.encode(prefix, add_special_tokens=False).ids)
+    ids, offsets = encode_bounded(tokenizer, text, offsets=True)
+    if len(ids) < n:
+        raise UserError(f"the text has only {len(ids)} tokens, fewer than the {n} asked for")
+    prefix = text[:offsets[n - 1][1]]
+    got = len(encode_bounded(tokenizer, prefix))
     if got != n:  # a merge across the cut; never seen with byte-level BPE on plain prose
         raise UserError(f"could not cut the text at exactly {n} tokens (got {got})")
     return prefix

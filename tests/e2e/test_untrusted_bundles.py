@@ -235,3 +235,57 @@ def test_the_documented_minimum_context_exports_and_verifies(tmp_path):
     rep = json.loads(r.stdout)
     assert rep["passed"] and rep["eval"]["bos"]
     assert 1 <= len(rep["greedy_tokens"]["artifact"]) <= 16 - 1 and rep["greedy"]["float_vs_artifact"]["match"] == 1.0
+
+
+# ---- 6. code a file carries runs in a bounded child (findings 6 and 8) ----------------------------------
+
+def _regex_tokenizer(tmp_path: Path) -> Path:
+    """The tiny tokenizer with a pre-tokenizer regex that backtracks fib(n) ways on a run of n a's."""
+    from test_sandbox import SLOW, regex_tokenizer_json
+
+    d = tmp_path / "regex-tok"
+    d.mkdir()
+    (d / "tokenizer.json").write_text(regex_tokenizer_json(SLOW))
+    return d
+
+
+@pytest.mark.parametrize("run,needle", [
+    ("a" * 31 + " ", "characters) ran past its"),  # seconds per run
+    ("a" * 40 + " ", "native code panicked: Onig: Regex search error: retry-limit-in-match over"),  # onig's limit
+])
+def test_a_tokenizers_regex_is_bounded_in_time_and_cannot_panic_out(tmp_path, run, needle):
+    """In-process, the slow regex would take minutes on this calibration text (and ignore SIGTERM
+    meanwhile); the panicking one escaped the error handler as a 115-line backtrace."""
+    import time
+
+    text = tmp_path / "calib.txt"
+    text.write_text(run * (64000 // len(run)) + "a" * (64000 % len(run)))
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    r = run_cli("--model", "tiny-llama", "--tokenizer", str(_regex_tokenizer(tmp_path)), "--quant", "4bit",
+                "--calib-text", str(text), "--max-context", "128", "--max-seq-len", "16", "--no-latency",
+                "--out", str(out), timeout=300)
+    assert_one_line_error(r, needle)
+    assert time.monotonic() - t0 < 120
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_chat_templates_memory_is_capped(target, tmp_path):
+    """`"%03000000000d" % 1` is one C call: it allocated 3 GB in `run --conversation`, which exited 0."""
+    evil = '{{ "%03000000000d" % 1 }}'
+
+    def edit_dir(d):
+        cfg = json.loads((d / "tokenizer_config.json").read_text())
+        cfg["chat_template"] = evil
+        (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+
+    def edit(m):
+        m["generation"]["chat_template"] = evil
+        m["generation"]["prompt_format"] = {"reducible": False, "reason": "edited"}
+
+    d = attacked(target, tmp_path, edit, edit_dir)
+    conv = tmp_path / "conv.json"
+    conv.write_text(json.dumps([{"role": "user", "content": "hi"}]))
+    r = run_cli("run", str(d), "--conversation", str(conv), "--max-new-tokens", "2", timeout=300)
+    assert_one_line_error(r, "chat template needed over its 512 MB memory budget")

@@ -14,7 +14,7 @@ PKG = Path(__file__).resolve().parents[2] / "mobilellm_export"
 
 # Bottom to top. A module may import its own layer (without a cycle) and any layer below.
 LAYERS = [
-    {"errors", "signals", "memory", "console", "config", "presets", "model", "nn_utils", "metrics", "sampling",
+    {"errors", "sandbox", "signals", "memory", "console", "config", "presets", "model", "nn_utils", "metrics", "sampling",
      "bundle"},
     {"text"},
     {"checkpoints"},
