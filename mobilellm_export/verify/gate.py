@@ -36,8 +36,37 @@ def load_baseline(path: str | Path) -> dict:
         raise UserError(f"baseline {p}: not a JSON report ({e})") from None
     if not isinstance(rep.get("parity"), dict) or not isinstance(rep.get("eval"), dict):
         raise UserError(f"baseline {p}: not a verified report (no parity section; was it exported with --no-verify?)")
+    bad = _malformed(rep)
+    if bad:  # checked now: compare() reads these only after the whole run
+        raise UserError(f"baseline {p}: {bad} is malformed; not a report this tool wrote")
     rep["_path"] = str(p)
     return rep
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _malformed(rep: dict) -> str | None:
+    """The first value compare() and speed() read from a baseline that is not what they need, or None."""
+    greedy, lat, sizes = rep.get("greedy", {}), rep.get("latency", {}), rep.get("size_mb")
+    if not isinstance(greedy, dict) or not isinstance(lat, dict):
+        return "greedy" if not isinstance(greedy, dict) else "latency"
+    for pair in ("float_vs_artifact", "float_vs_quant"):
+        row, g = rep["parity"].get(pair), greedy.get(pair)
+        if row is not None:
+            for metric in ("kl_mean", "kl_p99", "top1", "ppl_delta"):
+                if not isinstance(row, dict) or not _number(row.get(metric)):
+                    return f"parity.{pair}.{metric}"
+        if g and (not isinstance(g, dict) or not _number(g.get("common_prefix"))):
+            return f"greedy.{pair}.common_prefix"
+    if sizes is not None and (not isinstance(sizes, dict) or not all(_number(v) for v in sizes.values())):
+        return "size_mb"
+    for k, v in lat.items():
+        tok_s = v.get("decode_tok_s") if isinstance(v, dict) else "?"
+        if k.endswith("app loop") and tok_s is not None and not (_number(tok_s) and tok_s > 0):
+            return f"latency.{k}.decode_tok_s"
+    return None
 
 
 def baseline_bundle(baseline: dict) -> Path | None:

@@ -264,7 +264,7 @@ def test_a_tokenizers_regex_is_bounded_in_time_and_cannot_panic_out(tmp_path, ru
     t0 = time.monotonic()
     r = run_cli("--model", "tiny-llama", "--tokenizer", str(_regex_tokenizer(tmp_path)), "--quant", "4bit",
                 "--calib-text", str(text), "--max-context", "128", "--max-seq-len", "16", "--no-latency",
-                "--out", str(out), timeout=300)
+                "--quiet", "--out", str(out), timeout=300)
     assert_one_line_error(r, needle)
     assert time.monotonic() - t0 < 120
     assert not out.exists() or list(out.iterdir()) == []
@@ -281,11 +281,10 @@ def test_a_chat_templates_memory_is_capped(target, tmp_path):
         (d / "tokenizer_config.json").write_text(json.dumps(cfg))
 
     def edit(m):
-        m["generation"]["chat_template"] = evil
-        m["generation"]["prompt_format"] = {"reducible": False, "reason": "edited"}
+        m["generation"]["chat_template"] = evil  # its prompt_format stays "not reducible": run renders the template
 
     d = attacked(target, tmp_path, edit, edit_dir)
     conv = tmp_path / "conv.json"
-    conv.write_text(json.dumps([{"role": "user", "content": "hi"}]))
+    conv.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}))
     r = run_cli("run", str(d), "--conversation", str(conv), "--max-new-tokens", "2", timeout=300)
     assert_one_line_error(r, "chat template needed over its 512 MB memory budget")

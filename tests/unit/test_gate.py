@@ -123,6 +123,25 @@ def test_load_baseline_errors_are_one_line(tmp_path):
         gate_mod.load_baseline(tmp_path / "r.json")
 
 
+@pytest.mark.parametrize("path,value", [
+    (("parity", "float_vs_artifact", "kl_mean"), "0.1"), (("parity", "float_vs_artifact"), [1]),
+    (("greedy", "float_vs_artifact", "common_prefix"), None), (("greedy",), []),
+    (("size_mb", "model.pte"), "big"), (("latency", "pte app loop", "decode_tok_s"), 0), (("latency",), 7)])
+def test_a_baseline_with_a_value_of_the_wrong_type_is_refused_before_any_work(tmp_path, path, value):
+    """Issue 25 finding 10: such a baseline ended the whole run in a TypeError traceback."""
+    rep = _report()
+    rep.update(greedy={"float_vs_artifact": {"common_prefix": 12}}, size_mb={"model.pte": 1.0},
+               latency={"pte app loop": {"decode_tok_s": 50.0}})
+    gate_mod.compare(rep, {**rep, "_path": "r.json"}, Gate())  # the clean one is read and compared
+    node = rep
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+    (tmp_path / "r.json").write_text(json.dumps(rep))
+    with pytest.raises(UserError, match=r"\.".join(path[:2]) + ".* is malformed"):
+        gate_mod.load_baseline(tmp_path / "r.json")
+
+
 # ---- recipe tables -------------------------------------------------------------------------------
 
 def test_shipped_recipes_carry_gate_tolerances_and_floor_relative_android_bounds():
