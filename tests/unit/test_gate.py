@@ -138,7 +138,7 @@ def test_a_baseline_with_a_value_of_the_wrong_type_is_refused_before_any_work(tm
         node = node[k]
     node[path[-1]] = value
     (tmp_path / "r.json").write_text(json.dumps(rep))
-    with pytest.raises(UserError, match=r"\.".join(path[:2]) + ".* is malformed"):
+    with pytest.raises(UserError, match=f"{path[0]}.* is malformed"):
         gate_mod.load_baseline(tmp_path / "r.json")
 
 
