@@ -498,8 +498,26 @@ def export_command(req: ExportRequest, progress: Progress) -> tuple[Path, dict]:
                   checking=c, thresholds=th, progress=progress, do_verify=req.verify, baseline=base, loosened=loose)
 
 
-def verify_command(req: VerifyRequest, progress: Progress) -> dict:
-    """Re-check a bundle. The report goes to `req.report_dir` when given (the bundle is never written)."""
+@dataclass
+class Opened:
+    """A bundle after every check verify makes before it quantizes anything (`open_bundle`)."""
+    d: Path
+    m: dict
+    recipe: Recipe
+    tgt: Target
+    spec: ExportSpec
+    ck: Checkpoint
+    meta: list[dict]
+    bounds: tuple[Thresholds, dict]
+    notes: list[str]
+    base: dict | None
+
+
+def open_bundle(req: VerifyRequest, progress: Progress) -> Opened:
+    """The trust checks (docs/threat-model.md): the command line's inputs, the bundle's closed world
+    and hashes, its recipe's types, bounds from the tool, the source from the command line, every
+    value the apps read re-derived from the files and from the source, and the artifact loaded once.
+    Everything verify reads here is in the bundle or on the command line."""
     from mobilellm_export.checkpoints import load
 
     c = req.checking
@@ -531,23 +549,34 @@ def verify_command(req: VerifyRequest, progress: Progress) -> dict:
     spec = ExportSpec(config=None, max_context=gen["max_context"], max_seq_len=gen["max_seq_len"],
                       eos_ids=tuple(gen["eos_ids"]), bos_id=gen["bos"]["id"], threads=c.threads)
     meta = metadata.derive(d, m, tgt)
+    torch.set_num_threads(c.threads)
+    with progress.step("load", source):
+        ck = load(source, tokenizer=str(d / m["tokenizer"]["file"]))
+    spec = dataclasses.replace(spec, config=ck.config)
+    meta += metadata.from_source(m, ck.config.to_dict(), generation_defaults(ck, spec))
     bad = [x["name"] for x in meta if not x["ok"]]
     if base is None:  # a hand-run verify stops at the first disagreement, in one line
         metadata.require(meta)
     elif bad:  # a CI gate run goes on: the disagreement is a failed check in the report and JUnit file
         progress.note(f"{d.name}: bundle.json disagrees with the files on {', '.join(bad)} (a failed gate check)")
     if not bad:
-        progress.note(f"{d.name}: EOS ids, context, vocabulary, chat template, BOS policy and pre-normalization match the files")
+        progress.note(f"{d.name}: EOS ids, context, vocabulary, chat template, BOS policy, pre-normalization, "
+                      f"model config and app settings match the files and the source")
     with progress.step("load the artifact", "fails fast on a file its runtime cannot load"):
         probe = tgt.runner(d, m, threads=c.threads)
         del probe
         release()
-    th, loose = bounds(recipe, tgt, c.thresholds, progress)
-    torch.set_num_threads(c.threads)
-    with progress.step("load", source):
-        ck = load(source, tokenizer=str(d / m["tokenizer"]["file"]))
-    spec = dataclasses.replace(spec, config=ck.config)
+    th_loose = bounds(recipe, tgt, c.thresholds, progress)
     notes = tgt.check(recipe, spec)  # the same target the export used, options included
+    return Opened(d, m, recipe, tgt, spec, ck, meta, th_loose, notes, base)
+
+
+def verify_command(req: VerifyRequest, progress: Progress) -> dict:
+    """Re-check a bundle. The report goes to `req.report_dir` when given (the bundle is never written)."""
+    o = open_bundle(req, progress)
+    c, d, m, recipe, tgt, spec, ck, meta, base, notes = (req.checking, o.d, o.m, o.recipe, o.tgt, o.spec, o.ck,
+                                                         o.meta, o.base, o.notes)
+    (th, loose), gen = o.bounds, m["generation"]
     with progress.step("reference model + quantize", recipe.name):
         qmodel = build_model(ck, gen["max_context"])
         ck.drop_weights()  # as in export: the float copy goes as it is quantized; parity reads it again

@@ -69,6 +69,45 @@ def derive(bundle_dir: Path, manifest: dict, target) -> list[dict]:
     return out + (files(d, manifest) if files else [])
 
 
+def from_source(manifest: dict, config: dict, generation: dict) -> list[dict]:
+    """The model config and every generation setting the apps read (prompt format, BOS policy, stop
+    ids, system prompts, sampling defaults), against what an export of the source given on the
+    command line, with the bundle's tokenizer, writes: a bundle.json edited after export fails here
+    even where its hashes were rewritten to match."""
+    def first_difference(a, b, path: str) -> str:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b), key=str):
+                if a.get(k, ...) != b.get(k, ...):
+                    return first_difference(a.get(k), b.get(k), f"{path}.{k}")
+        return path
+
+    import json
+
+    config, generation = json.loads(json.dumps(config)), json.loads(json.dumps(generation))  # as bundle.json holds them
+    out = []
+    for key, have, want in [("config", manifest["config"], config),
+                            *((f"generation.{k}", manifest["generation"].get(k), v) for k, v in generation.items())]:
+        row = _check(key, have, want, "the source and the bundle's tokenizer")
+        if not row["ok"]:
+            at = first_difference(have, want, key)
+            row["message"] = (f"bundle.json's {at} is not what the export of this source writes "
+                              f"({_short(_at(have, at, key))} in bundle.json, {_short(_at(want, at, key))} derived): "
+                              f"edited after export, or exported from another source")
+        out.append(row)
+    return out
+
+
+def _at(value, path: str, root: str):
+    for k in path[len(root):].split(".")[1:]:
+        value = value.get(k) if isinstance(value, dict) else None
+    return value
+
+
+def _short(v) -> str:
+    s = repr(v)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
 def require(checks: list[dict]) -> None:
     """One line for the first disagreement."""
     bad = next((c for c in checks if not c["ok"]), None)
