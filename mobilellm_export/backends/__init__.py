@@ -196,6 +196,13 @@ class Target:
         from its file for `verify`'s metadata checks; None where the artifact carries none."""
         return None
 
+    def target_section(self, bundle_dir: Path, manifest: dict) -> dict | None:
+        """bundle.json's `target` section as `export` writes it for this bundle's artifact (its entry
+        and Artifact.manifest; name, runtime and options are added by the caller), re-derived from
+        the artifact and the target's options, for `verify` to compare. None: this target cannot say
+        (a plug-in), and its section goes unchecked."""
+        return None
+
     def file_checks(self, bundle_dir: Path, manifest: dict) -> list[dict]:
         """Checks of the other files this target's apps read values from (onnxruntime-genai's
         genai_config.json), each {name, ok, manifest, derived, source, message}, for `verify`."""

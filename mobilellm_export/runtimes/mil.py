@@ -47,6 +47,10 @@ def dtype_name(t) -> str:
     return types.builtin_to_string(t)
 
 
+_ITEMS = {("model.mlmodel", "com.apple.CoreML/model.mlmodel", "com.apple.CoreML", "CoreML Model Specification"),
+          ("weights", "com.apple.CoreML/weights", "com.apple.CoreML", "CoreML Model Weights")}
+
+
 def package_model_file(path: str | Path) -> Path:
     """The root model file of an .mlpackage, found through its Manifest.json, which must keep every
     item inside the package's Data folder. coremltools' own reader (ModelPackage) follows whatever path
@@ -65,6 +69,16 @@ def package_model_file(path: str | Path) -> Path:
         if (not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts
                 or not (data / rel).resolve().is_relative_to(data)):
             raise UserError(f"{path.name}/Manifest.json item {str(key)[:40]!r} points outside the package: {str(rel)[:80]!r}")
+    # Past the paths, the manifest is exactly what coremltools writes (only the item ids are free): a
+    # device's Core ML reads it too, and an item moved to another file inside the package would
+    # have the phone load what verify never read.
+    items = sorted((i.get("name"), i.get("path"), i.get("author"), i.get("description"), set(i)) for i in entries.values())
+    if (m.get("fileFormatVersion") != "1.0.0" or set(m) != {"fileFormatVersion", "itemInfoEntries", "rootModelIdentifier"}
+            or entries[root].get("name") != "model.mlmodel"
+            or any(i[:4] not in _ITEMS or i[4] != {"name", "path", "author", "description"} for i in items)
+            or len({i[0] for i in items}) != len(items)):
+        raise UserError(f"{path.name}/Manifest.json is not the manifest coremltools writes (version 1.0.0, the model "
+                        f"specification as root, its weights folder, nothing else)")
     model = data / entries[root]["path"]
     if not model.is_file():
         raise UserError(f"{path.name}/Manifest.json's root model {entries[root]['path']!r} is not a file in the package")

@@ -65,8 +65,33 @@ def derive(bundle_dir: Path, manifest: dict, target) -> list[dict]:
                     "derived": tok.vocab_size, "source": manifest["tokenizer"]["file"],
                     "message": f"{manifest['tokenizer']['file']} has {len(past)} ordinary token(s) past {entry}'s "
                                f"{art['vocab_size']}-entry vocabulary"})
+    own = target.target_section(d, manifest) if hasattr(target, "target_section") else None
+    if own is not None:  # bundle.json's target section, as export writes it for this artifact
+        # (its options built `target`: they are what the parity run rebuilds the reference with)
+        have = {k: v for k, v in manifest["target"].items() if k != "options"}
+        out.append(compared("target", have, {"name": target.name, "runtime": target.runtime, **own}, "this artifact"))
     files = getattr(target, "file_checks", None)  # a Target method; a duck-typed target may lack it
     return out + (files(d, manifest) if files else [])
+
+
+def compared(key: str, have, want, what: str) -> dict:
+    """A check that bundle.json's `key` (`have`) is what an export writes (`want`, derived from
+    `what`), compared as JSON values; its message names the first field that differs."""
+    import json
+
+    want = json.loads(json.dumps(want))  # tuples as lists, as bundle.json holds them
+    row = _check(key, have, want, what)
+    if not row["ok"]:
+        at = key
+        while True:  # down to the first field that differs
+            h, w = _at(have, at, key), _at(want, at, key)
+            if not (isinstance(h, dict) and isinstance(w, dict)):
+                break
+            at += "." + next(str(k) for k in sorted(set(h) | set(w), key=str) if h.get(k, ...) != w.get(k, ...))
+        row["message"] = (f"bundle.json's {at} is not what the export of {what} writes ({_short(_at(have, at, key))} "
+                          f"in bundle.json, {_short(_at(want, at, key))} derived): edited after export, or exported "
+                          f"from something else")
+    return row
 
 
 def from_source(manifest: dict, config: dict, generation: dict) -> list[dict]:
@@ -74,27 +99,9 @@ def from_source(manifest: dict, config: dict, generation: dict) -> list[dict]:
     ids, system prompts, sampling defaults), against what an export of the source given on the
     command line, with the bundle's tokenizer, writes: a bundle.json edited after export fails here
     even where its hashes were rewritten to match."""
-    def first_difference(a, b, path: str) -> str:
-        if isinstance(a, dict) and isinstance(b, dict):
-            for k in sorted(set(a) | set(b), key=str):
-                if a.get(k, ...) != b.get(k, ...):
-                    return first_difference(a.get(k), b.get(k), f"{path}.{k}")
-        return path
-
-    import json
-
-    config, generation = json.loads(json.dumps(config)), json.loads(json.dumps(generation))  # as bundle.json holds them
-    out = []
-    for key, have, want in [("config", manifest["config"], config),
-                            *((f"generation.{k}", manifest["generation"].get(k), v) for k, v in generation.items())]:
-        row = _check(key, have, want, "the source and the bundle's tokenizer")
-        if not row["ok"]:
-            at = first_difference(have, want, key)
-            row["message"] = (f"bundle.json's {at} is not what the export of this source writes "
-                              f"({_short(_at(have, at, key))} in bundle.json, {_short(_at(want, at, key))} derived): "
-                              f"edited after export, or exported from another source")
-        out.append(row)
-    return out
+    what = "the source and the bundle's tokenizer"
+    return [compared("config", manifest["config"], config, what)] + [
+        compared(f"generation.{k}", manifest["generation"].get(k), v, what) for k, v in generation.items()]
 
 
 def _at(value, path: str, root: str):

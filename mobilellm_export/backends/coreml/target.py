@@ -97,11 +97,20 @@ class IOS(Target):
                                       compute_units="cpuAndNeuralEngine" if self.ane else "cpuAndGPU", status=status))
         root = Path(out_dir) / ENTRY
         files = sorted(str(p.relative_to(out_dir)) for p in root.rglob("*") if p.is_file())
-        manifest = {"minimum_ios": "18.0", "compute_units": facts["compute_units"],
-                    "inputs": ["inputIds", "causalMask"], "outputs": ["logits"], "states": ["keyCache", "valueCache"],
-                    "state_shape": facts["state_shape"], "weights": "int4/int8 constexpr_blockwise_shift_scale, fp16 scales",
-                    "activations": "fp16"}
-        return Artifact(files=files, entry=ENTRY, manifest=manifest, facts=facts)
+        return Artifact(files=files, entry=ENTRY, manifest=self._section(facts["state_shape"]), facts=facts)
+
+    def _section(self, state_shape: list[int]) -> dict:
+        return {"minimum_ios": "18.0", "compute_units": "cpuAndNeuralEngine" if self.ane else "cpuAndGPU",
+                "inputs": ["inputIds", "causalMask"], "outputs": ["logits"], "states": ["keyCache", "valueCache"],
+                "state_shape": state_shape, "weights": "int4/int8 constexpr_blockwise_shift_scale, fp16 scales",
+                "activations": "fp16"}
+
+    def target_section(self, bundle_dir: Path, manifest: dict) -> dict:
+        from mobilellm_export.runtimes.mil import read_spec
+
+        states = read_spec(Path(bundle_dir) / ENTRY).description.state
+        shape = list(states[0].type.stateType.arrayType.shape) if len(states) else None
+        return {"entry": ENTRY, **self._section(shape)}
 
     def probe(self, prepared, spec: ExportSpec, work_dir: Path):
         """The prepared decoder converted as `export` converts it (same compute units, fp16

@@ -123,6 +123,15 @@ class Android(Target):
                               data_path=self._data(d, manifest), max_context=manifest["generation"]["max_context"],
                               threads=threads)
 
+    def target_section(self, bundle_dir: Path, manifest: dict) -> dict:
+        from mobilellm_export.backends.executorch.pte_file import constant_methods
+
+        c = constant_methods(Path(bundle_dir) / self.ENTRY)
+        methods = {k: (list(v) if k == "get_eos_ids" else v[0]) for k, v in c.items() if v}
+        # export writes a .ptd exactly when the program keeps its weights outside (a tied table)
+        data = self.DATA if self.DATA in manifest["files"] else None
+        return {"entry": self.ENTRY, "data_file": data, "constant_methods": methods}
+
     def metadata(self, bundle_dir: Path, manifest: dict) -> dict:
         from mobilellm_export.backends.executorch.pte_file import constant_methods
 

@@ -152,6 +152,10 @@ class Onnx(Target):
             raise UserError(f"{path.name}'s metadata is malformed (eos_ids {props['eos_ids'][:40]!r})")
         return out
 
+    def target_section(self, bundle_dir: Path, manifest: dict) -> dict:
+        return {"entry": MODEL, "data_file": DATA, "accuracy": self.accuracy, "accuracy_level": ACCURACY[self.accuracy],
+                "genai_config": "genai_config.json"}
+
     def file_checks(self, bundle_dir: Path, manifest: dict) -> list[dict]:
         """genai_config.json, which onnxruntime-genai apps read instead of bundle.json (EOS, BOS, context,
         the graph's file and shapes), re-derived from bundle.json's values as `export` writes it; verify
