@@ -85,6 +85,17 @@ def load_json(path, what: str = "JSON file", cap: int = JSON_CAP) -> dict:
     return value
 
 
+def same_json(a, b) -> bool:
+    """Equal as JSON values, types included: Python's True == 1 and 1 == 1.0, but an app parsing
+    bundle.json or genai_config.json may read `true` where it wants a number."""
+    import json
+
+    try:
+        return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    except (TypeError, ValueError):  # keys of mixed types, or a value JSON has no form for
+        return False
+
+
 # OSError numbers that are the user's to fix (a path, permissions, a full disk), not our bugs.
 _USER_ERRNOS = {"ENOSPC", "EACCES", "EROFS", "ENOENT", "ENOTDIR", "EISDIR", "EEXIST", "ENOTEMPTY", "ENAMETOOLONG",
                 "ELOOP", "EDQUOT", "EFBIG", "EPERM"}

@@ -47,8 +47,8 @@ def dtype_name(t) -> str:
     return types.builtin_to_string(t)
 
 
-_ITEMS = {("model.mlmodel", "com.apple.CoreML/model.mlmodel", "com.apple.CoreML", "CoreML Model Specification"),
-          ("weights", "com.apple.CoreML/weights", "com.apple.CoreML", "CoreML Model Weights")}
+_ITEMS = (("model.mlmodel", "com.apple.CoreML/model.mlmodel", "com.apple.CoreML", "CoreML Model Specification"),
+          ("weights", "com.apple.CoreML/weights", "com.apple.CoreML", "CoreML Model Weights"))
 
 
 def package_model_file(path: str | Path) -> Path:
@@ -72,11 +72,11 @@ def package_model_file(path: str | Path) -> Path:
     # Past the paths, the manifest is exactly what coremltools writes (only the item ids are free): a
     # device's Core ML reads it too, and an item moved to another file inside the package would
     # have the phone load what verify never read.
-    items = sorted((i.get("name"), i.get("path"), i.get("author"), i.get("description"), set(i)) for i in entries.values())
+    items = [(i.get("name"), i.get("path"), i.get("author"), i.get("description")) for i in entries.values()]
     if (m.get("fileFormatVersion") != "1.0.0" or set(m) != {"fileFormatVersion", "itemInfoEntries", "rootModelIdentifier"}
-            or entries[root].get("name") != "model.mlmodel"
-            or any(i[:4] not in _ITEMS or i[4] != {"name", "path", "author", "description"} for i in items)
-            or len({i[0] for i in items}) != len(items)):
+            or entries[root].get("name") != "model.mlmodel" or len(items) != len(_ITEMS)
+            or any(set(i) != {"name", "path", "author", "description"} for i in entries.values())
+            or any(items.count(want) != 1 for want in _ITEMS)):
         raise UserError(f"{path.name}/Manifest.json is not the manifest coremltools writes (version 1.0.0, the model "
                         f"specification as root, its weights folder, nothing else)")
     model = data / entries[root]["path"]

@@ -12,12 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from mobilellm_export.text import prompt_format
-from mobilellm_export.errors import UserError
+from mobilellm_export.errors import UserError, same_json
 from mobilellm_export.text.tokenizer import Tokenizer
 
 
 def _check(name: str, manifest_value, derived, source: str) -> dict:
-    return {"name": name, "ok": manifest_value == derived, "manifest": manifest_value, "derived": derived,
+    return {"name": name, "ok": same_json(manifest_value, derived), "manifest": manifest_value, "derived": derived,
             "source": source}
 
 

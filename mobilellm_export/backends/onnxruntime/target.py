@@ -163,7 +163,7 @@ class Onnx(Target):
         import types
 
         from mobilellm_export.backends.onnxruntime.package import genai_config
-        from mobilellm_export.errors import load_json
+        from mobilellm_export.errors import load_json, same_json
 
         name = manifest["target"].get("genai_config")
         if name is None:  # a bundle without one has nothing an app could misread
@@ -180,7 +180,7 @@ class Onnx(Target):
         threads = "model.decoder.session_options.intra_op_num_threads"  # the export's --threads: a setting
         want.pop(threads, None)
         got.pop(threads, None)
-        bad = sorted(k for k in want.keys() | got.keys() if want.get(k, "(absent)") != got.get(k, "(absent)"))
+        bad = sorted(k for k in want.keys() | got.keys() if not same_json(want.get(k, "(absent)"), got.get(k, "(absent)")))
         first = bad[0] if bad else None
         return [{"name": "genai_config.json", "ok": not bad, "manifest": want.get(first) if bad else None,
                  "derived": got.get(first, "(absent)") if bad else None, "source": name,
