@@ -349,3 +349,92 @@ def test_fuzz_mlpackage_manifest(tmp_path_factory):
 
     case()
     tally.write()
+
+
+# ---- end to end: reference edits the trust checks let through are the parity run's to catch -----------
+
+E2E_EDITS = [
+    pytest.param("onnx", ("recipe", "head", "bits"), 4, id="onnx-head-bits"),
+    pytest.param("ios", ("recipe", "linear", "bits"), 8, id="ios-linear-bits"),
+    pytest.param("android", ("recipe", "name"), "8bit", id="android-recipe-name"),
+    # each of these ends in the localiser (an XNNPACK probe export, ~1 min): make test-all
+    pytest.param("android", ("recipe", "linear", "group_size"), 64, id="android-group-size", marks=pytest.mark.extra),
+    pytest.param("android", ("recipe", "smooth"), 0.0, id="android-smooth", marks=pytest.mark.extra),
+    pytest.param("android", ("recipe", "linear", "bits"), 8, id="android-linear-bits", marks=pytest.mark.extra),
+]
+
+
+@pytest.mark.parametrize("target,path,value", E2E_EDITS)
+def test_a_recipe_edit_the_trust_checks_pass_fails_the_full_verify(target, path, value, tmp_path):
+    """bundle.json's recipe is what verify rebuilds the reference from: an edited one passes the
+    trust checks (they cannot tell) and must then fail the lowering pair, exit 1."""
+    from test_sources import run_cli
+
+    assert run_case(tmp_path, target, edit_manifest=lambda m: apply(m, path, value, "same")) == "pass"
+    r = run_cli("verify", str(tmp_path / f"tiny-llama-{target}-4bit"), "--source", SOURCE, "--no-latency",
+                "--eval-tokens", "128", "--json", "--quiet", timeout=900)
+    assert r.returncode == 1, r.stderr[-2000:]
+    rep = json.loads(r.stdout)
+    failed = [c["name"] for c in rep["gate"]["checks"] if c["status"] == "fail"]
+    assert not rep["passed"] and failed, rep["gate"]
+
+
+# ---- native reads and the network, traced (make test-all) ----------------------------------------------
+
+SYSTEM_FILES = ("/lib/", "/lib64/", "/usr/lib/", "/usr/lib64/", "/usr/local/cuda",  # shared libraries, dlopen probes
+                "/usr/share/locale/", "/usr/share/zoneinfo/", "/etc/ld.so.cache", "/etc/localtime", "/etc/os-release",
+                "/etc/passwd", "/etc/group", "/etc/nsswitch.conf",  # the user's name (getpass, for cache folders)
+                "/proc/", "/sys/", "/dev/null", "/dev/urandom", "/dev/shm/")
+
+
+def traced_opens(log: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """(path, flags) of every successful open and execve in an `strace -f -z` log, and every
+    connect that is not to a local (AF_UNIX) socket."""
+    import re
+
+    opens, nets = [], []
+    for line in log.read_text(errors="replace").splitlines():
+        m = re.search(r'\b(?:open|openat)\((?:AT_FDCWD|-?\d+), "([^"]*)", ([A-Z_|]+)', line)
+        if m:
+            opens.append((m.group(1), m.group(2)))
+        elif (m := re.search(r'\bexecve\("([^"]*)"', line)):
+            opens.append((m.group(1), "EXEC"))
+        elif "connect(" in line and "AF_UNIX" not in line:
+            nets.append(line.strip())
+    return opens, nets
+
+
+@pytest.mark.extra
+@pytest.mark.parametrize("target", ["android", "onnx", "ios"])
+def test_a_full_verify_opens_nothing_outside_and_never_reaches_the_network(target, tmp_path):
+    """The audit hook above sees Python's opens only; ONNX Runtime, ExecuTorch and tokenizers read
+    natively. So a whole verify runs under `strace -f`: every file it opens is in the bundle, the
+    report folder, the interpreter and its packages, the tool's own temporary files or a fixed
+    system file (libraries, locale, the user's name); no socket but a local one is connected."""
+    import subprocess
+    import tempfile
+
+    strace = shutil.which("strace")
+    assert strace, "strace is missing: `make test-all` installs it (apt)"
+    d = tmp_path / f"tiny-llama-{target}-4bit"
+    shutil.copytree(FIXTURES / d.name, d)
+    rep, log = tmp_path / "rep", tmp_path / "strace.log"
+    r = subprocess.run([strace, "-f", "-qq", "-z", "-e", "trace=open,openat,execve,connect", "-o", str(log),
+                        sys.executable, "-m", "mobilellm_export.cli", "verify", str(d), "--source", SOURCE,
+                        "--no-latency", "--eval-tokens", "128", "--report-dir", str(rep), "--quiet"],
+                       capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    opens, nets = traced_opens(log)
+    assert len(opens) > 1000  # the trace saw the imports: it traced the right process tree
+    tmp = tempfile.gettempdir().rstrip("/") + "/"
+    home = os.path.expanduser("~")
+    roots = allowed_roots(d) + [str(rep), str(tmp_path / "strace.log"), f"{home}/.cache/matplotlib",
+                                f"{home}/.config/matplotlib"]  # matplotlib's font cache, for the report's plots
+    outside = sorted({p for p, flags in opens if os.path.isabs(p) and not p.startswith(SYSTEM_FILES)
+                      # the tool's own temporary files (parity logits), and tempfile's probe of its folder
+                      and not (p.startswith(tmp + "mobilellm-") or (p.startswith(tmp) and "O_CREAT" in flags))
+                      and p.rstrip("/") + "/" != tmp and p != str(tmp_path)  # `python -m` lists its working folder
+                      and not any(os.path.realpath(p) == os.path.realpath(x) or
+                                  os.path.realpath(p).startswith(os.path.realpath(x).rstrip("/") + "/") for x in roots)})
+    assert not outside, f"verify opened {len(outside)} path(s) outside the allowed roots: {outside[:10]}"
+    assert not nets, f"verify connected a socket: {nets[:3]}"
