@@ -45,13 +45,15 @@ ENCODE_CHARS_PER_S = 10_000
 ENCODE_MB = 1024
 
 
-_WORKERS: dict[int, tuple[HFTokenizer, sandbox.Worker]] = {}  # id(tokenizer) -> (it, its child); at most 4
+_WORKERS: dict[tuple, tuple[HFTokenizer, sandbox.Worker]] = {}  # key -> (tokenizer, its child); at most 4
 
 
-def _worker(tok: HFTokenizer) -> sandbox.Worker:
-    """The sandbox child encoding with `tok` (forked once: it holds the loaded tokenizer)."""
-    hit = _WORKERS.pop(id(tok), None)
-    if hit is None or hit[0] is not tok:
+def _worker(tok: HFTokenizer, file_key: tuple | None) -> sandbox.Worker:
+    """The sandbox child encoding with `tok` (forked once: it holds the loaded tokenizer). Loads of
+    one unchanged tokenizer.json (`file_key`) share a child; any other tokenizer has its own."""
+    key = file_key or ("object", id(tok))
+    hit = _WORKERS.pop(key, None)
+    if hit is None or (file_key is None and hit[0] is not tok):
         def handle(req):
             e = tok.encode(req["text"], add_special_tokens=req["special"])
             return [e.ids, e.offsets] if req["offsets"] else e.ids
@@ -59,16 +61,24 @@ def _worker(tok: HFTokenizer) -> sandbox.Worker:
         hit = (tok, sandbox.Worker(handle, memory_mb=ENCODE_MB, what="the tokenizer"))
         while len(_WORKERS) >= 4:  # the least recently used goes (a dict keeps insertion order)
             _WORKERS.pop(next(iter(_WORKERS)))[1].close()
-    _WORKERS[id(tok)] = hit  # the reference to tok keeps its id from being reused meanwhile
+    _WORKERS[key] = hit  # the reference to tok keeps its id from being reused meanwhile
     return hit[1]
 
 
-def encode_bounded(tok: HFTokenizer, text: str, add_special_tokens: bool = False, offsets: bool = False):
+def file_key(path: Path) -> tuple:
+    """A tokenizer.json's identity while it is unchanged: two loads of it encode alike."""
+    st = os.stat(path)
+    return ("file", os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def encode_bounded(tok: HFTokenizer, text: str, add_special_tokens: bool = False, offsets: bool = False,
+                   file_key: tuple | None = None):
     """tok.encode(text)'s ids (and, with offsets, [ids, offsets]) from a sandbox child: one
     UserError line when the tokenizer panics, passes its time budget or its memory budget."""
     budget = ENCODE_S + len(text) / ENCODE_CHARS_PER_S
     try:
-        return _worker(tok).call({"text": text, "special": add_special_tokens, "offsets": offsets}, seconds=budget)
+        return _worker(tok, file_key).call({"text": text, "special": add_special_tokens, "offsets": offsets},
+                                           seconds=budget)
     except UserError as e:
         raise UserError(str(e).replace("the tokenizer", f"the tokenizer (on {len(text):,} characters)", 1)) from None
 
@@ -157,6 +167,7 @@ class Tokenizer:
     # Steps applied to text before `tok`: a bundle's (its tokenizer.json has them removed); empty for
     # a source tokenizer, whose tokenizer.json still normalizes by itself. encode() applies them.
     pre_normalize: list[dict] = field(default_factory=list)
+    file_key: tuple | None = None  # the tokenizer.json it was read from, unchanged (see file_key())
 
     # ---- loading ---------------------------------------------------------------------------
     @classmethod
@@ -180,7 +191,7 @@ class Tokenizer:
                 cfg["chat_template"] = jinja.read_text(encoding="utf-8")
             except UnicodeDecodeError:
                 raise UserError(f"{jinja}: not UTF-8 text") from None
-        return cls(tok, cfg, pre)
+        return cls(tok, cfg, pre, file_key(tj))
 
     @classmethod
     def from_bundle(cls, d: str | Path, manifest: dict) -> Tokenizer:
@@ -280,7 +291,7 @@ class Tokenizer:
         """The ids of `text` (pre-normalized first: never pass `runner_text` output here).
         add_special_tokens lets tokenizer.json's post-processor add BOS. Prompts use `prompt_ids`,
         which applies the bundle's BOS policy instead."""
-        return encode_bounded(self.tok, self.runner_text(text), add_special_tokens)
+        return encode_bounded(self.tok, self.runner_text(text), add_special_tokens, file_key=self.file_key)
 
     # ---- BOS policy ------------------------------------------------------------------------
     def bos_policy(self, fallback_id: int | None = None) -> dict:
@@ -303,7 +314,7 @@ class Tokenizer:
             return {**policy, "add": False, "reason": "the tokenizer has no BOS token"}
         if isinstance(flag, bool):
             return {**policy, "add": flag, "reason": f"tokenizer_config.json add_bos_token = {str(flag).lower()}"}
-        if encode_bounded(self.tok, "a", add_special_tokens=True)[:1] == [bos]:
+        if encode_bounded(self.tok, "a", add_special_tokens=True, file_key=self.file_key)[:1] == [bos]:
             return {**policy, "add": True, "reason": "tokenizer.json's post-processor adds BOS"}
         if renders:
             return {**policy, "add": True, "reason": "the chat template starts prompts with bos_token"}

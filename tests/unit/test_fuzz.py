@@ -26,13 +26,13 @@ class Hang(Exception):
     pass
 
 
-def bounded(fn, *a):
+def bounded(fn, *a, seconds: int = HANG_S):
     """fn(*a) -> 'ok' or 'refused' (UserError); a hang raises Hang; anything else propagates (a crash)."""
     def on_alarm(signum, frame):
-        raise Hang(f"no answer in {HANG_S} s")
+        raise Hang(f"no answer in {seconds} s")
 
     old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(HANG_S)
+    signal.alarm(seconds)
     try:
         fn(*a)
         return "ok"
