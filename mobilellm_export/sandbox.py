@@ -156,9 +156,9 @@ class Worker:
             out = None
             try:
                 _write_all(self._req, json.dumps(request).encode())
-                head = _read_exact(self._resp, _HEADER.size, time.monotonic() + seconds)
-                body = None if head is None else _read_exact(self._resp, _HEADER.unpack(head)[0],
-                                                             time.monotonic() + seconds)
+                deadline = time.monotonic() + seconds
+                head = _read_exact(self._resp, _HEADER.size, deadline)
+                body = None if head is None else _read_exact(self._resp, _HEADER.unpack(head)[0], deadline)
                 out = None if body is None else json.loads(body)
             except TimeoutError:
                 self.close()
