@@ -87,13 +87,15 @@ def load_json(path, what: str = "JSON file", cap: int = JSON_CAP) -> dict:
 
 def same_json(a, b) -> bool:
     """Equal as JSON values, types included: Python's True == 1 and 1 == 1.0, but an app parsing
-    bundle.json or genai_config.json may read `true` where it wants a number."""
-    import json
+    bundle.json or genai_config.json may read `true` where it wants a number. (-0.0 is 0.0.)"""
+    def canon(v):
+        if isinstance(v, dict):
+            return ("object", {k: canon(x) for k, x in v.items()})
+        if isinstance(v, (list, tuple)):
+            return ("array", [canon(x) for x in v])
+        return (type(v).__name__, v)
 
-    try:
-        return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
-    except (TypeError, ValueError):  # keys of mixed types, or a value JSON has no form for
-        return False
+    return canon(a) == canon(b)
 
 
 # OSError numbers that are the user's to fix (a path, permissions, a full disk), not our bugs.

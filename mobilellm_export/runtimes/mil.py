@@ -66,7 +66,7 @@ def package_model_file(path: str | Path) -> Path:
         raise UserError(f"{path.name}/Manifest.json names no root model among its items")
     for key, item in entries.items():
         rel = item.get("path") if isinstance(item, dict) else None
-        if (not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts
+        if (not isinstance(rel, str) or not rel or "\x00" in rel or Path(rel).is_absolute() or ".." in Path(rel).parts
                 or not (data / rel).resolve().is_relative_to(data)):
             raise UserError(f"{path.name}/Manifest.json item {str(key)[:40]!r} points outside the package: {str(rel)[:80]!r}")
     # Past the paths, the manifest is exactly what coremltools writes (only the item ids are free): a
