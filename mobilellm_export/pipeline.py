@@ -549,6 +549,8 @@ def open_bundle(req: VerifyRequest, progress: Progress) -> Opened:
     spec = ExportSpec(config=None, max_context=gen["max_context"], max_seq_len=gen["max_seq_len"],
                       eos_ids=tuple(gen["eos_ids"]), bos_id=gen["bos"]["id"], threads=c.threads)
     meta = metadata.derive(d, m, tgt)
+    if base is None:  # the files' own disagreements first: the source comparison below builds on them
+        metadata.require(meta)
     torch.set_num_threads(c.threads)
     with progress.step("load", source):
         ck = load(source, tokenizer=str(d / m["tokenizer"]["file"]))

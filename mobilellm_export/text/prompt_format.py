@@ -399,7 +399,9 @@ def for_tokenizer(tok, eos_ids: list[int], system_prompts: dict | None = None) -
     specials = sorted({t.content for t in added.values() if t.special}, key=len, reverse=True)
     eos_texts = []
     for i in eos_ids:
-        t = added[i].content if i in added else tok.tok.id_to_token(i)
+        # an id past the vocabulary (a bundle's, checked against its artifact elsewhere) has no text;
+        # tokenizers would overflow on one past 2^32
+        t = added[i].content if i in added else tok.tok.id_to_token(i) if 0 <= i < tok.vocab_size else None
         if t and t not in eos_texts:
             eos_texts.append(t)
     from mobilellm_export.text.tokenizer import _token_str

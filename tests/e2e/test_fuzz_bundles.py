@@ -40,7 +40,7 @@ SOURCE = "tiny-llama"  # the fixtures' source, as a user passes it with --source
 
 PROVENANCE = ("model", "source", "tools", "recipe.description", "recipe.path", "recipe.gate", "recipe.thresholds",
               "recipe.target_thresholds")
-ENUMS = ("source.kind",)  # provenance, but a value outside its schema's list is malformed
+ENUMS = ("source.kind", "model")  # provenance, but the schema constrains them (a list, a name's characters)
 # (the recipe as a whole too: an edit of its table, such as a dropped `auto = null`, is typed,
 # checked for unknown keys, and then rebuilt from)
 REFERENCE = ("recipe", "target.options")
