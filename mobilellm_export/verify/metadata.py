@@ -77,9 +77,6 @@ def derive(bundle_dir: Path, manifest: dict, target) -> list[dict]:
 def compared(key: str, have, want, what: str) -> dict:
     """A check that bundle.json's `key` (`have`) is what an export writes (`want`, derived from
     `what`), compared as JSON values; its message names the first field that differs."""
-    import json
-
-    want = json.loads(json.dumps(want))  # tuples as lists, as bundle.json holds them
     row = _check(key, have, want, what)
     if not row["ok"]:
         at = key
@@ -87,7 +84,9 @@ def compared(key: str, have, want, what: str) -> dict:
             h, w = _at(have, at, key), _at(want, at, key)
             if not (isinstance(h, dict) and isinstance(w, dict)):
                 break
-            at += "." + next(str(k) for k in sorted(set(h) | set(w), key=str) if h.get(k, ...) != w.get(k, ...))
+            # compared as _check compares (types included): `True` against `1` is a difference
+            at += "." + next(str(k) for k in sorted(set(h) | set(w), key=str)
+                             if not same_json(h.get(k, ...), w.get(k, ...)))
         row["message"] = (f"bundle.json's {at} is not what the export of {what} writes ({_short(_at(have, at, key))} "
                           f"in bundle.json, {_short(_at(want, at, key))} derived): edited after export, or exported "
                           f"from something else")
