@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SHARED ?= ../shared
 LLAMA3_TOKENIZER := $(SHARED)/data/llama3-tokenizer/tokenizer.json
 
-.PHONY: setup demo test test-unit test-targets test-e2e test-wheel test-all trace-tools bench bench-memory bench-gate bench-quant bench-onnx bench-archs gemma-weights clean
+.PHONY: setup demo test test-tiers test-unit test-targets test-e2e test-wheel test-all trace-tools bench bench-memory bench-gate bench-quant bench-onnx bench-archs gemma-weights clean
 
 setup: $(STAMP)
 
@@ -34,15 +34,18 @@ PYTEST := $(BIN)/python -m pytest -q -rs --durations=15 -p no:cacheprovider
 PARALLEL := OMP_WAIT_POLICY=PASSIVE $(PYTEST) -n 2 --no-loadscope-reorder
 TIMED = s=$$(date +%s); $(MAKE) --no-print-directory $(1) || exit $$?; echo "[time] $(1): $$(( $$(date +%s) - s )) s"
 
+# The three test tiers in one two-worker session: no worker idles at a tier's end while the other
+# finishes its last group (the SmolLM2 export alone is ~13 minutes; the rest fills the other worker).
 test: setup apps-tools
-	@$(call TIMED,test-unit)
-	@$(call TIMED,test-targets)
-	@$(call TIMED,test-e2e)
+	@$(call TIMED,test-tiers)
 	@$(call TIMED,test-wheel)
+
+test-tiers: setup apps-tools
+	$(PARALLEL) tests/unit tests/targets tests/e2e -m "not extra"
 
 # Every test that needs no lowering: the tier to run on save (<= 3 minutes on 2 cores).
 test-unit: setup
-	$(PYTEST) tests/unit -m "not extra"
+	$(PARALLEL) tests/unit -m "not extra"
 
 # The target conformance suite (every registered target x every tiny architecture) and each
 # target's own lowering tests.

@@ -210,6 +210,12 @@ def export(model, quiet, as_json, junit, **opts):
     if rep.get("passed") is False:
         _say_failed(rep, progress, f" (see {path / 'report.md'})")
         sys.exit(1)
+    if not progress.quiet:
+        from mobilellm_export import backends
+        from mobilellm_export.verify.report import next_steps
+
+        progress.console.print("\n".join(next_steps(path, backends.get(rep["target"]).app)), highlight=False,
+                               soft_wrap=True, markup=False)
 
 
 @main.command()
@@ -299,8 +305,9 @@ def verify(bundle, eval_text, eval_tokens, thresholds, no_latency, calib_text, b
 @main.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--prompt")
-@click.option("--conversation", type=click.Path(dir_okay=False), metavar="CONV.json",
-              help='A multi-turn conversation {"messages": [...], "enable_thinking": ...}, formatted as the apps do.')
+@click.option("--conversation", type=click.Path(dir_okay=False, allow_dash=True), metavar="CONV.json",
+              help='A multi-turn conversation {"messages": [...], "enable_thinking": ...}, formatted as the apps '
+                   'do ("-": standard input).')
 @click.option("--thinking/--no-thinking", "enable_thinking", default=None,
               help="enable_thinking for templates that have it (default: the conversation's, else the template's).")
 @click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(1))
@@ -310,11 +317,31 @@ def verify(bundle, eval_text, eval_tokens, thresholds, no_latency, calib_text, b
 @THREADS
 @friendly
 def run(bundle, prompt, conversation, enable_thinking, max_new_tokens, temperature, system, raw, threads):
-    """Generate through the target runtime's own loop (ExecuTorch's C++ runner), as the apps do."""
+    """Generate through the target runtime's own loop (ExecuTorch's C++ runner), as the apps do.
+
+    Without --prompt or --conversation: a chat, one line per turn ('/reset' starts again, Ctrl-D
+    ends), reusing the KV cache from turn to turn as the apps do."""
     from mobilellm_export.console import err, out
-    from mobilellm_export.run_bundle import run_bundle
+    from mobilellm_export.run_bundle import chat, run_bundle
 
     o, e = out(), err()
+    if prompt is None and conversation is None:
+        if raw:
+            raise click.UsageError("--raw needs --prompt (a chat always uses the chat template)")
+        tty = sys.stdin.isatty()
+        if tty:
+            click.echo("chat: one line per turn; /reset starts a new conversation, Ctrl-D ends", file=e)
+
+        def read():  # not input(): fd 1 is the captured library log (console.Session)
+            if tty:
+                o.write("you> ")
+                o.flush()
+            line = sys.stdin.readline()
+            return line.rstrip("\n") if line else None
+        chat(bundle, read=read, max_new_tokens=max_new_tokens, temperature=temperature, system=system,
+             threads=threads, write=lambda s: (o.write(s), o.flush()), warn=lambda s: click.echo(s, file=e),
+             enable_thinking=enable_thinking)
+        return
     stats = run_bundle(bundle, prompt, max_new_tokens=max_new_tokens, temperature=temperature, system=system,
                        raw=raw, threads=threads, write=lambda s: (o.write(s), o.flush()),
                        warn=lambda s: click.echo(s, file=e), conversation=conversation,

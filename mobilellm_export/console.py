@@ -7,7 +7,10 @@ descriptors by C++) land there, not on the terminal. Our own output goes through
 captured log is replayed before the traceback, so a native "Missing operator" is never lost.
 
 `Progress` shows one live line per step (a bar where the step has a known size, else a spinner,
-with elapsed time), and records each step's wall time and peak memory for the report.
+with elapsed time), and records each step's wall time and peak memory for the report. When stderr
+is not a terminal (a CI log, `make demo > log`), rich draws nothing until a step ends, so a step
+instead writes a plain line with its latest state (count, time left, sub-step) every `EVERY_S`
+seconds: a log is never silent for long.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import io
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 
@@ -111,8 +115,59 @@ class Task:
             self._progress.update(self._id, info=f"· {text}")
 
 
+def clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+class PlainLines:
+    """One step's progress as plain lines (stderr not a terminal): its latest state every `every`
+    seconds from a daemon thread, whatever the step is doing (a native call that reports nothing
+    for minutes included), and a last line with its time. Same `update` as rich's Progress."""
+
+    def __init__(self, console, name: str, total: float | None, unit: str, every: float):
+        self.console, self.name, self.total, self.unit, self.every = console, name, total, unit, every
+        self.done, self.info = 0.0, ""
+        self.t0 = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"progress: {name}", daemon=True)
+
+    def update(self, _task_id=None, advance: float | None = None, info: str | None = None) -> None:
+        if advance:
+            self.done += advance
+        if info is not None:
+            self.info = info.removeprefix("· ")
+
+    def line(self, done: bool = False) -> str:
+        elapsed = time.perf_counter() - self.t0
+        parts = [f"  {self.name}"]
+        if self.total:
+            parts.append(f"{self.total if done else self.done:g}/{self.total:g} {self.unit}".rstrip())
+            if 0 < self.done < self.total and not done:
+                parts.append(f"~{clock(elapsed / self.done * (self.total - self.done))} left")
+        if self.info and not done:
+            parts.append(self.info)
+        return " · ".join(parts + [f"{'done in ' if done else ''}{clock(elapsed)}"])
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every):
+            self.console.print(self.line(), overflow="fold", soft_wrap=True)
+
+    def __enter__(self) -> PlainLines:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        if exc[0] is None:
+            self.console.print(self.line(done=True), overflow="fold", soft_wrap=True)
+
+
 class Progress:
     """Step lines and live progress on the real stderr; per-step seconds and peak RSS recorded."""
+
+    EVERY_S = 30.0  # a log's line rate: at most one line per step this often
 
     def __init__(self, quiet: bool = False, watch: TreeWatch | None = None):
         from rich.console import Console
@@ -122,6 +177,12 @@ class Progress:
         self.watch = watch
         self.steps: list[dict] = []
         self.t0 = time.perf_counter()
+        self._task: Task | None = None
+
+    def status(self, text: str) -> None:
+        """The running step's sub-step, for code that runs inside a step it did not open."""
+        if self._task is not None:
+            self._task.status(text)
 
     def note(self, msg: str) -> None:
         self.console.print(msg)
@@ -139,15 +200,24 @@ class Progress:
         if total:
             columns += [BarColumn(bar_width=20), MofNCompleteColumn()]
         columns += [TimeElapsedColumn(), TextColumn("{task.fields[info]}")]
-        if self.quiet:
-            yield Task(None, None)
-        else:
-            self.console.print(f"▸ {name}" + (f": {detail}" if detail else ""), overflow="fold")
-            with RichProgress(*columns, console=self.console, transient=False) as bar:
-                task_id = bar.add_task(name, total=total, info=f"{unit}" if total else "")
-                yield Task(bar, task_id)
-                if total:
-                    bar.update(task_id, completed=total)
+        try:
+            if self.quiet:
+                yield Task(None, None)
+            elif not self.console.is_terminal:
+                self.console.print(f"▸ {name}" + (f": {detail}" if detail else ""), soft_wrap=True)
+                with PlainLines(self.console, name, total, unit, self.EVERY_S) as lines:
+                    self._task = Task(lines, None)
+                    yield self._task
+            else:
+                self.console.print(f"▸ {name}" + (f": {detail}" if detail else ""), overflow="fold")
+                with RichProgress(*columns, console=self.console, transient=False) as bar:
+                    task_id = bar.add_task(name, total=total, info=f"{unit}" if total else "")
+                    self._task = Task(bar, task_id)
+                    yield self._task
+                    if total:
+                        bar.update(task_id, completed=total)
+        finally:
+            self._task = None
         rec = {"step": name, "detail": detail, "seconds": round(time.perf_counter() - t0, 2)}
         if self.watch is not None:
             rec.update(self.watch.mark())

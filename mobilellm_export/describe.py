@@ -5,6 +5,7 @@ from __future__ import annotations
 from mobilellm_export.quant.recipe import available, load_recipe
 from mobilellm_export.quant.size import estimate_bytes
 from mobilellm_export.checkpoints import Checkpoint
+from mobilellm_export.presets import RANDOM_WEIGHTS
 
 
 def _global(c) -> list[int]:
@@ -17,6 +18,7 @@ def describe(ck: Checkpoint) -> str:
     nope = [i for i in range(c.n_layers) if not c.uses_rope(i)]
     lines = [
         f"source        {ck.source} ({ck.kind})",
+        *([f"weights       {RANDOM_WEIGHTS}"] if ck.kind == "preset" else []),
         f"architecture  {c.arch}: {c.n_layers} layers{' x2 (layer sharing)' if c.layer_sharing else ''}, "
         f"dim {c.dim}, MLP {c.hidden_dim}, heads {c.n_heads}/{c.n_kv_heads} (head_dim {c.head_dim})",
         f"parameters    {c.param_count():,} ({'tied' if c.tie_embeddings else 'untied'} embeddings; "

@@ -182,7 +182,8 @@ def with_size_budget(recipe: Recipe, size_mb: float | None) -> Recipe:
     return recipe
 
 
-def calibrator(ck: Checkpoint, model, recipe: Recipe, bos: int | None, max_context: int):
+def calibrator(ck: Checkpoint, model, recipe: Recipe, bos: int | None, max_context: int,
+               status=lambda msg: None):
     """quantize()'s calibrate callback: the float `model` over the recipe's calibration windows
     (no longer than the context the model was built with). It runs once: a 4bit-auto search and
     the quantization that follows read the same Hessians."""
@@ -193,7 +194,7 @@ def calibrator(ck: Checkpoint, model, recipe: Recipe, bos: int | None, max_conte
 
         if not cache or not set(names) <= set(cache["H"]):
             cache["H"], cache["facts"] = calibrate.collect(model, ck.tokenizer, _calib_spec(recipe, max_context),
-                                                           set(names) | set(cache.get("H", {})), bos)
+                                                           set(names) | set(cache.get("H", {})), bos, status)
         return {n: cache["H"][n] for n in names}, cache["facts"]
     return run
 
@@ -267,7 +268,7 @@ def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_cont
         # From here the model's parameters are the only float copy: each goes as it is quantized,
         # and none is left while lowering (verification reads the weights again from the source).
         ck.drop_weights()
-    cal = calibrator(ck, model, recipe, spec.bos_id, max_context)
+    cal = calibrator(ck, model, recipe, spec.bos_id, max_context, status=progress.status)
     auto_facts = None
     if recipe.auto is not None and not recipe.auto.resolved:
         with progress.step("4bit-auto: sensitivity", f"each block alone in {', '.join(recipe.auto.options)}, "
@@ -275,8 +276,8 @@ def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_cont
             recipe, auto_facts = plan_auto(ck, model, recipe, cal, spec.bos_id, max_context, target, task.status)
         progress.note(f"  head {auto_facts['head']}; 8 bits: {', '.join(auto_facts['kept_8bit']) or 'none'}; "
                       f"predicted weights {auto_facts['weights_mb']:.1f} MB")
-    with progress.step(f"quantize ({recipe.name})", recipe.description or "no quantization"):
-        qfacts = quantize(model, recipe, cal)
+    with progress.step(f"quantize ({recipe.name})", recipe.description or "no quantization") as task:
+        qfacts = quantize(model, recipe, cal, status=task.status)
     if auto_facts is not None:
         qfacts["auto"] = auto_facts
     release()
@@ -494,6 +495,10 @@ def export_command(req: ExportRequest, progress: Progress) -> tuple[Path, dict]:
     torch.set_num_threads(c.threads)
     with progress.step("load", req.source):
         ck = load(req.source, tokenizer=req.tokenizer)
+    if ck.kind == "preset":
+        from mobilellm_export.presets import RANDOM_WEIGHTS
+
+        progress.note(f"note: {ck.name} has {RANDOM_WEIGHTS}")
     return export(ck, recipe, tgt, out=req.out, max_context=req.max_context, max_seq_len=req.max_seq_len,
                   checking=c, thresholds=th, progress=progress, do_verify=req.verify, baseline=base, loosened=loose)
 

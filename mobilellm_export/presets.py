@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 from mobilellm_export.config import ModelConfig
 
+# Said wherever a preset is used (inspect, export): its text is noise, and users have exported one
+# expecting MobileLLM-R1 and chatted with it.
+RANDOM_WEIGHTS = "random weights: for shapes and speed, not for text (use smollm2-135m or a real checkpoint)"
 
 _LLAMA3_EOS = (128001, 128008, 128009)
 

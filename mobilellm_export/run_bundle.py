@@ -8,15 +8,31 @@ from pathlib import Path
 from mobilellm_export import backends
 from mobilellm_export.text import prompt_format
 from mobilellm_export.bundle import check_files, read_manifest
-from mobilellm_export.errors import UserError, load_json
+from mobilellm_export.errors import JSON_CAP, UserError, load_json, parse_json
 from mobilellm_export.float_chat import clamp_new_tokens
+from mobilellm_export.text.stops import StopStream
 from mobilellm_export.text.tokenizer import Tokenizer
 
 
 def load_conversation(path: str) -> tuple[list[dict], bool | None]:
-    """conv.json: {"messages": [{role, content}, ...], "enable_thinking": true|false (optional)}; the
-    messages: an optional system message, then user and assistant alternating, ending with the user."""
-    data = load_json(Path(path))
+    """conv.json ('-': standard input): {"messages": [{role, content}, ...], "enable_thinking":
+    true|false (optional)}; the messages: an optional system message, then user and assistant
+    alternating, ending with the user."""
+    if path == "-":
+        import sys
+
+        raw = sys.stdin.buffer.read(JSON_CAP + 1)
+        if len(raw) > JSON_CAP:
+            raise UserError(f"the conversation on standard input is over the {JSON_CAP >> 20} MB this tool reads")
+        try:
+            data = parse_json(raw.decode("utf-8"), "the conversation on standard input")
+        except UnicodeDecodeError as e:
+            raise UserError(f"the conversation on standard input is not UTF-8 ({e.reason})") from None
+        if not isinstance(data, dict):
+            raise UserError("the conversation on standard input: expected a JSON object")
+        path = "standard input"
+    else:
+        data = load_json(Path(path))
     messages, thinking = data.get("messages"), data.get("enable_thinking")
     if thinking is not None and not isinstance(thinking, bool):
         raise UserError(f"{path}: enable_thinking must be true, false or absent")
@@ -62,33 +78,123 @@ def _eos_text(tok: Tokenizer) -> str:
     return _token_str(tok.config.get("eos_token")) or ""
 
 
-def run_bundle(bundle: str, prompt: str | None, *, max_new_tokens: int, temperature: float | None = None,
-               system: str | None = None, raw: bool = False, threads: int = 2, write=print, warn=print,
-               conversation: str | None = None, enable_thinking: bool | None = None) -> dict:
+def _open(bundle: str, threads: int):
     d = Path(bundle)
     m = read_manifest(d)
     check_files(d, m)
     target = backends.of_bundle(m)
-    gen = m["generation"]
     tok = Tokenizer.from_bundle(d, m)
+    app = target.app_runner(d, m, threads=threads)
+    if app is None:
+        raise UserError(f"target {target.name}: its runtime ({target.runtime}) cannot run on this machine")
+    return m, tok, app
+
+
+def stop_strings(m: dict, tok: Tokenizer) -> list[str]:
+    """The texts of the stop tokens, which a runtime that prints its pieces prints too."""
+    fmt = m["generation"].get("prompt_format") or {}
+    strings = (fmt.get("stop") or {}).get("strings")
+    if strings:
+        return list(strings)
+    return [t for t in (tok.decode([i]) for i in m["generation"]["eos_ids"]) if t]
+
+
+def _generate(app, tok: Tokenizer, text: str, stops: list[str], max_new_tokens: int, temperature: float,
+              write, reset: bool = True) -> tuple[dict, StopStream]:
+    """One generation with stop strings kept off the output (`stats["text"]` too)."""
+    stream = StopStream(stops, write)
+    # As the apps do: the runtime reads the bundle's tokenizer.json as it is, so it gets the text
+    # pre-normalized (prompt_format.pre_normalize; tokenizer.py explains why).
+    stats = app.generate(tok.runner_text(text), max_new_tokens, temperature=temperature, on_text=stream.feed,
+                         reset=reset)
+    stream.finish()
+    stats["text"] = stream.visible
+    return stats, stream
+
+
+def run_bundle(bundle: str, prompt: str | None, *, max_new_tokens: int, temperature: float | None = None,
+               system: str | None = None, raw: bool = False, threads: int = 2, write=print, warn=print,
+               conversation: str | None = None, enable_thinking: bool | None = None) -> dict:
+    if conversation is not None and (prompt is not None or system is not None or raw):
+        raise UserError("--conversation replaces --prompt, --system and --raw")
+    if conversation is None and prompt is None:
+        raise UserError("give --prompt or --conversation")
+    m, tok, app = _open(bundle, threads)
+    gen = m["generation"]
     if conversation is not None:
-        if prompt is not None or system is not None or raw:
-            raise UserError("--conversation replaces --prompt, --system and --raw")
         messages, thinking = load_conversation(conversation)
         text = conversation_text(m, tok, messages, enable_thinking=thinking if enable_thinking is None else enable_thinking,
                                  warn=warn)
-    elif prompt is None:
-        raise UserError("give --prompt or --conversation")
     else:
         # The chat template (unless raw), then BOS by the bundle's policy: the runtime gets exactly
         # the text whose ids verification scored, and is never asked to add BOS itself.
         text = tok.prompt_text(prompt, gen["bos"], system=system, raw=raw, system_prompts=gen["system_prompts"])
-    n_prompt = len(tok.check_ids(tok.encode(text, add_special_tokens=False), m["config"]["vocab_size"]))
+    n_prompt = len(_ids(tok, m, text))
     max_new_tokens = clamp_new_tokens(n_prompt, max_new_tokens, gen["max_context"], warn)
-    app = target.app_runner(d, m, threads=threads)
-    if app is None:
-        raise UserError(f"target {target.name}: its runtime ({target.runtime}) cannot run on this machine")
-    # As the apps do: the runtime reads the bundle's tokenizer.json as it is, so it gets the text
-    # pre-normalized (prompt_format.pre_normalize; tokenizer.py explains why).
-    return app.generate(tok.runner_text(text), max_new_tokens,
-                        temperature=gen["temperature"] if temperature is None else temperature, on_text=write)
+    stats, _ = _generate(app, tok, text, stop_strings(m, tok), max_new_tokens,
+                         gen["temperature"] if temperature is None else temperature, write)
+    return stats
+
+
+def _ids(tok: Tokenizer, m: dict, text: str) -> list[int]:
+    return tok.check_ids(tok.encode(text, add_special_tokens=False), m["config"]["vocab_size"])
+
+
+def kv_plan(tok: Tokenizer, cached: str | None, new: str) -> tuple[bool, str]:
+    """The apps' multi-turn policy (tests/fixtures/apps/kv.json): the cache holds the previous
+    prompt and the answer shown (the stop token is never fed back). Keep it only when its ids are a
+    prefix of the new prompt's ids, and prefill just the rest; else start again from the whole prompt."""
+    if cached is None or not new.startswith(cached):
+        return False, new
+    a = tok.encode(cached, add_special_tokens=False)
+    b = tok.encode(new, add_special_tokens=False)
+    return (True, new[len(cached):]) if b[:len(a)] == a else (False, new)
+
+
+def chat(bundle: str, *, read, max_new_tokens: int, temperature: float | None = None, system: str | None = None,
+         threads: int = 2, write=print, warn=print, enable_thinking: bool | None = None) -> list[dict]:
+    """An interactive conversation through the bundle's prompt format, reusing the runtime's KV cache
+    from turn to turn as the apps do. `read()` returns the next user line, or None at the end;
+    '/reset' starts a new conversation. Returns each turn's stats."""
+    m, tok, app = _open(bundle, threads)
+    gen = m["generation"]
+    if not gen.get("chat_template"):
+        raise UserError("this bundle has no chat template: chat needs one (use --prompt with --raw)")
+    temperature = gen["temperature"] if temperature is None else temperature
+    stops = stop_strings(m, tok)
+    sys_text = (gen.get("system_prompts") or {}).get(system, system) if system else None
+    start = [{"role": "system", "content": sys_text}] if sys_text else []
+    messages, cached, turns = list(start), None, []
+    while (line := read()) is not None:
+        line = line.strip()
+        if line == "/reset":
+            messages, cached = list(start), None
+            warn("[a new conversation]")
+            continue
+        if not line:
+            continue
+        messages.append({"role": "user", "content": line})
+        text = conversation_text(m, tok, messages, enable_thinking=enable_thinking, warn=warn)
+        reuse, delta = kv_plan(tok, cached, text)
+        ctx = gen["max_context"]
+        n_cached = len(_ids(tok, m, cached)) if reuse else 0
+        occupied = n_cached + len(_ids(tok, m, delta))
+        if reuse and occupied >= ctx:  # the cache is full: try the whole conversation afresh
+            reuse, delta, n_cached = False, text, 0
+            occupied = len(_ids(tok, m, text))
+        if occupied >= ctx:
+            warn(f"[the conversation has {occupied} tokens, the context holds {ctx}: /reset starts a new one]")
+            messages.pop()
+            continue
+        new_tokens = clamp_new_tokens(occupied, max_new_tokens, ctx, warn)
+        stats, stream = _generate(app, tok, delta, stops, new_tokens, temperature, write, reset=not reuse)
+        write("\n")
+        stats.update(kv_reused=reuse, cached_tokens=n_cached, stopped=stream.stopped)
+        turns.append(stats)
+        warn(f"[{stats['generated_tokens']} tokens, {stats.get('decode_tok_s') or 0:.1f} tok/s decode; "
+             + (f"KV cache reused: {n_cached} tokens kept, {stats['prompt_tokens']} prefilled]" if reuse else
+                f"{stats['prompt_tokens']} tokens prefilled]"))
+        messages.append({"role": "assistant", "content": stream.visible})
+        # A turn cut by --max-new-tokens left its last token out of the cache: start the next one afresh.
+        cached = text + stream.visible if stream.stopped and app.keeps_cache else None
+    return turns

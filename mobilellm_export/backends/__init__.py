@@ -86,6 +86,9 @@ class Target:
     # The arithmetic of the runtime on a device: "fp32", or "fp16" (the conformance suite then holds
     # device_runner() to an fp16 bound and runner() to the target's own fp16-rounded reference).
     precision: ClassVar[str] = "fp32"
+    # How a bundle of this target gets onto a device, one line ({bundle}: its path), printed at the
+    # end of an export.
+    app: ClassVar[str] = ""
 
     def __init__(self, **options):
         known = {o.key: o for o in self.OPTIONS}

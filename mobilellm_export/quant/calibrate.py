@@ -94,13 +94,15 @@ class Hessians:
 
 
 @torch.inference_mode()
-def hessians(model, wins: list[list[int]], names: set[str], forward=None) -> dict[str, torch.Tensor]:
+def hessians(model, wins: list[list[int]], names: set[str], forward=None,
+             status=lambda msg: None) -> dict[str, torch.Tensor]:
     """H = X^T X / n of each named linear's inputs over the token windows (each from position 0).
     `forward(ids)` runs the model on one window (default: our Transformer's call)."""
     forward = forward or (lambda ids: model(torch.tensor([ids]), torch.tensor([0])))
     hs = Hessians(model, names)
     try:
-        for w in wins:
+        for i, w in enumerate(wins):
+            status(f"calibration window {i + 1}/{len(wins)}")
             forward(w)
             hs.next_batch()
     finally:
@@ -114,13 +116,15 @@ def from_windows(model, wins: list[list[int]]):
                                                          "tokens": sum(map(len, wins))})
 
 
-def collect(model, tokenizer, spec: CalibSpec, names: set[str], bos: int | None) -> tuple[dict, dict]:
+def collect(model, tokenizer, spec: CalibSpec, names: set[str], bos: int | None,
+            status=lambda msg: None) -> tuple[dict, dict]:
     """(H per linear name, facts for the report). `model` is the float reference Transformer."""
     t0 = time.perf_counter()
     text, label = read_text(spec.text)
+    status("tokenizing the calibration text")
     ids = tokenizer.encode(text, add_special_tokens=False)
     wins = calib_windows(ids, spec, bos)
-    H = hessians(model, wins, names)
+    H = hessians(model, wins, names, status=status)
     facts = {"text": label, "sha256": hashlib.sha256(text.encode()).hexdigest()[:16], "tokens": sum(map(len, wins)),
              "windows": len(wins), "window": spec.window, "seed": spec.seed,
              "seconds": round(time.perf_counter() - t0, 2)}

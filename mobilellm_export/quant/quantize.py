@@ -71,7 +71,7 @@ def digest(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def quantize(model: Transformer, recipe: Recipe, calibrate=None) -> dict:
+def quantize(model: Transformer, recipe: Recipe, calibrate=None, status=lambda msg: None) -> dict:
     """Quantize `model` in place. Returns facts for the report (fallback layers, counts, calibration).
 
     `calibrate(names) -> (H per linear name, facts)` runs the float model over calibration text; it
@@ -91,6 +91,7 @@ def quantize(model: Transformer, recipe: Recipe, calibrate=None) -> dict:
     steps = [(TRANSFORMS.get(name), params) for name, params in recipe.transform_steps()]
     first_h = next((i for i, (t, _) in enumerate(steps) if t.needs_hessian), len(steps))
     for t, params in steps[:first_h]:
+        status(t.name)
         facts[t.name] = t.apply(model, None, **params)
     tied = model.cfg.tie_embeddings
     share = tied and recipe.head.quantized and same_grid(recipe.embedding, recipe.head)
@@ -127,16 +128,21 @@ def quantize(model: Transformer, recipe: Recipe, calibrate=None) -> dict:
         H, facts["calibration"] = calibrate(calibrated)
         H = dict(H)  # transforms (smooth) rescale entries: never the caller's dict
     for t, params in steps[first_h:]:
+        status(t.name)
         facts[t.name] = t.apply(model, H, **params)
     t0 = time.perf_counter()
     with torch.no_grad():
         # The head first: quantizing the largest matrix makes float temporaries of its size, and
         # early on fewer quantized copies exist beside them (the float weights go as they are
         # replaced, when nothing else holds them).
+        n_linears, done = sum(len(fqns) for (w, _), fqns in by_config.items() if not w.plain), 0
         for (w, g), fqns in sorted(by_config.items(), key=lambda kv: "lm_head" not in kv[1]):
             names = set(fqns)
-            chosen = {} if w.plain else {f: choose(model.get_submodule(f).weight.detach(), w, g, H.get(f))
-                                         for f in fqns}
+            chosen = {}
+            for f in ([] if w.plain else fqns):
+                done += 1
+                status(f"{w.rounding} rounding, linear {done}/{n_linears} ({f})")
+                chosen[f] = choose(model.get_submodule(f).weight.detach(), w, g, H.get(f))
             quantize_(model, _linear_config(w, g), filter_fn=lambda mod, fqn, names=names: fqn in names)
             for f, (q, s) in chosen.items():  # torchao built the tensor's format; the integers are ours
                 t = model.get_submodule(f).weight

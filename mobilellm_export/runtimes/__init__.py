@@ -63,10 +63,13 @@ class AppRunner:
     """
 
     max_context: int
+    # Whether generate(reset=False) continues from the cache the last call left (the prompt and the
+    # tokens it fed, the last sampled one excepted): a chat then prefills only each turn's new text.
+    keeps_cache: bool = False
 
     def reset(self) -> None:
         raise NotImplementedError
 
     def generate(self, prompt: str, max_new_tokens: int, temperature: float = 0.0, on_text=None,
-                 quiet: bool = False) -> dict:
+                 quiet: bool = False, reset: bool = True) -> dict:
         raise NotImplementedError

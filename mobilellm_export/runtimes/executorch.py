@@ -187,9 +187,12 @@ class TextRunner(AppRunner):
     def reset(self) -> None:
         self.runner.reset()
 
+    keeps_cache = True  # the runner's position survives a call; only reset() clears it
+
     def generate(self, prompt: str, max_new_tokens: int, temperature: float = 0.0, on_text=None,
-                 quiet: bool = False) -> dict:
-        """One generation from a fresh KV cache. quiet=True: the runner prints nothing (timing runs).
+                 quiet: bool = False, reset: bool = True) -> dict:
+        """One generation, from a fresh KV cache unless reset=False (then after what the last call
+        left in it). quiet=True: the runner prints nothing (timing runs).
 
         BOS is part of `prompt` when the bundle wants one (num_bos = 0: the C++ tokenizer adds BOS
         only through a TemplateProcessing post-processor, unlike Python `tokenizers`)."""
@@ -197,7 +200,8 @@ class TextRunner(AppRunner):
 
         if not prompt:
             raise UserError("the prompt is empty")
-        self.runner.reset()
+        if reset:
+            self.runner.reset()
         config = GenerationConfig(echo=False, max_new_tokens=max_new_tokens, temperature=temperature, num_bos=0,
                                   num_eos=0, warming=quiet)
         seen: list = []

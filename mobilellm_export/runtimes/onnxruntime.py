@@ -122,7 +122,8 @@ class GenAIRunner(AppRunner):
         pass  # every generate() starts a fresh Generator
 
     def generate(self, prompt: str, max_new_tokens: int, temperature: float = 0.0, on_text=None,
-                 quiet: bool = False) -> dict:
+                 quiet: bool = False, reset: bool = True) -> dict:
+        """A fresh generator per call (keeps_cache is False: a chat re-prefills each turn)."""
         og = self.og
         ids = encode_bounded(self.tok, prompt)
         params = og.GeneratorParams(self.model)

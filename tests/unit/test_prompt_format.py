@@ -522,7 +522,9 @@ def test_run_feeds_the_runner_that_text(built, tmp_path, monkeypatch):
     fed = []
 
     class App:
-        def generate(self, text, max_new_tokens, temperature, on_text):
+        keeps_cache = True
+
+        def generate(self, text, max_new_tokens, temperature, on_text, reset=True):
             fed.append(text)
             return {"generated_tokens": 0, "prompt_tokens": 0}
 
@@ -606,3 +608,75 @@ def test_run_conversation_through_text_llm_runner(tmp_path):
         rb.backends.of_bundle = orig
     assert fed == [v["runner_text"]]
     assert stats[0]["prompt_tokens"] == len(v["ids"])
+
+
+def test_run_hides_stop_strings_as_the_apps_do():
+    """`run`'s stream filter (text/stops.py) gives every shared stream vector's answer: what is on
+    screen after each piece, the visible text, whether and where it stopped (the Kotlin core and the
+    Swift mirror are held to the same file)."""
+    from mobilellm_export.text.stops import StopStream
+
+    for v in json.loads((APPS / "stream.json").read_text()):
+        written = []
+        s = StopStream(v["stop_strings"], written.append)
+        shown = []
+        for piece in v["pieces"]:
+            s.feed(piece)
+            shown.append("".join(written))
+            if s.stopped:  # the app stops reading here
+                break
+        e = v["expect"]
+        assert shown == e["shown_after_each"], v["name"]
+        s.finish()
+        assert ("".join(written), s.stopped, s.stop_string, s.stop_piece) == \
+            (e["visible"], e["stopped"], e["stop_string"], e["stop_piece"]), v["name"]
+
+
+def test_chat_reuses_the_cache_as_the_apps_do(built, monkeypatch):
+    """`run BUNDLE` with no prompt: each turn goes through the bundle's prompt format; the runner
+    keeps its cache between turns and is fed only what kv.json's policy says is new; stop strings
+    never reach the screen or the history. (The runner is faked; test_cli.py's pty test runs the
+    real one.)"""
+    from mobilellm_export import run_bundle as rb
+    from mobilellm_export.text.tokenizer import pre_normalize
+
+    answers = iter([["7 is prime.", "<|im_end|>"], ["So is 11.", "<|im_e", "nd|>"], ["13", "<|im_end|>"]])
+    calls = []
+
+    class App:
+        keeps_cache = True
+
+        def generate(self, text, max_new_tokens, temperature, on_text, reset=True):
+            calls.append((text, reset))
+            for piece in next(answers):  # the runner prints the stop token's text too, maybe split
+                on_text(piece)
+            return {"generated_tokens": 3, "prompt_tokens": 5, "decode_tok_s": 1.0}
+
+    class Target:
+        name, runtime = "android", "fake"
+
+        def app_runner(self, d, m, threads):
+            return App()
+
+    monkeypatch.setattr(rb, "check_files", lambda d, m: None)
+    monkeypatch.setattr(rb.backends, "of_bundle", lambda m: Target())
+    monkeypatch.setattr(rb, "conversation_text", _pinned(rb.conversation_text))
+    d = built[0] / "smollm2"
+    m = json.loads((d / "bundle.json").read_text())
+    tok = built[2]["smollm2"]
+    lines = iter(["Name a prime.", "", "Another?", "/reset", "One more?", None])
+    out, notes = [], []
+    turns = rb.chat(str(d), read=lambda: next(lines), max_new_tokens=8, write=out.append, warn=notes.append)
+    assert len(turns) == 3 and "<|im_end|>" not in "".join(out)
+    steps = pf.steps(m["generation"]["prompt_format"])
+    first = rb.conversation_text(m, tok, [{"role": "user", "content": "Name a prime."}])
+    second = rb.conversation_text(m, tok, [{"role": "user", "content": "Name a prime."},
+                                           {"role": "assistant", "content": "7 is prime."},
+                                           {"role": "user", "content": "Another?"}])
+    assert second.startswith(first + "7 is prime.")
+    assert calls[0] == (pre_normalize(steps, first), True)
+    assert calls[1] == (pre_normalize(steps, second[len(first + "7 is prime."):]), False)  # only the new turn
+    assert calls[1][0].startswith("<|im_end|>")  # the stop token goes in with the next turn, as the apps do
+    assert calls[2] == (pre_normalize(steps, rb.conversation_text(m, tok, [{"role": "user", "content": "One more?"}])), True)
+    assert [t["kv_reused"] for t in turns] == [False, True, False]
+    assert any("KV cache reused" in n for n in notes) and "[a new conversation]" in notes

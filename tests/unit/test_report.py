@@ -59,3 +59,42 @@ def test_terminal_summary_reads_fully_in_80_columns():
     assert max(map(len, out.splitlines())) <= 80
     assert "quant→artifact" in out and "12/64" in out and "pass float->artifact kl_mean" in out
     assert "model.pte Python loop" in out and "3.3e+08→2.7e+08" in out
+
+
+def test_check_lines_wrap_between_clauses_only():
+    """A check message too long for 80 columns breaks after a clause, never inside an expression."""
+    rep = full_report()
+    long = dict(rep["checks"][0])
+    long["message"] = ("quant->artifact kl_mean = 0.01541, within <= 0.01500 x 1.03 (noise floor 0.01455, "
+                       "measured in this run); lowering KL ratio 1.059, floor-relative; 2/515 tokens differ")
+    rep["checks"] = [long]
+    console = Console(width=80, record=True, force_terminal=False)
+    r.print_summary(rep, console)
+    out = console.export_text()
+    assert max(map(len, out.splitlines())) <= 80, out
+    body = " ".join(ln.strip() for ln in out.splitlines() if ln.strip().startswith(("pass", "quant", "within",
+                                                                                     "lowering", "measured")))
+    for clause in ("quant->artifact kl_mean = 0.01541,", "within <= 0.01500 x 1.03 (noise floor 0.01455,",
+                   "measured in this run);", "lowering KL ratio 1.059,", "2/515 tokens differ"):
+        assert any(clause in ln for ln in out.splitlines()), (clause, out)
+    assert "pass quant->artifact" in body
+
+
+def test_wrap_clauses():
+    assert r.wrap_clauses("a = 1, b = 2; c = 3", 80, 4) == ["a = 1, b = 2; c = 3"]
+    assert r.wrap_clauses("a = 1, b = 2; c = 3", 13, 4) == ["a = 1, b = 2;", "    c = 3"]
+    assert r.wrap_clauses("a = 1, b = 2; c = 3", 12, 4) == ["a = 1,", "    b = 2;", "    c = 3"]
+    assert r.wrap_clauses("  aaaa = 1, bb = 2", 10, 4) == ["  aaaa = 1,", "    bb = 2"]
+    assert r.wrap_clauses("x" * 30, 10, 2) == ["x" * 30]  # a clause longer than a line stays whole
+
+
+def test_next_steps_name_the_bundle_report_chat_and_app(tmp_path):
+    from mobilellm_export import backends
+
+    b = tmp_path / "smollm2-135m-android-4bit"
+    lines = r.next_steps(b, backends.get("android").app)
+    text = "\n".join(lines)
+    assert f"report  {b}/report.md" in text and f"mobilellm-export run {b}" in text
+    assert f"adb push {b} /data/local/tmp/mobilellm/" in text and "android_demo/README.md" in text
+    for target in backends.names():
+        assert backends.get(target).app, f"target {target} says nothing of how an app loads its bundle"

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 class IOS(Target):
     name = "ios"
     runtime = "Core ML (iOS 18 ML program, stateful)"
+    app = "copy {bundle} into the app's Documents (Finder or xcrun devicectl; ios_demo/README.md)"
     tools = ("coremltools",)
     precision = "fp16"  # Core ML stores fp16 constants and computes fp16 activations on the device
     OPTIONS = (Option("compute_units", ("gpu", "ane"), "gpu",

@@ -30,6 +30,7 @@ def _auto_options(recipe) -> list:
 class Android(Target):
     name = "android"
     runtime = "ExecuTorch (XNNPACK)"
+    app = "adb push {bundle} /data/local/tmp/mobilellm/, then pick it in the app (android_demo/README.md)"
     tools = ("executorch",)
     ENTRY, DATA = "model.pte", "model.ptd"  # .ptd: external weights, so a tied table is stored once
 

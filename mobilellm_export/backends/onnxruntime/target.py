@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 class Onnx(Target):
     name = "onnx"
     runtime = "ONNX Runtime (CPU EP)"
+    app = "onnxruntime-genai opens the folder: og.Model(og.Config(\"{bundle}\")) (docs/targets/onnx.md)"
     tools = ("onnx", "onnxruntime")
 
     OPTIONS = (Option("accuracy", ("int8", "fp32"), "int8",

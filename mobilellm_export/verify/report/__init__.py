@@ -209,10 +209,44 @@ def write(report: dict, d: Path) -> None:
     (d / "report.md").write_text(markdown(report))
 
 
+# What the parity table's columns mean, one line each (<= 78 columns), where a reader would guess.
+LEGEND = (
+    "KL, p99 KL: mean and 99th-percentile KL divergence per position, in nats",
+    "top-1: share of positions where both models pick the same next token",
+    "max|Δ|: the largest difference of one logit at any position, in logit units",
+    "greedy: tokens two greedy runs share before they fork / tokens generated;",
+    "  after a fork the texts part; quant→artifact (the lowering) must stay whole",
+)
+
+
+def wrap_clauses(text: str, width: int, indent: int) -> list[str]:
+    """`text` in lines of at most `width` columns, broken only between clauses (after ', ' or '; '),
+    never inside an expression such as 'kl_mean = 0.09, within <= 0.3'; the lines
+    after the first are indented by `indent`. A clause longer than a line is left whole."""
+    import re
+
+    lead = text[:len(text) - len(text.lstrip())]
+    lines, cur = [], ""
+    for clause in re.split(r"(?<=[;,]) ", text.strip()):
+        room = width - (indent if lines else len(lead))
+        if cur and len(cur) + 1 + len(clause) > room:
+            lines.append(cur)
+            cur = clause
+        else:
+            cur = f"{cur} {clause}" if cur else clause
+    lines.append(cur)
+    return [lead + lines[0]] + [" " * indent + ln for ln in lines[1:]]
+
+
 def print_summary(report: dict, console) -> None:
     from rich import box
     from rich.markup import escape
     from rich.table import Table
+
+    def say(mark: str, plain_mark: str, text: str) -> None:
+        """A check line: `mark` (rich markup, `plain_mark` wide) then `text` wrapped between clauses."""
+        lines = wrap_clauses(text, console.width - 3 - len(plain_mark), len(plain_mark) + 3)
+        console.print(f"  {mark} " + escape("\n".join(lines)), highlight=False, soft_wrap=True)
 
     def table(title):
         return Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
@@ -228,6 +262,8 @@ def print_summary(report: dict, console) -> None:
                           f"{_short(p['ppl_ref'])}→{_short(p['ppl_test'])}", f"{p['max_abs_logit']:.3g}",
                           f"{g['common_prefix']}/{g['tokens']}" if g else "-")
         console.print(t)
+        for line in LEGEND:
+            console.print(escape(f"  {line}"), style="dim", highlight=False, soft_wrap=True)
     rows = latency_rows(report)
     if rows:
         t = table(f"latency: {report.get('threads', 2)} threads, median of {rows[0][1].get('rounds', 1)}")
@@ -240,15 +276,30 @@ def print_summary(report: dict, console) -> None:
     for c in report.get("gate", {}).get("checks") or report.get("checks", []):
         if c.get("suite") == "metadata":
             continue  # one line for all of them below
+        status = c.get("status", "pass" if c["ok"] else "fail")
         mark = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "warn": "[yellow]warn[/]",
-                "skip": "[dim]skip[/]"}[c.get("status", "pass" if c["ok"] else "fail")]
-        console.print(f"  {mark} {escape(c['message'])}", highlight=False)
+                "skip": "[dim]skip[/]"}[status]
+        say(mark, "FAIL", c["message"])
     if report.get("localise"):
-        console.print(f"  localiser: {escape(report['localise']['message'])}", highlight=False)
+        say("localiser:", "localiser:", report["localise"]["message"])
     meta = report.get("metadata", [])
     bad = [c for c in meta if not c["ok"]]
     if meta:
-        console.print(f"  {'[red]FAIL[/]' if bad else '[green]pass[/]'} metadata: "
-                      + (f"{bad[0]['name']} differs in {bad[0]['source']}" if bad else
-                         f"{len(meta)} values match the files"))
+        say("[red]FAIL[/]" if bad else "[green]pass[/]", "FAIL",
+            "metadata: " + (f"{bad[0]['name']} differs in {bad[0]['source']}" if bad else
+                            f"{len(meta)} values match the files"))
     console.print(f"  result: {result_line(report)}")
+
+
+def next_steps(bundle, app: str) -> list[str]:
+    """What to do with a bundle just written: where it and its report are, a command to chat with it,
+    and how its target's app loads it (`Target.app`)."""
+    import shlex
+
+    b = shlex.quote(str(bundle))
+    return ["next:",
+            f"  bundle  {bundle}",
+            f"  report  {bundle}/report.md",
+            f"  chat    mobilellm-export run {b}",
+            f"  ask     mobilellm-export run {b} --prompt 'What is 7 times 8?'",
+            *([f"  phone   {app.format(bundle=b)}"] if app else [])]
