@@ -27,11 +27,12 @@ demo: setup
 # The tiers (docs/testing.md). Each step prints its wall time, so the CI log shows where time goes.
 # -rs: every skip and its reason is in the log (tests/conftest.py fails a run that skips for any
 # other reason than a tool this machine cannot have).
-PYTEST := $(BIN)/python -m pytest -q -rs --durations=15 -p no:cacheprovider
+# build/junit-<make target>.xml: every test's time, for finding where CI's minutes go.
+PYTEST = $(BIN)/python -m pytest -q -rs --durations=15 -p no:cacheprovider --junitxml=build/junit-$@.xml
 # The lowering tiers on two workers (tests/conftest.py's scheduler groups the work so fixtures are built once).
 # Their torch threads then outnumber the cores: passive waits keep an idle OpenMP thread from spinning
 # on a core the other worker needs.
-PARALLEL := OMP_WAIT_POLICY=PASSIVE $(PYTEST) -n 2 --no-loadscope-reorder
+PARALLEL = OMP_WAIT_POLICY=PASSIVE $(PYTEST) -n 2 --no-loadscope-reorder
 TIMED = s=$$(date +%s); $(MAKE) --no-print-directory $(1) || exit $$?; echo "[time] $(1): $$(( $$(date +%s) - s )) s"
 
 # The three test tiers in one two-worker session: no worker idles at a tier's end while the other

@@ -143,3 +143,66 @@ def write_r1_dir_vocab(src, cfg):
     from test_sources import r1_tensors
 
     save_file(r1_tensors(from_hf_config(cfg)), str(src / "model.safetensors"))
+
+
+def _in_a_terminal(args: list[str], lines: list[str], timeout: float = 900) -> tuple[int, str]:
+    """Run the CLI on a pseudo-terminal (stdin, stdout and stderr), typing `lines` one per `you> `
+    prompt, then Ctrl-D; return its exit code and everything the terminal showed."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "mobilellm_export.cli", *args], stdin=slave, stdout=slave,
+                         stderr=slave, close_fds=True)
+    os.close(slave)
+    shown, typed, deadline = b"", 0, time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 1)[0]:
+                try:
+                    chunk = os.read(master, 1 << 16)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+            if shown.count(b"you> ") > typed:
+                os.write(master, (lines[typed] + "\n").encode() if typed < len(lines) else b"\x04")
+                typed += 1
+        else:
+            p.kill()
+            raise AssertionError(f"the chat did not end in {timeout} s: {shown[-2000:]!r}")
+        return p.wait(timeout=60), shown.decode("utf-8", "replace")
+    finally:
+        os.close(master)
+
+
+def test_smollm2_chat_in_a_terminal_reuses_the_kv_cache(smollm2_4bit):
+    """`run BUNDLE` with no prompt, on a terminal: a three-turn chat through the bundle's prompt
+    format, where turns 2 and 3 keep the runner's KV cache and prefill only the new turn; no stop
+    token reaches the screen (ExecuTorch's runner prints it)."""
+    import re
+
+    out, _ = smollm2_4bit
+    bundle = out / "smollm2-135m-android-4bit"
+    code, shown = _in_a_terminal(["run", str(bundle), "--max-new-tokens", "96", "--temperature", "0"],
+                                 ["What is 2 plus 2?", "And 3 plus 3?", "Name a colour."])
+    assert code == 0, shown[-3000:]
+    assert shown.count("you> ") == 4 and "chat: one line per turn" in shown, shown
+    assert "<|im_end|>" not in shown and "<|im_start|>" not in shown, shown
+    kept = [(int(a), int(b)) for a, b in re.findall(r"KV cache reused: (\d+) tokens kept, (\d+) prefilled", shown)]
+    assert len(kept) == 2, shown  # turns 2 and 3 (turn 1 starts empty)
+    (k2, p2), (k3, p3) = kept
+    assert 0 < k2 < k3 and p2 < k2 and p3 < k3, kept  # the history stays in the cache; only the new turn is fed
+
+
+def test_smollm2_run_prompt_hides_the_stop_token(smollm2_4bit):
+    out, _ = smollm2_4bit
+    r = run_cli("run", str(out / "smollm2-135m-android-4bit"), "--prompt", "What is 7 times 8?",
+                "--max-new-tokens", "96", "--temperature", "0")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() and "<|im_end|>" not in r.stdout, r.stdout
