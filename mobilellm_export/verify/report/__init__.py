@@ -209,13 +209,13 @@ def write(report: dict, d: Path) -> None:
     (d / "report.md").write_text(markdown(report))
 
 
-# What the parity table's columns mean, one line each (<= 78 columns), where a reader would guess.
+# What the parity table's columns mean, one line each (<= 80 columns), where a reader would guess.
 LEGEND = (
     "KL, p99 KL: mean and 99th-percentile KL divergence per position, in nats",
     "top-1: share of positions where both models pick the same next token",
     "max|Δ|: the largest difference of one logit at any position, in logit units",
     "greedy: tokens two greedy runs share before they fork / tokens generated;",
-    "  after a fork the texts part; quant→artifact (the lowering) must stay whole",
+    "  one near-tie flips a token and the texts part (only --baseline compares it)",
 )
 
 
