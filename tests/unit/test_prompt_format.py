@@ -528,14 +528,7 @@ def test_run_feeds_the_runner_that_text(built, tmp_path, monkeypatch):
             fed.append(text)
             return {"generated_tokens": 0, "prompt_tokens": 0}
 
-    class Target:
-        name, runtime = "android", "fake"
-
-        def app_runner(self, d, m, threads):
-            return App()
-
-    monkeypatch.setattr(rb, "check_files", lambda d, m: None)
-    monkeypatch.setattr(rb.backends, "of_bundle", lambda m: Target())
+    _fake_runtime(monkeypatch, App())
     monkeypatch.setattr(rb.prompt_format, "FIXED_DATE", pf.FIXED_DATE)
     for bundle, conv in (("qwen3", "reasoning-history-think-off"), ("smollm2", "multi"), ("gemma3", "whitespace")):
         v = _vector(bundle, conv)
@@ -553,6 +546,20 @@ def test_run_feeds_the_runner_that_text(built, tmp_path, monkeypatch):
     with pytest.raises(UserError, match="last message must be the user's"):
         path.write_text(json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}))
         rb.run_bundle(str(built[0] / "qwen3"), None, max_new_tokens=1, conversation=str(path))
+
+
+def _fake_runtime(monkeypatch, app) -> None:
+    """run_bundle's bundles open `app` as their target's app runner (files unchecked)."""
+    from mobilellm_export import run_bundle as rb
+
+    class Target:
+        name, runtime = "android", "fake"
+
+        def app_runner(self, d, m, threads):
+            return app
+
+    monkeypatch.setattr(rb, "check_files", lambda d, m: None)
+    monkeypatch.setattr(rb.backends, "of_bundle", lambda m: Target())
 
 
 def _pinned(fn):
@@ -652,14 +659,7 @@ def test_chat_reuses_the_cache_as_the_apps_do(built, monkeypatch):
                 on_text(piece)
             return {"generated_tokens": 3, "prompt_tokens": 5, "decode_tok_s": 1.0}
 
-    class Target:
-        name, runtime = "android", "fake"
-
-        def app_runner(self, d, m, threads):
-            return App()
-
-    monkeypatch.setattr(rb, "check_files", lambda d, m: None)
-    monkeypatch.setattr(rb.backends, "of_bundle", lambda m: Target())
+    _fake_runtime(monkeypatch, App())
     monkeypatch.setattr(rb, "conversation_text", _pinned(rb.conversation_text))
     d = built[0] / "smollm2"
     m = json.loads((d / "bundle.json").read_text())
