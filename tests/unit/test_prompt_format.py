@@ -680,3 +680,25 @@ def test_chat_reuses_the_cache_as_the_apps_do(built, monkeypatch):
     assert calls[2] == (pre_normalize(steps, rb.conversation_text(m, tok, [{"role": "user", "content": "One more?"}])), True)
     assert [t["kv_reused"] for t in turns] == [False, True, False]
     assert any("KV cache reused" in n for n in notes) and "[a new conversation]" in notes
+
+
+def test_conversation_from_standard_input(monkeypatch):
+    """`run --conversation -` reads the conversation from stdin, bounded and checked like a file."""
+    import io
+
+    from mobilellm_export import run_bundle as rb
+
+    def stdin(data: bytes):
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))
+
+    stdin(b'{"messages": [{"role": "user", "content": "hi"}], "enable_thinking": false}')
+    assert rb.load_conversation("-") == ([{"role": "user", "content": "hi"}], False)
+    for data, needle in ((b"[1]", "expected a JSON object"), (b"{", "corrupt the conversation on standard input"),
+                         (b"\xff", "not UTF-8"), (b'{"messages": 3}', "standard input: expected")):
+        stdin(data)
+        with pytest.raises(UserError, match=needle):
+            rb.load_conversation("-")
+    monkeypatch.setattr(rb, "JSON_CAP", 8)
+    stdin(b'{"messages": []}')
+    with pytest.raises(UserError, match="over the 0 MB"):
+        rb.load_conversation("-")
