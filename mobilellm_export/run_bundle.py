@@ -164,37 +164,53 @@ def chat(bundle: str, *, read, max_new_tokens: int, temperature: float | None = 
     stops = stop_strings(m, tok)
     sys_text = (gen.get("system_prompts") or {}).get(system, system) if system else None
     start = [{"role": "system", "content": sys_text}] if sys_text else []
-    messages, cached, turns = list(start), None, []
+    messages, cached, n_cached, turns = list(start), None, 0, []
     while (line := read()) is not None:
         line = line.strip()
         if line == "/reset":
-            messages, cached = list(start), None
+            messages, cached, n_cached = list(start), None, 0
             warn("[a new conversation]")
             continue
         if not line:
             continue
         messages.append({"role": "user", "content": line})
-        text = conversation_text(m, tok, messages, enable_thinking=enable_thinking, warn=warn)
-        reuse, delta = kv_plan(tok, cached, text)
-        ctx = gen["max_context"]
-        n_cached = len(_ids(tok, m, cached)) if reuse else 0
-        occupied = n_cached + len(_ids(tok, m, delta))
-        if reuse and occupied >= ctx:  # the cache is full: try the whole conversation afresh
-            reuse, delta, n_cached = False, text, 0
-            occupied = len(_ids(tok, m, text))
+        ctx, dropped = gen["max_context"], 0
+        while True:  # as the apps do: fit the prompt and --max-new-tokens, dropping the oldest exchanges
+            text = conversation_text(m, tok, messages, enable_thinking=enable_thinking, warn=warn)
+            reuse, delta = kv_plan(tok, cached, text)
+            occupied = (n_cached if reuse else 0) + len(_ids(tok, m, delta))
+            if occupied + max_new_tokens <= ctx:
+                break
+            if reuse:  # the cache is too full: the whole conversation afresh
+                cached = None
+                continue
+            first = 1 if messages[0]["role"] == "system" else 0
+            if len(messages) - first < 3:  # this message alone: clamp_new_tokens says whether it fits
+                break
+            messages = messages[:first] + messages[first + 2:]
+            dropped += 1
+        if dropped:
+            warn(f"[the oldest {dropped} exchange(s) left the conversation to fit the {ctx}-token context]")
         if occupied >= ctx:
-            warn(f"[the conversation has {occupied} tokens, the context holds {ctx}: /reset starts a new one]")
+            warn(f"[this message is {occupied} tokens, the context holds {ctx}: not sent]")
             messages.pop()
             continue
         new_tokens = clamp_new_tokens(occupied, max_new_tokens, ctx, warn)
         stats, stream = _generate(app, tok, delta, stops, new_tokens, temperature, write, reset=not reuse)
         write("\n")
-        stats.update(kv_reused=reuse, cached_tokens=n_cached, stopped=stream.stopped)
+        kept = n_cached if reuse else 0
+        stats.update(kv_reused=reuse, cached_tokens=kept, stopped=stream.stopped)
         turns.append(stats)
         warn(f"[{stats['generated_tokens']} tokens, {stats.get('decode_tok_s') or 0:.1f} tok/s decode; "
-             + (f"KV cache reused: {n_cached} tokens kept, {stats['prompt_tokens']} prefilled]" if reuse else
+             + (f"KV cache reused: {kept} tokens kept, {stats['prompt_tokens']} prefilled]" if reuse else
                 f"{stats['prompt_tokens']} tokens prefilled]"))
         messages.append({"role": "assistant", "content": stream.visible})
-        # A turn cut by --max-new-tokens left its last token out of the cache: start the next one afresh.
-        cached = text + stream.visible if stream.stopped and app.keeps_cache else None
+        # Reusable only after a stop token: the cache then holds the prompt and every answer token (the
+        # last sampled one, the stop, never fed back). A turn cut by --max-new-tokens left its last
+        # token out of the cache, so the next one starts afresh.
+        if stream.stopped and app.keeps_cache:
+            cached = text + stream.visible
+            n_cached = kept + stats["prompt_tokens"] + stats["generated_tokens"] - 1
+        else:
+            cached, n_cached = None, 0
     return turns

@@ -702,3 +702,44 @@ def test_conversation_from_standard_input(monkeypatch):
     stdin(b'{"messages": []}')
     with pytest.raises(UserError, match="over the 0 MB"):
         rb.load_conversation("-")
+
+
+def test_chat_drops_the_oldest_exchange_at_the_context_limit(built, monkeypatch, tmp_path):
+    """As the Android app does: when history + the new message + --max-new-tokens pass the context,
+    the oldest user/assistant pair leaves the conversation and the cache starts afresh."""
+    import shutil
+
+    from mobilellm_export import run_bundle as rb
+
+    calls = []
+
+    class App:
+        keeps_cache = True
+
+        def generate(self, text, max_new_tokens, temperature, on_text, reset=True):
+            calls.append((text, reset))
+            answer = f"Answer {len(calls)}."
+            on_text(answer + "<|im_end|>")
+            # the runner's counts: the text fed, and the answer's tokens plus the stop token
+            return {"prompt_tokens": len(tok.encode(text, add_special_tokens=False)),
+                    "generated_tokens": len(tok.encode(answer, add_special_tokens=False)) + 1, "decode_tok_s": 1.0}
+
+    tok = built[2]["smollm2"]
+    _fake_runtime(monkeypatch, App())
+    monkeypatch.setattr(rb, "conversation_text", _pinned(rb.conversation_text))
+    d = tmp_path / "smollm2"
+    shutil.copytree(built[0] / "smollm2", d)
+    m = json.loads((d / "bundle.json").read_text())
+    u = [{"role": "user", "content": q} for q in ("First question?", "Second question?", "Third question?")]
+    a = [{"role": "assistant", "content": f"Answer {i}."} for i in (1, 2)]
+    n = len(tok.encode(rb.conversation_text(m, tok, [u[0], a[0], u[1], a[1], u[2]]), add_special_tokens=False))
+    m["generation"]["max_context"] = n + 8 - 1  # the whole history no longer fits with 8 new tokens
+    (d / "bundle.json").write_text(json.dumps(m))
+    lines, notes = iter([q["content"] for q in u] + [None]), []
+    turns = rb.chat(str(d), read=lambda: next(lines), max_new_tokens=8, write=lambda s: None, warn=notes.append)
+    assert [t["kv_reused"] for t in turns] == [False, True, False]
+    assert any("the oldest 1 exchange(s) left the conversation" in x for x in notes), notes
+    from mobilellm_export.text.tokenizer import pre_normalize
+
+    steps = pf.steps(m["generation"]["prompt_format"])
+    assert calls[2] == (pre_normalize(steps, rb.conversation_text(m, tok, [u[1], a[1], u[2]])), True)
