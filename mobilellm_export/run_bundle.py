@@ -78,16 +78,21 @@ def _eos_text(tok: Tokenizer) -> str:
     return _token_str(tok.config.get("eos_token")) or ""
 
 
-def _open(bundle: str, threads: int):
+def _open(bundle: str):
     d = Path(bundle)
     m = read_manifest(d)
     check_files(d, m)
     target = backends.of_bundle(m)
-    tok = Tokenizer.from_bundle(d, m)
+    return d, m, target, Tokenizer.from_bundle(d, m)
+
+
+def _app(target, d: Path, m: dict, threads: int):
+    """The target runtime's own loop; opened after the prompt is rendered, so a bundle's bad
+    template is reported as such on every target, not hidden behind a runtime this machine lacks."""
     app = target.app_runner(d, m, threads=threads)
     if app is None:
         raise UserError(f"target {target.name}: its runtime ({target.runtime}) cannot run on this machine")
-    return m, tok, app
+    return app
 
 
 def stop_strings(m: dict, tok: Tokenizer) -> list[str]:
@@ -119,7 +124,7 @@ def run_bundle(bundle: str, prompt: str | None, *, max_new_tokens: int, temperat
         raise UserError("--conversation replaces --prompt, --system and --raw")
     if conversation is None and prompt is None:
         raise UserError("give --prompt or --conversation")
-    m, tok, app = _open(bundle, threads)
+    d, m, target, tok = _open(bundle)
     gen = m["generation"]
     if conversation is not None:
         messages, thinking = load_conversation(conversation)
@@ -131,7 +136,7 @@ def run_bundle(bundle: str, prompt: str | None, *, max_new_tokens: int, temperat
         text = tok.prompt_text(prompt, gen["bos"], system=system, raw=raw, system_prompts=gen["system_prompts"])
     n_prompt = len(_ids(tok, m, text))
     max_new_tokens = clamp_new_tokens(n_prompt, max_new_tokens, gen["max_context"], warn)
-    stats, _ = _generate(app, tok, text, stop_strings(m, tok), max_new_tokens,
+    stats, _ = _generate(_app(target, d, m, threads), tok, text, stop_strings(m, tok), max_new_tokens,
                          gen["temperature"] if temperature is None else temperature, write)
     return stats
 
@@ -156,10 +161,11 @@ def chat(bundle: str, *, read, max_new_tokens: int, temperature: float | None = 
     """An interactive conversation through the bundle's prompt format, reusing the runtime's KV cache
     from turn to turn as the apps do. `read()` returns the next user line, or None at the end;
     '/reset' starts a new conversation. Returns each turn's stats."""
-    m, tok, app = _open(bundle, threads)
+    d, m, target, tok = _open(bundle)
     gen = m["generation"]
     if not gen.get("chat_template"):
         raise UserError("this bundle has no chat template: chat needs one (use --prompt with --raw)")
+    app = _app(target, d, m, threads)
     temperature = gen["temperature"] if temperature is None else temperature
     stops = stop_strings(m, tok)
     sys_text = (gen.get("system_prompts") or {}).get(system, system) if system else None
