@@ -200,16 +200,17 @@ class Progress:
         if total:
             columns += [BarColumn(bar_width=20), MofNCompleteColumn()]
         columns += [TimeElapsedColumn(), TextColumn("{task.fields[info]}")]
+        if not self.quiet:  # a log's lines are never folded; a terminal's fit its width
+            self.console.print(f"▸ {name}" + (f": {detail}" if detail else ""), overflow="fold",
+                               soft_wrap=not self.console.is_terminal)
         try:
             if self.quiet:
                 yield Task(None, None)
             elif not self.console.is_terminal:
-                self.console.print(f"▸ {name}" + (f": {detail}" if detail else ""), soft_wrap=True)
                 with PlainLines(self.console, name, total, unit, self.EVERY_S) as lines:
                     self._task = Task(lines, None)
                     yield self._task
             else:
-                self.console.print(f"▸ {name}" + (f": {detail}" if detail else ""), overflow="fold")
                 with RichProgress(*columns, console=self.console, transient=False) as bar:
                     task_id = bar.add_task(name, total=total, info=f"{unit}" if total else "")
                     self._task = Task(bar, task_id)
