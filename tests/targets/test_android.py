@@ -78,8 +78,9 @@ def quantized(tmp_path_factory):
     with torch.no_grad():
         ref = m(torch.tensor([tokens]), torch.tensor([0]))[0]  # eager torchao model, all positions
     path = tmp_path_factory.mktemp("pte") / f"{name}-8da4w.pte"
-    facts = android.export_pte(android.prepare(m), cfg, path, max_seq_len=MAX_SEQ_LEN, max_context=MAX_CONTEXT)
-    return cfg, tokens, ref, path, facts
+    prepared = android.prepare(m)
+    facts = android.export_pte(prepared, cfg, path, max_seq_len=MAX_SEQ_LEN, max_context=MAX_CONTEXT)
+    return cfg, tokens, ref, path, facts, prepared
 
 
 # ---- fp32 parity -------------------------------------------------------------------------------
@@ -296,7 +297,7 @@ def test_paired_benchmark_runs_each_program_on_the_same_prompt(fp32_exports, tmp
 # ---- quantized (torchao 8da4w) --------------------------------------------------------------------
 
 def test_quantized_linears_all_delegated(quantized):
-    cfg, _, _, _, facts = quantized
+    cfg, _, _, _, facts, _ = quantized
     d, left = facts["delegated_ops"], facts["non_delegated_ops"]
     n_quant = _linears(cfg) - 1  # lm_head (tied) stays fp32
     assert d.get("aten.linear.default", 0) >= _linears(cfg)  # + RMS-mean and rotate_half linears (fp32)
@@ -305,7 +306,7 @@ def test_quantized_linears_all_delegated(quantized):
 
 
 def test_quantized_pte_close_to_eager_quantized(quantized):
-    cfg, tokens, ref, path, _ = quantized
+    cfg, tokens, ref, path, _, _ = quantized
     et = ExecuTorchRunner(path)
     et.reset()
     got = [et.prefill(tokens[:MAX_SEQ_LEN])] + [et.decode(t) for t in tokens[MAX_SEQ_LEN:]]
@@ -318,6 +319,29 @@ def test_quantized_pte_close_to_eager_quantized(quantized):
     # SmolLM2, TOOLCHAIN_FACTS), so the bound leaves a wide margin.
     assert math.isfinite(kl) and kl <= 1e-3
     assert top1 >= 0.95
+
+
+def test_lean_lowering_writes_the_same_bytes_as_every_xnnpack_pass(quantized, tmp_path, monkeypatch):
+    # lean_passes.py leaves out XNNPACK passes whose ops a partition lacks: safe only if the program
+    # is the very one the full pass list gives. Lowered again with every pass, it must be.
+    from executorch.backends.xnnpack import xnnpack_preprocess
+
+    from mobilellm_export.backends.executorch import lean_passes
+
+    cfg, _, _, path, _, prepared = quantized
+    stock_manager, counts = xnnpack_preprocess.XNNPACKPassManager, []
+
+    class Spy(stock_manager):
+        def transform(self):  # what the lean manager would have run on this very partition
+            counts.append((len(self.passes), len(lean_passes.needed(self.passes, self.exported_program.graph_module))))
+            return super().transform()
+
+    monkeypatch.setattr(xnnpack_preprocess, "XNNPACKPassManager", Spy)
+    stock = tmp_path / "stock.pte"
+    android.export_pte(prepared, cfg, stock, max_seq_len=MAX_SEQ_LEN, max_context=MAX_CONTEXT, lean=False)
+    assert stock.read_bytes() == path.read_bytes()
+    # every partition ran XNNPACK's full list, of which the lean lowering leaves some out
+    assert counts and all(full == 17 and lean < full for full, lean in counts), counts
 
 
 def test_group_size_not_multiple_of_32_is_a_user_error(tmp_path):

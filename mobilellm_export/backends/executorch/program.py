@@ -22,6 +22,7 @@ the quantized model itself.
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import time
 import warnings
@@ -31,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mobilellm_export.backends.executorch.lean_passes import lean_xnnpack_passes
 from mobilellm_export.config import ModelConfig
 from mobilellm_export.errors import UserError
 from mobilellm_export.model import MLP, RMS, KVCacheAttention, RMSNorm, Rotary, Transformer, visible
@@ -299,10 +301,11 @@ def _check_quantized_linears(model: nn.Module) -> None:
 
 def export_pte(model: Transformer, cfg: ModelConfig, path: str | Path, *, max_seq_len: int = 128,
                max_context: int = 2048, eos_ids: tuple[int, ...] | None = None, bos_id: int | None = None,
-               data_file: str | None = None, status=lambda msg: None) -> dict:
+               data_file: str | None = None, status=lambda msg: None, lean: bool = True) -> dict:
     """Export a (prepared or not) Transformer to an XNNPACK .pte at `path`; return facts about it.
 
     `max_context` must equal the model's cache length (the caches are built with the model).
+    `lean=False` runs every XNNPACK pass on every partition (lean_passes.py; the output is the same).
     """
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import (EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower)
@@ -326,9 +329,9 @@ def export_pte(model: Transformer, cfg: ModelConfig, path: str | Path, *, max_se
     input_pos = torch.tensor([0], dtype=torch.long)
     seq = torch.export.Dim("seq_len", min=1, max=max_seq_len)
     with torch.no_grad():
+        # Not decomposed here: to_edge_transform_and_lower's first step is run_decompositions({}), which
+        # functionalizes and flattens torchao's weight subclasses; a second full retrace changed no byte.
         ep = torch.export.export(model, (tokens, input_pos), dynamic_shapes=({1: seq}, None), strict=False)
-        # Functionalize and flatten torchao tensor subclasses (quantized weights) before lowering.
-        ep = ep.run_decompositions({})
     facts["export_s"] = time.perf_counter() - t0
 
     constant_methods = {
@@ -358,10 +361,11 @@ def export_pte(model: Transformer, cfg: ModelConfig, path: str | Path, *, max_se
         keep = {s.arg.name for s in sig.input_specs
                 if s.kind == InputKind.USER_INPUT or (s.kind == InputKind.BUFFER and s.target in mutated)}
         passes.append(_tag_constants_pass(keep, Path(data_file).stem))
-    edge = to_edge_transform_and_lower(
-        ep, transform_passes=passes, partitioner=[XnnpackPartitioner()],
-        compile_config=EdgeCompileConfig(_check_ir_validity=False),
-        constant_methods=constant_methods)
+    with lean_xnnpack_passes() if lean else contextlib.nullcontext():
+        edge = to_edge_transform_and_lower(
+            ep, transform_passes=passes, partitioner=[XnnpackPartitioner()],
+            compile_config=EdgeCompileConfig(_check_ir_validity=False),
+            constant_methods=constant_methods)
     facts["lower_s"] = time.perf_counter() - t0
     facts.update(_delegation_facts(edge.exported_program().graph_module))
 

@@ -1,0 +1,64 @@
+"""XNNPACK's per-partition passes, without the ones that cannot act on the partition.
+
+XNNPACK's preprocess runs 17 graph passes on every partition, and each ends in a full fake-tensor
+retrace of the partition whether it matched anything or not. A decoder layer has no convolution,
+batch norm, PReLU, padding, concatenation, upsampling, softmax or ReLU, so 8 of them only retrace:
+about a third of a lowering's time (tiny models) and two of its minutes on SmolLM2-135M's 30 layers
+(benchmarks/results/lowering_time.json). Two of them also export pattern models on first use.
+
+`lean_xnnpack_passes()` swaps in a pass manager that leaves out a known pass only when none of the
+ops it rewrites occurs in the partition; every other pass, including any this file does not know,
+runs as before. The .pte and .ptd are byte-identical to a stock lowering (tests/targets/
+test_android.py compares them), which is what makes leaving a pass out safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+# pass class name -> edge ops (name prefixes) the pass rewrites or fuses; without one, it is a retrace only.
+TRIGGERS = {
+    "ConvertToUpsampleBilinear2d": ("aten.upsample_bilinear2d", "aten._unsafe_index", "aten.index"),
+    "ConvertToSDPAPass": ("aten._softmax", "aten.softmax", "aten.scaled_dot_product_attention"),
+    "FuseBatchNormPass": ("aten.native_batch_norm", "aten._native_batch_norm_legit"),
+    "DecomposeBatchNorm": ("aten.native_batch_norm", "aten._native_batch_norm_legit"),
+    "FuseActivationPass": ("aten.relu", "aten.hardtanh"),
+    "DecomposeConcatenate": ("aten.cat",),
+    "Conv1dUnsqueezePass": ("aten.convolution",),
+    "PReLUReshapePass": ("aten._prelu_kernel",),
+    "InsertPadQDQPass": ("aten.constant_pad_nd",),
+}
+
+
+def _op_names(graph_module) -> set[str]:
+    return {getattr(n.target, "__name__", str(n.target)) for n in graph_module.graph.nodes if n.op == "call_function"}
+
+
+def needed(passes: list, graph_module) -> list:
+    """`passes` without the known ones whose ops do not occur in `graph_module`."""
+    ops = _op_names(graph_module)
+
+    def acts(p) -> bool:
+        triggers = TRIGGERS.get(p.__name__)
+        return triggers is None or any(op.startswith(t) for op in ops for t in triggers)
+
+    return [p for p in passes if acts(p)]
+
+
+@contextlib.contextmanager
+def lean_xnnpack_passes():
+    """While lowering: XNNPACK's preprocess runs only the passes that can act on each partition."""
+    from executorch.backends.xnnpack import xnnpack_preprocess
+
+    stock = xnnpack_preprocess.XNNPACKPassManager
+
+    class LeanPassManager(stock):
+        def __init__(self, exported_program, passes=None):
+            super().__init__(exported_program, passes)
+            self.passes = needed(self.passes, exported_program.graph_module)
+
+    xnnpack_preprocess.XNNPACKPassManager = LeanPassManager
+    try:
+        yield
+    finally:
+        xnnpack_preprocess.XNNPACKPassManager = stock
