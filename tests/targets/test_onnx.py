@@ -391,7 +391,7 @@ def test_target_options_are_checked():
     from mobilellm_export.errors import UserError
 
     assert backends.of_bundle({"target": {"name": "onnx", "options": {"accuracy": "fp32"}}}).accuracy == "fp32"
-    assert backends.of_bundle({"target": {"name": "android"}}).options == {}
+    assert backends.of_bundle({"target": {"name": "android"}}).options == {"weights": "ptd"}  # the default
     with pytest.raises(UserError, match="target onnx takes no option 'precision'"):
         backends.get("onnx", {"precision": "fp16"})
     with pytest.raises(UserError, match="--onnx-accuracy 'int4': choose one of int8, fp32"):

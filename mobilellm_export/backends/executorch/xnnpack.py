@@ -11,7 +11,7 @@ import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mobilellm_export.backends import Artifact, ExportSpec, Target
+from mobilellm_export.backends import Artifact, ExportSpec, Option, Target
 from mobilellm_export.errors import UserError
 
 if TYPE_CHECKING:
@@ -33,6 +33,13 @@ class Android(Target):
     app = "adb push {bundle} /data/local/tmp/mobilellm/, then pick it in the app (android_demo/README.md)"
     tools = ("executorch",)
     ENTRY, DATA = "model.pte", "model.ptd"  # .ptd: external weights, so a tied table is stored once
+    OPTIONS = (Option("weights", ("ptd", "pte"), "ptd",
+                      "--target android: where a tied embedding/head's weights go. ptd (default): model.ptd "
+                      "beside model.pte, the table stored once; pte: all in model.pte, for a runtime that "
+                      "cannot load a .ptd (ExecuTorch's iOS TextRunner 1.4.1), the table stored twice."),)
+
+    def __init__(self, weights: str = "ptd", **options):
+        super().__init__(weights=weights, **options)  # an unknown option: one line, from the base class
 
     def check(self, recipe, spec: ExportSpec) -> list[str]:
         notes = []
@@ -95,10 +102,13 @@ class Android(Target):
     def export(self, model: Transformer, spec: ExportSpec, out_dir: Path, status=lambda msg: None) -> Artifact:
         from mobilellm_export.backends.executorch.program import export_pte, shares_tied_table
 
-        data = self.DATA if shares_tied_table(model) else None
+        shared = shares_tied_table(model)
+        data = self.DATA if shared and self.options["weights"] == "ptd" else None
         facts = export_pte(model, spec.config, Path(out_dir) / self.ENTRY, max_seq_len=spec.max_seq_len,
                            max_context=spec.max_context, eos_ids=spec.eos_ids, bos_id=spec.bos_id, data_file=data,
                            status=status)
+        if shared and not data:  # program constants and delegate data live apart in one .pte
+            facts["tied_table_stored"] = "twice (--android-weights pte)"
         manifest = {"data_file": data, "constant_methods": facts["constant_methods"]}
         return Artifact(files=[self.ENTRY] + ([data] if data else []), entry=self.ENTRY, manifest=manifest,
                         facts=facts)
