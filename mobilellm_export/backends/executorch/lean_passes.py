@@ -35,15 +35,10 @@ def _op_names(graph_module) -> set[str]:
     return {getattr(n.target, "__name__", str(n.target)) for n in graph_module.graph.nodes if n.op == "call_function"}
 
 
-def needed(passes: list, graph_module) -> list:
-    """`passes` without the known ones whose ops do not occur in `graph_module`."""
-    ops = _op_names(graph_module)
-
-    def acts(p) -> bool:
-        triggers = TRIGGERS.get(p.__name__)
-        return triggers is None or any(op.startswith(t) for op in ops for t in triggers)
-
-    return [p for p in passes if acts(p)]
+def acts(pass_class, graph_module) -> bool:
+    """Can `pass_class` change `graph_module`? Unknown passes: assumed so."""
+    triggers = TRIGGERS.get(pass_class.__name__)
+    return triggers is None or any(op.startswith(t) for op in _op_names(graph_module) for t in triggers)
 
 
 @contextlib.contextmanager
@@ -54,9 +49,18 @@ def lean_xnnpack_passes():
     stock = xnnpack_preprocess.XNNPACKPassManager
 
     class LeanPassManager(stock):
-        def __init__(self, exported_program, passes=None):
-            super().__init__(exported_program, passes)
-            self.passes = needed(self.passes, exported_program.graph_module)
+        def transform(self):
+            # Each pass is judged on the graph as it is when its turn comes, so an op that an earlier
+            # pass introduces still brings in the pass that rewrites it.
+            ep, passes = self.exported_program, self.passes
+            try:
+                for p in passes:
+                    if acts(p, ep.graph_module):
+                        self._exported_program, self.passes = ep, [p]
+                        ep = super().transform()
+            finally:
+                self.passes = passes
+            return ep
 
     xnnpack_preprocess.XNNPACKPassManager = LeanPassManager
     try:
