@@ -96,9 +96,9 @@ def pytest_terminal_summary(terminalreporter):
 # scheduler: its `loadgroup` marks do not group under pytest 9): by default a file, so its module
 # fixtures are built once; the conformance suite in one group per target x architecture (the tests
 # that share a bundle), so each bundle is still built once. Groups start heaviest first.
-HEAVY_FIRST = ("e2e/test_real_size_android.py", "targets/test_conformance.py", "e2e/test_wheel.py", "targets/test_android.py",
-               "targets/test_ios.py", "targets/test_probe.py", "e2e/test_export.py", "e2e/test_hardening.py",
-               "e2e/test_fuzz_bundles.py")
+HEAVY_FIRST = ("e2e/test_real_size_android.py", "targets/test_conformance.py", "e2e/test_wheel.py",
+               "targets/test_android.py", "targets/test_ios.py", "targets/test_probe.py", "e2e/test_export.py",
+               "e2e/test_hardening.py", "e2e/test_fuzz_bundles.py")
 # Files whose tests share no costly module fixture: each test is a unit of work of its own, so two
 # workers split them (the bundle fuzzer's files run 30-60 s each; one worker took them all).
 SPLIT_PER_TEST = ("e2e/test_fuzz_bundles.py", "e2e/test_untrusted_bundles.py")
