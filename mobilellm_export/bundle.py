@@ -236,8 +236,9 @@ def bundle_files(d: Path) -> list[str]:
 
 
 def write_manifest(d: Path, *, model: str, source: dict, target: dict, recipe: dict, config: dict,
-                   tokenizer: dict, generation: dict, tools: dict) -> dict:
-    """Hash every file in the bundle folder and write bundle.json (validated against the schema)."""
+                   tokenizer: dict, generation: dict, tools: dict, quick_check: dict | None = None) -> dict:
+    """Hash every file in the bundle folder and write bundle.json (validated against the schema).
+    `quick_check`: where the reference logits `verify --quick` reads are (verify/quick.py)."""
     files = {f: {"sha256": sha256(d / f), "bytes": (d / f).stat().st_size} for f in bundle_files(d)}
     manifest = {
         "schema_version": SCHEMA_VERSION,
@@ -250,6 +251,7 @@ def write_manifest(d: Path, *, model: str, source: dict, target: dict, recipe: d
         "tokenizer": tokenizer,
         "generation": generation,
         "tools": tools,
+        **({"quick_check": quick_check} if quick_check else {}),
     }
     validate(manifest)
     (d / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -285,7 +287,7 @@ def check_files(d: Path, manifest: dict) -> None:
                                 f"regular files and folders (a link could point outside the bundle)")
     listed = manifest["files"]
     required = [manifest["target"]["entry"], manifest["target"].get("data_file"), manifest["tokenizer"]["file"],
-                manifest["tokenizer"]["config"]]
+                manifest["tokenizer"]["config"], (manifest.get("quick_check") or {}).get("file")]
     for name in filter(None, required):
         if name not in listed and not any(f.startswith(name.rstrip("/") + "/") for f in listed):
             raise UserError(f"bundle.json does not list {name}, which the bundle needs")

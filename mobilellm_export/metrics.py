@@ -71,6 +71,67 @@ class PairStats:
         }
 
 
+class TopK:
+    """One runner's logits over S positions, compressed: the k largest logits and their token ids,
+    the log-sum-exp of each row and the log-probability of each next token (S - 1 of them). What
+    `verify --quick` keeps of a reference (a few hundred KB instead of S x vocab floats)."""
+
+    def __init__(self, idx: torch.Tensor, logit: torch.Tensor, lse: torch.Tensor, target: torch.Tensor):
+        self.idx, self.logit, self.lse, self.target = idx, logit, lse, target
+
+    @classmethod
+    def of(cls, logits: torch.Tensor, tokens: list[int], k: int) -> TopK:
+        logits = logits.float()
+        logit, idx = logits.topk(min(k, logits.shape[-1]), dim=-1)  # sorted: idx[:, 0] is the argmax
+        lse = logits.logsumexp(-1)
+        nxt = torch.tensor(tokens[1:], dtype=torch.long)
+        target = logits[:-1].gather(-1, nxt[:, None])[:, 0] - lse[:-1]
+        return cls(idx.to(torch.int32), logit, lse, target)
+
+    def rows(self, i: int, j: int) -> TopK:
+        return TopK(self.idx[i:j], self.logit[i:j], self.lse[i:j], self.target[i:j])
+
+
+def kl_top(ref: TopK, test: torch.Tensor) -> torch.Tensor:
+    """KL(ref || test) per position with `ref` known only on its top k tokens: the KL between the two
+    distributions over k + 1 outcomes (each top token, and 'any other token'). Merging outcomes never
+    raises a KL (the data-processing inequality), so this is a lower bound of the full KL, equal to it
+    when the other tokens carry no probability; a bound it exceeds is exceeded by the full KL too."""
+    lp = ref.logit - ref.lse[:, None]
+    lq = test.float().log_softmax(-1).gather(-1, ref.idx.long())
+    p = lp.exp()
+    head = (p * (lp - lq)).sum(-1)
+    tail_p = (1 - p.sum(-1)).clamp_min(0)
+    tail_q = (1 - lq.exp().sum(-1)).clamp_min(1e-30)
+    tail = torch.where(tail_p > 0, tail_p * (tail_p.clamp_min(1e-30).log() - tail_q.log()), torch.zeros_like(tail_p))
+    return (head + tail).clamp_min(0)
+
+
+class TopKPairStats(PairStats):
+    """PairStats with a compressed reference (`TopK`): KL by `kl_top` (a lower bound), top-1 from the
+    reference's argmax, perplexity from its stored next-token log-probabilities, and the logit
+    differences over the reference's top k tokens only."""
+
+    def add(self, ref: TopK, test: torch.Tensor, tokens: list[int]) -> None:
+        targets = torch.tensor(tokens[1:])
+        for i in range(0, test.shape[0], CHUNK):
+            r, b = ref.rows(i, i + CHUNK), test[i:i + CHUNK].float()
+            self.kl.append(kl_top(r, b))
+            self.agree.append(r.idx[:, 0].long() == b.argmax(-1))
+            diff = (r.logit - b.gather(-1, r.idx.long())).abs()
+            self.max_abs = max(self.max_abs, float(diff.max()))
+            self.max_ref = max(self.max_ref, float(r.logit.abs().max()))
+            self.sum_abs += float(diff.sum(dtype=torch.float64))
+            self.n_el += diff.numel()
+            t = targets[i:i + CHUNK]
+            n = t.shape[0]
+            if n:
+                self.nll_ref -= float(r.target[:n].sum(dtype=torch.float64))
+                lb = b[:n].log_softmax(-1)
+                self.nll_test -= float(lb.gather(-1, t[:, None]).sum(dtype=torch.float64))
+                self.n_nll += n
+
+
 def compare(ref: list[torch.Tensor], test: list[torch.Tensor], wins: list[list[int]]) -> dict:
     """The same metrics over logits already in memory (tests, small inputs)."""
     s = PairStats()

@@ -34,7 +34,7 @@ from mobilellm_export.quant.quantize import quantize
 from mobilellm_export.quant.recipe import Recipe, Thresholds
 from mobilellm_export.runtimes.eager import EagerRunner
 from mobilellm_export.text.corpus import load_text, windows
-from mobilellm_export.verify import gate as gate_mod, latency, metadata, parity, report as report_mod
+from mobilellm_export.verify import gate as gate_mod, latency, metadata, parity, quick, report as report_mod
 from mobilellm_export.verify.parity import LogitStore
 from mobilellm_export.verify.thresholds import loosened, thresholds_for as merge_thresholds, tool_bounds
 
@@ -79,6 +79,7 @@ class VerifyRequest:
     source: str | None = None  # the float model, when not the one bundle.json names
     calib_text: str | None = None  # the calibration text, moved
     checking: Checking = Checking()
+    quick: bool = False  # against the reference logits the bundle carries: no source, seconds
 
 
 def thresholds_for(recipe: Recipe, target: str | Target, overrides: dict[str, float] | tuple[str, ...] = ()) -> Thresholds:
@@ -295,13 +296,14 @@ def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_cont
         if missing:
             raise RuntimeError(f"target {target.name} did not write {missing[0]}")
         ck.tokenizer.save(tmp)
-        manifest = bundle_mod.write_manifest(
-            tmp, model=ck.name, source={"kind": ck.kind, "id": ck.source},
-            target={"name": target.name, "runtime": target.runtime, "entry": art.entry,
-                    **({"options": target.options} if target.options else {}), **art.manifest},
-            recipe=recipe.to_dict(), config=ck.config.to_dict(),
-            tokenizer={"file": "tokenizer.json", "config": "tokenizer_config.json", "vocab_size": ck.tokenizer.vocab_size},
-            generation=gen, tools=bundle_mod.tool_versions(_tools(recipe, target)))
+        fields = dict(model=ck.name, source={"kind": ck.kind, "id": ck.source},
+                      target={"name": target.name, "runtime": target.runtime, "entry": art.entry,
+                              **({"options": target.options} if target.options else {}), **art.manifest},
+                      recipe=recipe.to_dict(), config=ck.config.to_dict(),
+                      tokenizer={"file": "tokenizer.json", "config": "tokenizer_config.json",
+                                 "vocab_size": ck.tokenizer.vocab_size},
+                      generation=gen, tools=bundle_mod.tool_versions(_tools(recipe, target)))
+        manifest = bundle_mod.write_manifest(tmp, **fields)
         rep.update(export=art.facts, size_mb={f: i["bytes"] / 1e6 for f, i in manifest["files"].items()})
         # What the apps will read, re-derived from the files just written (an exporter bug that
         # writes wrong EOS ids or context into the artifact shows here).
@@ -312,6 +314,11 @@ def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_cont
             del reference
             positions = verification(rep, ck, recipe, target, tmp, manifest, handed, qfacts, thresholds, spec,
                                      checking, baseline, progress)
+            # the reference logits `verify --quick` checks against, hashed with the rest (the bundle
+            # is still the temporary folder: nothing is visible until it is whole)
+            entry = quick.write(tmp, rep.pop("_quick"))
+            manifest = bundle_mod.write_manifest(tmp, **fields, quick_check=entry)
+            rep["size_mb"] = {f: i["bytes"] / 1e6 for f, i in manifest["files"].items()}
         else:
             rep["passed"] = None
         rep["steps"] = progress.steps
@@ -322,17 +329,19 @@ def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_cont
 
 def verification(rep: dict, ck: Checkpoint, recipe: Recipe, target: Target, bundle_dir: Path, manifest: dict,
                  handed: list, qfacts: dict, thresholds: Thresholds, spec: ExportSpec, checking: Checking,
-                 baseline: dict | None, progress: Progress, built: dict | None = None) -> dict:
+                 baseline: dict | None, progress: Progress, built: dict | None = None,
+                 bundle_refs: tuple | None = None) -> dict:
     """The one verification sequence `export` and `verify` share, after the artifact exists: parity
     (float, reference, artifact, noise floor), greedy agreement, the recipe's and the target's bounds,
     calibration and budget checks, latency, then the verdict (`rep["passed"]`). Fills `rep`; returns
-    the per-position series for the plots.
+    the per-position series for the plots. `bundle_refs`: the bundle's reference logits (`quick.read`),
+    compared with the references rebuilt here.
 
     `handed`: a one-element list holding the caller's last reference to the quantized reference, so
     that it is freed here, before latency's child processes load their own models."""
     rep.update(verify_parity(ck, target, bundle_dir, manifest, handed[0], thresholds, eval_text=checking.eval_text,
                              eval_tokens=checking.eval_tokens, threads=checking.threads, progress=progress,
-                             baseline=baseline, spec=spec))
+                             baseline=baseline, spec=spec, bundle_refs=bundle_refs))
     rep["checks"] += (calibration_checks(recipe, ck, checking.eval_text, checking.eval_tokens, qfacts, built)
                       + auto_checks(recipe, rep))
     positions = rep.pop("positions")
@@ -385,9 +394,11 @@ def _tools(recipe: Recipe, target: Target) -> tuple[str, ...]:
 
 def verify_parity(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: dict, reference, thresholds: Thresholds,
                   *, eval_text: str | None, eval_tokens: int, threads: int, progress: Progress,
-                  baseline: dict | None = None, spec: ExportSpec | None = None) -> dict:
+                  baseline: dict | None = None, spec: ExportSpec | None = None, bundle_refs: tuple | None = None) -> dict:
     """Parity of the float model, the target's reference and the artifact, streamed over windows
-    of the eval text; greedy agreement; threshold checks.
+    of the eval text; greedy agreement; threshold checks. The first window's logits, compressed,
+    go to rep["_quick"] (`export` stores them for `verify --quick`); with `bundle_refs`
+    (`quick.read`), the bundle's own copy is compared with them.
 
     The float model is scored first and alone (its logits go to a temporary file), then freed
     before the artifact is loaded: the fp32 weights and the runtime never share the memory."""
@@ -423,18 +434,25 @@ def verify_parity(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: di
             runners["artifact"] = artifact
         pairs = {k: v for k, v in PAIRS.items() if set(v) <= set(runners)}
         others = [k for k in runners if k != "float"]
+        kept: dict = {}
+
+        def keep(logits):
+            kept["tensors"] = quick.capture(logits, wins[0])
+            if bundle_refs is not None:
+                kept["checks"] = quick.cross_checks(bundle_refs, logits, wins[0], float(kept["tensors"]["floor"][0]),
+                                                    lambda floor: report_mod.lowering_kl_bound(thresholds, floor))
         with progress.step("parity", f"{n} positions through {', '.join(others)} against the float logits",
                            total=n, unit="positions") as t:
-            results, positions = parity.score(runners, pairs, wins, t.advance)
+            results, positions = parity.score(runners, pairs, wins, t.advance, first=keep)
     rep = {"eval": evaluation, "parity": results, "artifact_runs_here": artifact is not None,
-           "positions": {"window": window, "positions": n, "pairs": positions}}
+           "positions": {"window": window, "positions": n, "pairs": positions}, "_quick": kept["tensors"]}
     greedy_runners = [k for k in ("reference", "artifact") if k in runners]
     with progress.step("greedy", f"{n_greedy} tokens from {', '.join(greedy_runners)}",
                        total=n_greedy * len(greedy_runners), unit="tokens") as t:
         g.update({k: parity.greedy_tokens(runners[k], prompt, n_greedy, t.advance) for k in greedy_runners})
     rep["greedy"] = {key: parity.agreement(g[a], g[b]) for key, (a, b) in pairs.items() if a in g and b in g}
     rep["greedy_tokens"] = g
-    rep["checks"] = report_mod.checks(rep["parity"], thresholds)  # judge() adds the rest and sets "passed"
+    rep["checks"] = report_mod.checks(rep["parity"], thresholds) + kept.get("checks", [])  # judge() adds the rest
     if spec is not None and any(not c["ok"] for c in rep["checks"] if c["suite"] == "lowering"):
         from mobilellm_export.verify.localise import localise
 
@@ -468,7 +486,7 @@ def measure_latency(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: 
             progress.note(f"  {label}: {row['unavailable']}")
             continue
         rows[label] = row
-    files = sum(i["bytes"] for f, i in manifest["files"].items() if not f.startswith("tokenizer")) / 1e6
+    files = gate_mod.artifact_mb({f: i["bytes"] / 1e6 for f, i in manifest["files"].items()})
     for label, row in rows.items():
         row["file_mb"] = ck.config.param_count() * 4 / 1e6 if label == "float eager" else files
     app, loop = (next((r for k, r in rows.items() if k.endswith(s)), None) for s in ("app loop", "Python loop"))
@@ -580,6 +598,8 @@ def open_bundle(req: VerifyRequest, progress: Progress) -> Opened:
 
 def verify_command(req: VerifyRequest, progress: Progress) -> dict:
     """Re-check a bundle. The report goes to `req.report_dir` when given (the bundle is never written)."""
+    if req.quick:
+        return quick_command(req, progress)
     o = open_bundle(req, progress)
     c, d, m, recipe, tgt, spec, ck, meta, base, notes = (req.checking, o.d, o.m, o.recipe, o.tgt, o.spec, o.ck,
                                                          o.meta, o.base, o.notes)
@@ -601,8 +621,61 @@ def verify_command(req: VerifyRequest, progress: Progress) -> dict:
         except UserError:
             built = None  # an unreadable old report only costs this one comparison
         built = built if isinstance(built, dict) else None
-    positions = verification(rep, ck, recipe, tgt, d, m, handed, qfacts, th, spec, c, base, progress, built)
+    refs = quick.read(d, m) if m.get("quick_check") else None
+    positions = verification(rep, ck, recipe, tgt, d, m, handed, qfacts, th, spec, c, base, progress, built, refs)
+    del rep["_quick"]  # a verify never writes into the bundle
     rep["steps"] = progress.steps
     if req.report_dir is not None:
         write_report(rep, Path(req.report_dir), positions, base)
+    return rep
+
+
+def quick_command(req: VerifyRequest, progress: Progress) -> dict:
+    """`verify --quick`: hashes, the metadata the files themselves record, and the artifact on the
+    positions whose reference logits the bundle carries (verify/quick.py), judged by the tool's
+    bounds. No source, no quantization; says what it did not check."""
+    c = req.checking
+    given = [f for f, v in (("--source", req.source), ("--calib-text", req.calib_text), ("--baseline", c.baseline),
+                            ("--eval-text", c.eval_text)) if v]
+    if given:
+        raise UserError(f"--quick checks the bundle against the reference logits it carries; {given[0]} belongs to "
+                        f"the full verify (drop --quick)")
+    if req.report_dir is not None:
+        bundle_mod.check_writable(Path(req.report_dir), "--report-dir")
+    d = Path(req.bundle)
+    m = bundle_mod.read_manifest(d)
+    bundle_mod.check_files(d, m)
+    progress.note(f"{d.name}: all {len(m['files'])} files match their sha256, none unlisted")
+    recipe = tool_bounds(Recipe.from_dict(m["recipe"]))
+    tgt = backends.of_bundle(m)
+    meta = metadata.derive(d, m, tgt)
+    metadata.require(meta)
+    ids, tops, recorded = quick.read(d, m)
+    th, loose = bounds(recipe, tgt, c.thresholds, progress)
+    torch.set_num_threads(c.threads)
+    with progress.step("load the artifact", m["target"]["entry"]):
+        runner = tgt.runner(d, m, threads=c.threads)
+    if runner is None:
+        raise UserError(f"the {tgt.runtime} artifact cannot run on this machine, so --quick cannot score it "
+                        f"(its hashes and metadata match)")
+    with progress.step("parity (quick)", f"{len(ids)} positions against the float and quantized reference logits "
+                       f"in {quick.FILE}", total=len(ids), unit="positions") as t:
+        results = quick.parity(runner, ids, tops)
+        t.advance(len(ids))
+    floor = {"kl_mean": recorded["floor_kl"], "top1": recorded["floor_top1"]}
+    rep = {"model": m["model"], "target": tgt.name, "recipe": recipe.name, "threads": c.threads, "mode": "quick",
+           "eval": {"text": f"{quick.FILE} (the first window of the export's evaluation text)", "positions": len(ids),
+                    "window": len(ids), "bos": None},
+           "parity": results, "metadata": meta, "thresholds_loosened": loose,
+           "quick": {"noise_floor": floor, "export_kl": recorded["export_kl"], "top_k": tops["float"].idx.shape[1],
+                     "estimator": "KL over the reference's top-k tokens and one bin for the rest: a lower bound "
+                                  "of the full KL", "not_checked": list(quick.NOT_CHECKED)},
+           "size_mb": {f: i["bytes"] / 1e6 for f, i in m["files"].items()},
+           "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    checks = report_mod.checks({**results, "quant_noise_floor": floor}, th)
+    rep["gate"] = gate_mod.gate(rep, checks, None, recipe.gate)
+    rep["passed"] = rep["gate"]["passed"]
+    rep["steps"] = progress.steps
+    if req.report_dir is not None:
+        write_report(rep, Path(req.report_dir), None, None)
     return rep

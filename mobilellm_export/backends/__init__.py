@@ -19,6 +19,8 @@ lowering bounds, size model and recipe checks), so that nothing outside backends
     device_runner(bundle, ...) the artifact in the device's own arithmetic (fp16), where runner() is a
                                higher-precision stand-in (`precision` says which); else None
     metadata(bundle, manifest) EOS ids, context and vocabulary as the artifact file records them
+    min_runtime(bundle, tools) the oldest runtime that loads the artifact ({name, version}), from its
+                               files and the versions of the packages that wrote them, or None
     lower(reference, spec, dir, fault=None)
                                prepare + export, optionally with one seeded fault in the prepared
                                model (`seeded_fault`): the gate's evidence and the conformance suite
@@ -35,12 +37,14 @@ built-in ones too, in pyproject.toml), or by `register()` at run time.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from mobilellm_export.bundle import tool_versions
 from mobilellm_export.errors import UserError
 
 if TYPE_CHECKING:
@@ -181,11 +185,16 @@ class Target:
 
     def lower(self, reference: Transformer, spec: ExportSpec, out_dir: Path, status: Callable[[str], None] = lambda m: None,
               fault: int | None = None) -> Artifact:
-        """prepare + export, as the pipeline lowers; `fault`: the seed of one `seeded_fault`."""
+        """prepare + export, as the pipeline lowers, with the artifact's `min_runtime` among its
+        manifest keys; `fault`: the seed of one `seeded_fault`."""
         prepared = self.prepare(reference, spec)
         if fault is not None:
             prepared = self.seeded_fault(reference, prepared, fault)
-        return self.export(prepared, spec, out_dir, status=status)
+        art = self.export(prepared, spec, out_dir, status=status)
+        need = self.min_runtime(Path(out_dir), tool_versions(self.tools))
+        if need is not None:  # -> bundle.json's target.min_runtime, which the apps compare with their runtime
+            art.manifest["min_runtime"] = need
+        return art
 
     def probe(self, prepared: Transformer, spec: ExportSpec, work_dir: Path) -> Probe | None:
         """Lower `prepared` (the output of `prepare`) with `probe = True` and full logits, as
@@ -199,6 +208,21 @@ class Target:
         from its file for `verify`'s metadata checks; None where the artifact carries none."""
         return None
 
+    def min_runtime(self, bundle_dir: Path, tools: dict[str, str]) -> dict | None:
+        """The oldest runtime that loads the artifact in bundle_dir, {"name", "version"} (e.g.
+        executorch 1.5.1), from the artifact's files and `tools`, the versions of the packages that
+        wrote it (bundle.json's `tools`). Recorded as target.min_runtime; the apps refuse a bundle
+        that needs a newer runtime than theirs. None: unknown, nothing recorded."""
+        return None
+
+    def recorded_min_runtime(self, bundle_dir: Path, manifest: dict) -> dict:
+        """{"min_runtime": ...} re-derived for `target_section`, when the bundle records one: bundles
+        written before the field existed have none, and verify as they did."""
+        if "min_runtime" not in manifest["target"]:
+            return {}
+        need = self.min_runtime(Path(bundle_dir), manifest.get("tools", {}))
+        return {} if need is None else {"min_runtime": need}
+
     def target_section(self, bundle_dir: Path, manifest: dict) -> dict | None:
         """bundle.json's `target` section as `export` writes it for this bundle's artifact (its entry
         and Artifact.manifest; name, runtime and options are added by the caller), re-derived from
@@ -210,6 +234,13 @@ class Target:
         """Checks of the other files this target's apps read values from (onnxruntime-genai's
         genai_config.json), each {name, ok, manifest, derived, source, message}, for `verify`."""
         return []
+
+
+def release(version: str | None) -> str | None:
+    """The release a package version names, for target.min_runtime: "1.5.1+cpu" -> "1.5.1", a
+    pre-release "1.6.0.dev20260901" or "1.6.0rc1" -> "1.6.0" (the release it leads to); None for none."""
+    m = re.match(r"[0-9]+(?:\.[0-9]+)*", version or "")
+    return m.group(0) if m else None
 
 
 # ---- registry -----------------------------------------------------------------------------------

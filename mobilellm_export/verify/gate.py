@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mobilellm_export.errors import UserError, load_json
 from mobilellm_export.quant.recipe import Gate
+from mobilellm_export.verify.quick import FILE as QUICK_FILE
 from mobilellm_export.verify.report import metadata_records, record
 
 NO_BASELINE = "no baseline given: judged on the recipe's absolute thresholds and the metadata alone"
@@ -93,7 +94,8 @@ def _pair(report: dict, baseline: dict) -> str | None:
 
 def artifact_mb(report: dict) -> float | None:
     sizes = report.get("size_mb")
-    return sum(v for f, v in sizes.items() if not f.startswith("tokenizer")) if sizes else None
+    """The model's files: not the tokenizer, nor the reference logits --quick reads (the app never loads them)."""
+    return sum(v for f, v in sizes.items() if not f.startswith("tokenizer") and f != QUICK_FILE) if sizes else None
 
 
 def _app_decode(report: dict) -> float | None:

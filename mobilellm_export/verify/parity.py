@@ -49,11 +49,15 @@ class LogitStore:
         return torch.from_file(str(self._path(i)), size=rows * vocab, dtype=torch.float32).view(rows, vocab)
 
 
-def score(runners: dict, pairs: dict[str, tuple[str, str]], wins: list[list[int]], advance=lambda n: None):
-    """Score every window with every runner; returns ({pair: metrics}, {pair: {"kl": [...], "top1": [...]}})."""
+def score(runners: dict, pairs: dict[str, tuple[str, str]], wins: list[list[int]], advance=lambda n: None,
+          first=lambda logits: None):
+    """Score every window with every runner; returns ({pair: metrics}, {pair: {"kl": [...], "top1": [...]}}).
+    `first(logits)` sees the first window's logits of every runner (the reference logits --quick keeps)."""
     stats = {key: PairStats() for key in pairs}
-    for w in wins:
+    for i, w in enumerate(wins):
         logits = {name: r.score(w) for name, r in runners.items()}
+        if i == 0:
+            first(logits)
         for key, (a, b) in pairs.items():
             stats[key].add(logits[a], logits[b], w)
         del logits

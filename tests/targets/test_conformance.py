@@ -32,6 +32,7 @@ import torch
 from mobilellm_export import backends, pipeline
 from mobilellm_export.console import Progress
 from mobilellm_export.errors import UserError
+from mobilellm_export.verify import quick
 
 TARGETS = backends.names()
 ARCHS = hf_tiny.ARCHS
@@ -180,13 +181,23 @@ def _cli_export(folder: Path, target: str, out: Path) -> Path:
 
 
 def _differences(a: Path, b: Path) -> list[str]:
-    """Files that differ between two bundles, the report (dates; a verification's plots) aside. The
-    manifest could miss a file, so every file is compared, not only those bundle.json lists."""
+    """Files that differ between two bundles, the report (dates; a verification's plots) aside, and
+    what only a verified export adds (the reference logits for --quick, and their manifest entries).
+    The manifest could miss a file, so every file is compared, not only those bundle.json lists."""
     def files(d):
-        return {p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file() and not p.name.startswith("report")}
+        return {p.relative_to(d).as_posix() for p in d.rglob("*")
+                if p.is_file() and not p.name.startswith("report") and p.name != quick.FILE}
+
+    def content(d, f):
+        if f != "bundle.json":
+            return (d / f).read_bytes()
+        m = _manifest(d)
+        m.pop("quick_check", None)
+        m["files"].pop(quick.FILE, None)
+        return m
 
     fa, fb = files(a), files(b)
-    return sorted((fa ^ fb) | {f for f in fa & fb if (a / f).read_bytes() != (b / f).read_bytes()})
+    return sorted((fa ^ fb) | {f for f in fa & fb if content(a, f) != content(b, f)})
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -211,6 +222,39 @@ def test_a_seeded_lowering_fault_fails_verification(target, bundles):
     assert rep["passed"] is False
     failed = [c["name"] for c in rep["checks"] if not c["ok"]]
     assert any(c["suite"] == "lowering" and not c["ok"] for c in rep["checks"]), failed
+
+
+def _quick(bundle: Path) -> dict:
+    return pipeline.verify_command(pipeline.VerifyRequest(str(bundle), quick=True), Progress(quiet=True))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_quick_verify_catches_an_artifact_swapped_after_export(target, bundles, tmp_path):
+    """`verify --quick` passes the bundle as exported, reproducing the export's own KL on the stored
+    positions, and fails a copy whose artifact was replaced by a faulty lowering of the same model
+    with every hash rewritten (what --quick is for: the artifact changed, the references did not)."""
+    good, _ = bundles(target, "tiny-r1", "4bit", verify=True)
+    rep = _quick(good)
+    assert rep["passed"] is True, [c["message"] for c in rep["gate"]["checks"] if not c["ok"]]
+    for pair, kl in rep["quick"]["export_kl"].items():  # the same artifact, runtime and positions
+        assert rep["parity"][pair]["kl_mean"] == pytest.approx(kl, rel=1e-3, abs=1e-7), pair
+    faulty, _ = bundles(target, "tiny-r1", "4bit", verify=True, fault=0)  # the seeded-fault test's bundle
+    swapped = tmp_path / good.name
+    shutil.copytree(good, swapped)
+    m, mf = _manifest(swapped), _manifest(faulty)
+    artifact = [f for f in mf["files"] if f != quick.FILE and not f.startswith("tokenizer")]
+    for f in list(m["files"]):
+        if f in artifact or f.startswith(m["target"]["entry"].rstrip("/") + "/"):
+            (swapped / f).unlink()
+            del m["files"][f]
+    for f in artifact:
+        (swapped / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(faulty / f, swapped / f)
+        m["files"][f] = mf["files"][f]  # hashes "rewritten": the faulty artifact's own
+    (swapped / "bundle.json").write_text(json.dumps(m, indent=2, sort_keys=True))
+    rep = _quick(swapped)
+    assert rep["passed"] is False
+    assert [c for c in rep["gate"]["checks"] if c["suite"] == "lowering" and not c["ok"]], rep["gate"]["checks"]
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -111,7 +111,20 @@ class IOS(Target):
 
         states = read_spec(Path(bundle_dir) / ENTRY).description.state
         shape = list(states[0].type.stateType.arrayType.shape) if len(states) else None
-        return {"entry": ENTRY, **self._section(shape)}
+        return {"entry": ENTRY, **self._section(shape), **self.recorded_min_runtime(bundle_dir, manifest)}
+
+    def min_runtime(self, bundle_dir: Path, tools: dict) -> dict | None:
+        """The deployment target the package's spec version needs, as coremltools names it (spec 9:
+        iOS18, which macOS 15 also runs): Core ML ships with the OS, so the OS is the runtime."""
+        import coremltools as ct
+
+        from mobilellm_export.runtimes.mil import read_spec
+
+        version = read_spec(Path(bundle_dir) / ENTRY).specificationVersion
+        try:
+            return {"name": "coreml", "version": ct.target(version).name}
+        except ValueError:  # a spec version this coremltools has no target for
+            return None
 
     def probe(self, prepared, spec: ExportSpec, work_dir: Path):
         """The prepared decoder converted as `export` converts it (same compute units, fp16

@@ -11,7 +11,7 @@ import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mobilellm_export.backends import Artifact, ExportSpec, Option, Target
+from mobilellm_export.backends import Artifact, ExportSpec, Option, Target, release
 from mobilellm_export.errors import UserError
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ class Android(Target):
     OPTIONS = (Option("weights", ("ptd", "pte"), "ptd",
                       "--target android: where a tied embedding/head's weights go. ptd (default): model.ptd "
                       "beside model.pte, the table stored once; pte: all in model.pte, for a runtime that "
-                      "cannot load a .ptd (ExecuTorch's iOS TextRunner 1.4.1), the table stored twice."),)
+                      "cannot load a .ptd (ExecuTorch's iOS TextRunner), the table stored twice."),)
 
     def __init__(self, weights: str = "ptd", **options):
         super().__init__(weights=weights, **options)  # an unknown option: one line, from the base class
@@ -141,7 +141,16 @@ class Android(Target):
         methods = {k: (list(v) if k == "get_eos_ids" else v[0]) for k, v in c.items() if v}
         # export writes a .ptd exactly when the program keeps its weights outside (a tied table)
         data = self.DATA if self.DATA in manifest["files"] else None
-        return {"entry": self.ENTRY, "data_file": data, "constant_methods": methods}
+        return {"entry": self.ENTRY, "data_file": data, "constant_methods": methods,
+                **self.recorded_min_runtime(bundle_dir, manifest)}
+
+    def min_runtime(self, bundle_dir: Path, tools: dict) -> dict | None:
+        """The ExecuTorch that wrote the .pte. ExecuTorch promises that a newer runtime loads an
+        older .pte (for at least one following minor release), and nothing about the reverse
+        (runtime/COMPATIBILITY.md): a .pte may use program-format features, ops or delegate
+        payloads an older runtime lacks, and the file names no lower bound of its own."""
+        version = release(tools.get("executorch"))
+        return {"name": "executorch", "version": version} if version else None
 
     def metadata(self, bundle_dir: Path, manifest: dict) -> dict:
         from mobilellm_export.backends.executorch.pte_file import constant_methods

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mobilellm_export.backends import Artifact, ExportSpec, Option, Target
+from mobilellm_export.backends import Artifact, ExportSpec, Option, Target, release
 from mobilellm_export.backends.onnxruntime import ACCURACY, DATA, MODEL
 from mobilellm_export.errors import UserError
 
@@ -155,7 +155,16 @@ class Onnx(Target):
 
     def target_section(self, bundle_dir: Path, manifest: dict) -> dict:
         return {"entry": MODEL, "data_file": DATA, "accuracy": self.accuracy, "accuracy_level": ACCURACY[self.accuracy],
-                "genai_config": "genai_config.json"}
+                "genai_config": "genai_config.json", **self.recorded_min_runtime(bundle_dir, manifest)}
+
+    def min_runtime(self, bundle_dir: Path, tools: dict) -> dict | None:
+        """The ONNX Runtime the bundle was exported and verified with. ORT's compatibility table
+        bounds only the default-domain opset and IR version (ours: 21 and 10); the graph's
+        com.microsoft ops (MatMulNBits, GroupQueryAttention, GatherBlockQuantized, BranchwiseRMSNorm,
+        ...) all sit in that domain's opset 1, which names no release, and BranchwiseRMSNorm alone
+        needs 1.31. So the file gives no sound lower bound, and the version that loaded it stands."""
+        version = release(tools.get("onnxruntime"))
+        return {"name": "onnxruntime", "version": version} if version else None
 
     def file_checks(self, bundle_dir: Path, manifest: dict) -> list[dict]:
         """genai_config.json, which onnxruntime-genai apps read instead of bundle.json (EOS, BOS, context,

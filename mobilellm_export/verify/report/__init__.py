@@ -32,6 +32,15 @@ def record(suite: str, name: str, value, op: str | None, bound, basis: str, stat
 FLOOR_ZERO = 1e-6  # a noise floor at or below this is 0: fp32 and weight-only artifacts
 
 
+def lowering_kl_bound(th: Thresholds, floor_kl: float | None) -> tuple[float, str]:
+    """The lowering pair's KL bound and its basis: relative to the noise floor measured in the same
+    run, or the recipe's absolute bound where that floor is 0 (or absent) or no factor is set."""
+    if th.lowering_kl_floor_factor is not None and floor_kl is not None and floor_kl > FLOOR_ZERO:
+        return (th.lowering_kl_floor_factor * floor_kl + th.lowering_kl_floor_slack,
+                f"{th.lowering_kl_floor_factor:g} x noise floor {floor_kl:.4g} + {th.lowering_kl_floor_slack:g}")
+    return th.lowering_kl_mean, "recipe threshold" + (" (noise floor is 0)" if floor_kl is not None else "")
+
+
 def checks(parity: dict, th: Thresholds) -> list[dict]:
     """The recipe's bounds on the end-to-end pair, and on the lowering pair relative to the noise
     floor measured in the same run (absolute where that floor is 0 or no factor is set)."""
@@ -48,14 +57,8 @@ def checks(parity: dict, th: Thresholds) -> list[dict]:
         add("absolute", "float->artifact ppl_delta", e2e["ppl_delta"], "<=", th.ppl_delta_max, "recipe threshold")
     if low:
         relative = th.lowering_kl_floor_factor is not None and floor and floor["kl_mean"] > FLOOR_ZERO
-        if relative:
-            f = floor["kl_mean"]
-            add("lowering", "quant->artifact kl_mean", low["kl_mean"], "<=",
-                th.lowering_kl_floor_factor * f + th.lowering_kl_floor_slack,
-                f"{th.lowering_kl_floor_factor:g} x noise floor {f:.4g} + {th.lowering_kl_floor_slack:g}")
-        else:
-            add("lowering", "quant->artifact kl_mean", low["kl_mean"], "<=", th.lowering_kl_mean,
-                "recipe threshold" + (" (noise floor is 0)" if floor else ""))
+        add("lowering", "quant->artifact kl_mean", low["kl_mean"], "<=",
+            *lowering_kl_bound(th, floor["kl_mean"] if floor else None))
         if relative and th.lowering_top1_floor_slack is not None:
             add("lowering", "quant->artifact top1", low["top1"], ">=", floor["top1"] - th.lowering_top1_floor_slack,
                 f"noise floor top-1 {floor['top1']:.4g} - {th.lowering_top1_floor_slack:g}")
@@ -112,6 +115,8 @@ def result_line(report: dict) -> str:
     if not report.get("artifact_runs_here", True):
         return ("PASS (quantized reference only: the artifact's runtime cannot run on this machine)"
                 if report["passed"] else "FAIL")
+    if report.get("mode") == "quick":
+        return "PASS (--quick: against the reference logits in the bundle)" if report["passed"] else "FAIL"
     return "PASS" if report["passed"] else "FAIL"
 
 
@@ -200,6 +205,11 @@ def markdown(report: dict) -> str:
         from mobilellm_export.verify.report.plots import markdown_links
 
         lines += ["", markdown_links(report["plots"])]
+    q = report.get("quick")
+    if q:
+        lines += ["", f"`verify --quick`: the artifact against the reference logits stored in the bundle, KL over "
+                      f"the top {q['top_k']} reference tokens (a lower bound of the full KL). Not checked:", ""]
+        lines += [f"- {line}" for line in q["not_checked"]]
     lines += ["", f"Result: **{result_line(report)}**", ""]
     return "\n".join(lines)
 
@@ -288,6 +298,17 @@ def print_summary(report: dict, console) -> None:
         say("[red]FAIL[/]" if bad else "[green]pass[/]", "FAIL",
             "metadata: " + (f"{bad[0]['name']} differs in {bad[0]['source']}" if bad else
                             f"{len(meta)} values match the files"))
+    q = report.get("quick")
+    if q:
+        import textwrap
+
+        at_export = ", ".join(f"{SHORT[k]} {v:.4g}" for k, v in q["export_kl"].items() if v == v)  # NaN: not run
+        for line in (f"--quick: KL and max|Δ| over the top {q['top_k']} reference tokens (a lower bound of the "
+                     f"full KL)" + (f"; the export measured KL {at_export} here" if at_export else ""),
+                     "not checked by --quick:", *(f"  - {x}" for x in q["not_checked"])):
+            console.print(escape(textwrap.fill(line, console.width - 1, initial_indent="  ",
+                                               subsequent_indent="      ")), style="dim", highlight=False,
+                          soft_wrap=True)
     console.print(f"  result: {result_line(report)}")
 
 
