@@ -7,6 +7,7 @@ accepts and refuses. The BOS policy is checked against both tokenizers that run 
 """
 
 import copy
+from pathlib import Path
 
 import pytest
 
@@ -54,12 +55,50 @@ def test_schema_file_is_the_versioned_contract():
     (lambda m: m["files"]["model.pte"].update(sha256="xyz"), "files/model.pte/sha256"),
     (lambda m: m["target"].update(entry="../model.pte"), "target/entry"),
     (lambda m: m.update(schema_version="2"), "schema_version"),
+    (lambda m: m["target"].update(min_runtime={"name": "executorch"}), "target/min_runtime: 'version' is a required"),
+    (lambda m: m["target"].update(min_runtime={"name": "executorch", "version": "1.5.x"}), "target/min_runtime/version"),
+    (lambda m: m["target"].update(min_runtime={"name": "executorch", "version": "1.5.1", "max": "2"}),
+     "target/min_runtime: Additional properties"),
 ])
 def test_schema_refuses_with_the_field_named(edit, needle):
     m = copy.deepcopy(manifest())
     edit(m)
     with pytest.raises(UserError, match=needle.replace("[", r"\[")):
         validate(m)
+
+
+@pytest.mark.parametrize("need", [{"name": "executorch", "version": "1.5.1"}, {"name": "coreml", "version": "iOS18"},
+                                  {"name": "onnxruntime", "version": "1.31.1"}])
+def test_min_runtime_is_optional_and_versioned(need):
+    """target.min_runtime validates in the forms the backends write; a bundle without it (written
+    before it existed) still validates, without a schema_version bump."""
+    m = manifest()
+    validate(m)
+    m["target"]["min_runtime"] = need
+    validate(m)
+
+
+@pytest.mark.parametrize("target,need", [("android", {"name": "executorch", "version": "1.5.1"}),
+                                         ("ios", {"name": "coreml", "version": "iOS18"}),
+                                         ("onnx", {"name": "onnxruntime", "version": "1.31.1"})])
+def test_min_runtime_is_derived_from_the_bundle(target, need):
+    """Each backend derives target.min_runtime from the files and recorded tool versions of a real
+    bundle (tests/fixtures/bundles_v2: ExecuTorch 1.5.1, a spec-9 package, ORT 1.31.1), and its
+    target section, which verify compares with bundle.json, carries it only when the bundle records
+    one: a bundle from before the field verifies as it did, an edited one does not."""
+    import json
+
+    from mobilellm_export import backends
+    from mobilellm_export.backends import release
+
+    d = Path(__file__).resolve().parents[1] / "fixtures" / "bundles_v2" / f"tiny-llama-{target}-4bit"
+    m = json.loads((d / "bundle.json").read_text())
+    t = backends.of_bundle(m)
+    assert t.min_runtime(d, m["tools"]) == need
+    assert "min_runtime" not in m["target"] and "min_runtime" not in t.target_section(d, m)
+    m["target"]["min_runtime"] = dict(need, version="1.0")
+    assert t.target_section(d, m)["min_runtime"] == need
+    assert release("1.5.1+cpu") == "1.5.1" and release("1.6.0.dev20260901") == "1.6.0" and release("") is None
 
 
 def test_folder_artifacts_list_files_by_relative_path():
