@@ -1,6 +1,8 @@
 // swift-tools-version:5.9
-// ExecuTorch's Swift package (branch swiftpm-1.4.1 of pytorch/executorch: ExecuTorchLLM's TextRunner,
-// XNNPACK backend, LLM custom ops) and swift-transformers (Tokenizers, for the Core ML path).
+// ExecuTorch's Swift package (branch swiftpm-1.5.1 of pytorch/executorch: ExecuTorchLLM's TextRunner,
+// XNNPACK backend, LLM custom ops; the version that writes the bundles and MobileLLMCore's
+// Bundle.executorchVersion, checked by tests/e2e/test_apps.py) and swift-transformers (Tokenizers, for
+// the Core ML path).
 import PackageDescription
 
 let package = Package(
@@ -11,7 +13,7 @@ let package = Package(
         .executable(name: "MobileLLMDemo", targets: ["MobileLLMDemo"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/pytorch/executorch", branch: "swiftpm-1.4.1"),
+        .package(url: "https://github.com/pytorch/executorch", branch: "swiftpm-1.5.1"),
         .package(url: "https://github.com/huggingface/swift-transformers", from: "0.1.17"),
     ],
     targets: [

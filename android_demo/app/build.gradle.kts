@@ -34,7 +34,8 @@ android {
 dependencies {
     implementation(project(":core"))
     // ExecuTorch's Android AAR (LlmModule, LlmCallback; XNNPACK + custom LLM ops); its JNI needs fbjni and soloader.
-    implementation("org.pytorch:executorch-android:1.4.1")
+    // The version that writes the bundles (pip executorch) and core's Bundle.EXECUTORCH_VERSION: tests/e2e/test_apps.py.
+    implementation("org.pytorch:executorch-android:1.5.1")
     implementation("com.facebook.fbjni:fbjni:0.7.0")
     implementation("com.facebook.soloader:soloader:0.12.1")
 

@@ -1,8 +1,11 @@
 """Public member signatures of Kotlin sources, one normalized line each (used to diff the
 compile-only stubs against ExecuTorch's published API text).
 
-    python android_demo/tools/api_signatures.py FILE.kt ...            # print
-    python android_demo/tools/api_signatures.py --upstream GIT_DIR TAG  # extract ExecuTorch's at TAG
+    python android_demo/tools/api_signatures.py FILE.kt ...                      # print
+    python android_demo/tools/api_signatures.py --upstream GIT_DIR TAG            # extract ExecuTorch's at TAG
+    python android_demo/tools/api_signatures.py --upstream GIT_DIR REV VERSION    # at REV, for VERSION
+
+REV other than the tag v<VERSION> (a git without that tag) is said so in the text's header.
 
 A line: `<Class> constructor(name: Type, ...)` or `<Class> fun name(name: Type, ...): Return`
 (annotations, default values and whitespace dropped; private/internal/protected members skipped;
@@ -76,12 +79,16 @@ def signatures(src: str) -> list[str]:
     return sorted(set(out))
 
 
-def upstream(git_dir: str, tag: str) -> str:
-    commit = subprocess.run(["git", "--git-dir", git_dir, "rev-parse", f"{tag}^{{commit}}"], check=True,
+def upstream(git_dir: str, rev: str, version: str | None = None) -> str:
+    """The API text of ExecuTorch's git at `rev` (a tag v<version>, or a commit standing in for it)."""
+    version = version or rev.lstrip("v")
+    commit = subprocess.run(["git", "--git-dir", git_dir, "rev-parse", f"{rev}^{{commit}}"], check=True,
                             capture_output=True, text=True).stdout.strip()
-    lines = [f"# org.pytorch:executorch-android {tag.lstrip('v')}: public API of org.pytorch.executorch.extension.llm",
-             f"# extracted by android_demo/tools/api_signatures.py from pytorch/executorch {tag} ({commit})",
+    lines = [f"# org.pytorch:executorch-android {version}: public API of org.pytorch.executorch.extension.llm",
+             f"# extracted by android_demo/tools/api_signatures.py from pytorch/executorch {rev} ({commit})",
              f"# {UPSTREAM_DIR}/{{{','.join(UPSTREAM_FILES)}}}"]
+    if rev != f"v{version}":
+        lines.append(f"# NOT the tag v{version}, which the git this was read from lacks: {rev} stands in for it")
     for f in UPSTREAM_FILES:
         src = subprocess.run(["git", "--git-dir", git_dir, "show", f"{commit}:{UPSTREAM_DIR}/{f}"], check=True,
                              capture_output=True, text=True).stdout
@@ -91,7 +98,7 @@ def upstream(git_dir: str, tag: str) -> str:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--upstream"]:
-        sys.stdout.write(upstream(sys.argv[2], sys.argv[3]))
+        sys.stdout.write(upstream(*sys.argv[2:5]))
     else:
         for path in sys.argv[1:]:
             print("\n".join(signatures(open(path).read())))

@@ -43,8 +43,9 @@ def test_kotlin_core_passes_the_shared_vectors(kotlin_tests):
 def test_a_wrong_vector_fails_the_kotlin_tests(tmp_path, kotlin_tests):
     """The Kotlin tests are not vacuous: one byte changed in an expected prompt, a runner text
     left un-normalized, a stop string shown where it must not be, a future schema and an unknown
-    pre_normalize step declared parseable, and a wrong cache decision each fail, and the report
-    names exactly those vectors."""
+    pre_normalize step declared parseable, a bundle needing a newer runtime declared loadable, a
+    runtime version compared as text, and a wrong cache decision each fail, and the report names
+    exactly those vectors."""
     bad = tmp_path / "apps"
     shutil.copytree(APPS, bad)
     prompts = json.loads((bad / "prompts.json").read_text())
@@ -60,6 +61,10 @@ def test_a_wrong_vector_fails_the_kotlin_tests(tmp_path, kotlin_tests):
     p["expect"] = next(q for q in parse if q["name"] == "valid-r1-llama3")["expect"]
     u = next(p for p in parse if p["name"] == "pre-normalize-unknown-step")
     u["expect"] = next(q for q in parse if q["name"] == "pre-normalize-two-steps")["expect"]
+    newer = next(p for p in parse if p["name"] == "min-runtime-newer")
+    newer["expect"] = next(q for q in parse if q["name"] == "min-runtime-equal")["expect"]  # a newer runtime let in
+    numeric = next(p for p in parse if p["name"] == "min-runtime-numeric-not-text")
+    numeric["expect"] = {"ok": False, "error": "this bundle needs ExecuTorch"}  # 1.9.0 read as newer than 1.10.0
     kv = json.loads((bad / "kv.json").read_text())
     k = next(k for k in kv if k["name"] == "qwen3-reasoning")
     k["expect"]["reuse"] = True
@@ -72,10 +77,11 @@ def test_a_wrong_vector_fails_the_kotlin_tests(tmp_path, kotlin_tests):
     for name in ("gemma3/single-system: rendered prompt", "gemma3/multi: runner text", "split-stop: shown after piece 0",
                  "future-schema: bundle.json has schema_version 4",
                  "pre-normalize-unknown-step: bundle.json: generation.prompt_format.pre_normalize[1]: unknown step type",
-                 "qwen3-reasoning: reuse"):
+                 "min-runtime-newer: bundle.json: this bundle needs ExecuTorch ≥ 1.10.0 (target.min_runtime); this app has 1.5.1",
+                 "min-runtime-numeric-not-text: parsed, expected an error", "qwen3-reasoning: reuse"):
         assert name in out, out
     assert "2 of 55 vectors failed" in out and "stats.json: 4 vectors passed" in out
-    assert f"2 of {len(parse)} vectors failed" in out
+    assert f"4 of {len(parse)} vectors failed" in out
 
 
 def test_core_is_pure_kotlin():
@@ -86,11 +92,14 @@ def test_core_is_pure_kotlin():
     assert "android." not in src and "org.pytorch" not in src
 
 
+API = ROOT / "android_demo" / "executorch-android-1.5.1.api"
+
+
 def test_glue_compiled_against_stubs_that_match_upstream(kotlin_tests):
     """The glue (ChatEngine, BundleLocator) compiled against the stubs (it is in the jar the
     tests ran from), and every stub member is, signature for signature, in ExecuTorch's published
-    API of the pinned release (android_demo/executorch-android-1.4.1.api, extracted from the
-    v1.4.1 sources by android_demo/tools/api_signatures.py)."""
+    API of the pinned release (android_demo/executorch-android-1.5.1.api, extracted from ExecuTorch's
+    sources by android_demo/tools/api_signatures.py at the commit its header names)."""
     import zipfile
 
     assert kotlin_tests.returncode == 0
@@ -98,25 +107,67 @@ def test_glue_compiled_against_stubs_that_match_upstream(kotlin_tests):
     names = set(zipfile.ZipFile(jar).namelist())
     assert {"org/mobilellm/demo/engine/ChatEngine.class", "org/mobilellm/demo/engine/BundleLocator.class",
             "org/pytorch/executorch/extension/llm/LlmModule.class"} <= names
-    api = (ROOT / "android_demo" / "executorch-android-1.4.1.api").read_text().splitlines()
-    assert api[0].startswith("# org.pytorch:executorch-android 1.4.1") and "v1.4.1 (" in api[1]
+    api = API.read_text().splitlines()
+    assert api[0].startswith("# org.pytorch:executorch-android 1.5.1:") and re.search(r" \([0-9a-f]{40}\)$", api[1])
     upstream = {line for line in api if not line.startswith("#")}
     stubs = []
     for f in (ROOT / "android_demo" / "stubs" / "src").rglob("*.kt"):
         stubs += api_signatures.signatures(f.read_text())
     assert len(stubs) == 10
     assert [s for s in stubs if s not in upstream] == []
-    # the pin is the same everywhere
-    gradle = (ROOT / "android_demo" / "app" / "build.gradle.kts").read_text()
-    assert 'org.pytorch:executorch-android:1.4.1"' in gradle
-    assert "executorch-android:1.4.1" in (ROOT / "android_demo" / "README.md").read_text()
+
+
+def test_the_apps_run_the_executorch_that_writes_the_bundles():
+    """One ExecuTorch version everywhere: the AAR app/build.gradle.kts pins, the Kotlin core's
+    EXECUTORCH_VERSION (what it compares target.min_runtime with), the Swift package branch and the
+    Swift core's executorchVersion, the API text the stubs are checked against, the READMEs, and the
+    pip ExecuTorch that writes and verifies the bundles (whose min_runtime is its release)."""
+    from importlib import metadata
+
+    from mobilellm_export.backends import release
+
+    def one(pattern: str, path: str) -> str:
+        found = set(re.findall(pattern, (ROOT / path).read_text()))
+        assert len(found) == 1, (path, found)
+        return found.pop()
+
+    pins = {
+        "gradle": one(r'"org\.pytorch:executorch-android:([0-9.]+)"', "android_demo/app/build.gradle.kts"),
+        "kotlin": one(r'EXECUTORCH_VERSION = "([0-9.]+)"', "android_demo/core/src/main/kotlin/org/mobilellm/demo/core/Bundle.kt"),
+        "swiftpm": one(r'branch: "swiftpm-([0-9.]+)"', "ios_demo/Package.swift"),
+        "swift": one(r'executorchVersion = "([0-9.]+)"', "ios_demo/Sources/MobileLLMCore/MobileLLMCore.swift"),
+        "api": one(r"^# org\.pytorch:executorch-android ([0-9.]+):", API.relative_to(ROOT).as_posix()),
+        "android README": one(r"pinned to\s+\*\*`org\.pytorch:executorch-android:([0-9.]+)`", "android_demo/README.md"),
+        "ios README": one(r"branch\s+`swiftpm-([0-9.]+)` of pytorch/executorch", "ios_demo/README.md"),
+        "pip": release(metadata.version("executorch")),
+    }
+    assert len(set(pins.values())) == 1, pins
+    bundle = json.loads((APPS / "bundles" / "smollm2" / "bundle.json").read_text())
+    assert bundle["target"]["min_runtime"] == {"name": "executorch", "version": pins["pip"]}
+
+
+def test_the_schema_and_the_apps_agree_on_min_runtime():
+    """Every min_runtime the apps accept or refuse by version is valid bundle.json (the schema), and
+    the malformed ones the apps refuse, the schema refuses too."""
+    from mobilellm_export.bundle import validate
+    from mobilellm_export.errors import UserError
+
+    vectors = [v for v in json.loads((APPS / "parse.json").read_text()) if v["name"].startswith("min-runtime-")]
+    malformed = {"min-runtime-bad-version", "min-runtime-not-an-object"}
+    assert len(vectors) >= 12 and malformed < {v["name"] for v in vectors}
+    for v in vectors:
+        if v["name"] in malformed:
+            with pytest.raises(UserError, match="target/min_runtime"):
+                validate(v["manifest"])
+        else:
+            validate(v["manifest"])
 
 
 def test_signature_diff_catches_a_wrong_stub():
     """A stub whose generate() lost its numBos parameter is not in the upstream text."""
     src = (ROOT / "android_demo" / "stubs" / "src" / "org/pytorch/executorch/extension/llm/LlmModule.kt").read_text()
     wrong = src.replace("      numBos: Int,\n", "")
-    upstream = set((ROOT / "android_demo" / "executorch-android-1.4.1.api").read_text().splitlines())
+    upstream = set(API.read_text().splitlines())
     missing = [s for s in api_signatures.signatures(wrong) if s not in upstream]
     assert missing == ["LlmModule fun generate(prompt: String, seqLen: Int, llmCallback: LlmCallback, echo: Boolean, "
                        "temperature: Float, numEos: Int): Unit"]
@@ -124,13 +175,16 @@ def test_signature_diff_catches_a_wrong_stub():
 
 @pytest.mark.extra
 def test_stored_api_text_is_upstream(tmp_path):
-    """Re-extract the API text from ExecuTorch's git at v1.4.1 (needs a clone: EXECUTORCH_GIT)."""
+    """Re-extract the API text from ExecuTorch's git at the revision its header names (needs a
+    clone: EXECUTORCH_GIT)."""
     import os
 
     git = os.environ.get("EXECUTORCH_GIT", "/work/.mirror/pytorch+executorch/repo")
     if not Path(git).exists():
         pytest.fail(f"no ExecuTorch git at {git}: set EXECUTORCH_GIT")
-    assert api_signatures.upstream(git, "v1.4.1") == (ROOT / "android_demo" / "executorch-android-1.4.1.api").read_text()
+    text = API.read_text()
+    rev = re.search(r"from pytorch/executorch (\S+) \(", text.splitlines()[1]).group(1)
+    assert api_signatures.upstream(git, rev, "1.5.1") == text
 
 
 # ---- iOS: the Swift mirror ----------------------------------------------------------------------
@@ -182,5 +236,5 @@ def test_swift_core_mirrors_the_kotlin_core():
     assert files == {"parse.json", "prompts.json", "stream.json", "stats.json", "kv.json"} == set(
         re.findall(r'"(\w+\.json)"', swift_tests))
     for check in ("rendered prompt", "prompt with BOS policy", "runner text", "pre_normalize", "probe runner text",
-                  "shown after piece", "stop piece", "text to prefill", "runner text to prefill"):
+                  "min_runtime", "shown after piece", "stop piece", "text to prefill", "runner text to prefill"):
         assert check in kt_tests and check in swift_tests

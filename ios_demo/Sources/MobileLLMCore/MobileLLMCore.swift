@@ -18,17 +18,31 @@ public struct BosPolicy: Equatable {
     }
 }
 
+/// target.min_runtime: the oldest runtime that loads the bundle's artifact (e.g. executorch 1.5.1).
+public struct MinRuntime: Equatable {
+    public let name: String
+    public let version: String
+    public init(name: String, version: String) { self.name = name; self.version = version }
+}
+
 public struct Bundle {
     public static let schemaVersion = 3
     /// Schema 3 only dropped recipe.target_thresholds, which an app never reads: schema 2 loads as it is.
     public static let minSchemaVersion = 2
     /// prompt_format versions read: 1, and 2 (= 1 + the required pre_normalize list).
     public static let promptFormatVersion = 2
+    /// The ExecuTorch this app runs: Package.swift's branch swiftpm-<version>, the version that writes the
+    /// bundles (tests/e2e/test_apps.py checks that they agree).
+    public static let executorchVersion = "1.5.1"
+    /// The runtimes this app has, by target.min_runtime's names: its ExecuTorch, and the OS's Core ML.
+    public static var runtimes: [String: String] { ["executorch": executorchVersion, "coreml": coreMLTarget()] }
+    static let runtimeNames = ["executorch": "ExecuTorch", "coreml": "Core ML", "onnxruntime": "ONNX Runtime"]
 
     public let schemaVersion: Int
     public let model: String
     public let entry: String
     public let dataFile: String?
+    public let minRuntime: MinRuntime?
     public let tokenizerFile: String
     public let eosIds: [Int]
     public let bos: BosPolicy
@@ -48,7 +62,63 @@ public struct Bundle {
         promptFormat.runnerText(try prompt(messages, enableThinking: enableThinking, date: date))
     }
 
-    public static func parse(_ text: String) throws -> Bundle {
+    /// The Core ML deployment target this OS runs, as coremltools names them (iOS17, iOS18, iOS26): Core ML
+    /// ships with the OS. macOS 14 and 15 run what iOS 17 and 18 run; from 26 the numbers are the same.
+    public static func coreMLTarget() -> String {
+        let major = ProcessInfo.processInfo.operatingSystemVersion.majorVersion
+        #if os(macOS)
+        return "iOS\(major >= 26 ? major : major + 3)"
+        #else
+        return "iOS\(major)"
+        #endif
+    }
+
+    /// (letter prefix, numbers) of a version like 1.5.1 or iOS18; nil for anything else.
+    static func splitVersion(_ v: String) -> (String, [Int])? {
+        let prefix = String(v.prefix(while: { $0.isASCII && $0.isLetter }))
+        var numbers: [Int] = []
+        for part in v.dropFirst(prefix.count).split(separator: ".", omittingEmptySubsequences: false) {
+            guard (1...9).contains(part.count), part.allSatisfy({ $0.isASCII && $0.isNumber }), let n = Int(part) else { return nil }
+            numbers.append(n)
+        }
+        return numbers.isEmpty ? nil : (prefix, numbers)
+    }
+
+    /// `a` against `b`, number by number after the same letter prefix ("1.10.0" > "1.5.1", "iOS18" > "iOS17",
+    /// a missing number is 0): negative, 0 or positive; nil when either is not such a version or the
+    /// prefixes differ.
+    public static func compareVersions(_ a: String, _ b: String) -> Int? {
+        guard let x = splitVersion(a), let y = splitVersion(b), x.0 == y.0 else { return nil }
+        for i in 0..<max(x.1.count, y.1.count) {
+            let m = i < x.1.count ? x.1[i] : 0
+            let n = i < y.1.count ? y.1[i] : 0
+            if m != n { return m < n ? -1 : 1 }
+        }
+        return 0
+    }
+
+    /// Why a bundle needing `need` cannot run on `have` (runtime name -> version), in one line; nil: it can.
+    public static func runtimeRefusal(_ need: MinRuntime?, _ have: [String: String]) -> String? {
+        guard let need = need else { return nil } // written before bundles recorded it
+        let name = runtimeNames[need.name] ?? need.name
+        let head = "bundle.json: this bundle needs \(name) ≥ \(need.version) (target.min_runtime); "
+        guard let mine = have[need.name] else {
+            return head + "this app runs " + have.sorted { $0.key < $1.key }
+                .map { "\(runtimeNames[$0.key] ?? $0.key) \($0.value)" }.joined(separator: ", ")
+        }
+        if let c = compareVersions(need.version, mine), c <= 0 { return nil }
+        return head + "this app has \(mine): update the app or re-export the bundle"
+    }
+
+    static func parseMinRuntime(_ j: Fields) throws -> MinRuntime {
+        let v = try j.string("version")
+        if splitVersion(v) == nil {
+            throw BundleError(message: "bundle.json: target.min_runtime.version: expected a version like 1.5.1 or iOS18, not \(v)")
+        }
+        return MinRuntime(name: try j.string("name"), version: v)
+    }
+
+    public static func parse(_ text: String, runtimes: [String: String] = Bundle.runtimes) throws -> Bundle {
         let any: Any
         do {
             any = try JSONSerialization.jsonObject(with: Data(text.utf8))
@@ -66,6 +136,9 @@ public struct Bundle {
             throw BundleError(message: "bundle.json has schema_version \(version); this app reads schema_version \(Bundle.minSchemaVersion)-\(Bundle.schemaVersion): re-export the bundle")
         }
         let target = try j.obj("target")
+        var minRuntime: MinRuntime? = nil
+        if target.has("min_runtime") { minRuntime = try parseMinRuntime(try target.obj("min_runtime")) }
+        if let refusal = runtimeRefusal(minRuntime, runtimes) { throw BundleError(message: refusal) }
         let gen = try j.obj("generation")
         let bos = try gen.obj("bos")
         return Bundle(
@@ -73,6 +146,7 @@ public struct Bundle {
             model: try j.string("model"),
             entry: try target.string("entry"),
             dataFile: try target.optString("data_file"),
+            minRuntime: minRuntime,
             tokenizerFile: try j.obj("tokenizer").string("file"),
             eosIds: try gen.intList("eos_ids"),
             bos: BosPolicy(id: try bos.optInt("id"), text: try bos.optString("text"), add: try bos.bool("add")),

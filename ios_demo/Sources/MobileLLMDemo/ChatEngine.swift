@@ -1,8 +1,10 @@
 // The iOS glue (NOT compiled here: no Swift toolchain on Linux CI; tree-sitter checks its syntax).
-// Mirrors android_demo/.../engine/ChatEngine.kt on ExecuTorch's Swift TextRunner (ExecuTorchLLM 1.4.1):
+// Mirrors android_demo/.../engine/ChatEngine.kt on ExecuTorch's Swift TextRunner (ExecuTorchLLM 1.5.1; its
+// header as at 1.4.1 in the sources read, ios_demo/README.md):
 //   TextRunner(modelPath:tokenizerPath:) -> load() -> generate(prompt, Config { ... }) { token in ... }
 //   stop() ends a generation early; reset() clears the KV cache (position 0).
-// TextRunner 1.4.1 takes no external-weights (.ptd) path: a bundle with target.data_file cannot run here.
+// TextRunner takes no external-weights (.ptd) path: a bundle with target.data_file cannot run here.
+// Bundle.parse has already refused a bundle whose target.min_runtime is newer than Bundle.executorchVersion.
 import ExecuTorchLLM
 import Foundation
 import MobileLLMCore
@@ -24,7 +26,7 @@ final class ChatEngine {
 
     init(dir: URL, bundle: MobileLLMCore.Bundle) throws {
         if let data = bundle.dataFile {
-            throw BundleError(message: "\(data): TextRunner 1.4.1 cannot load external weights; export without a .ptd for iOS")
+            throw BundleError(message: "\(data): TextRunner cannot load external weights; export with --android-weights pte for iOS")
         }
         self.dir = dir
         self.bundle = bundle
@@ -40,7 +42,7 @@ final class ChatEngine {
         var rendered: String
         do { rendered = try bundle.prompt(turns, enableThinking: enableThinking) } catch { return Reply(text: "", stopped: false, reusedCache: false, error: "\(error)") }
         var plan = CachePlan.plan(cached: cached, rendered: rendered, format: bundle.promptFormat)
-        // TextRunner reports no stats JSON at 1.4.1: bound the tokens by UTF-8 bytes of the text
+        // TextRunner reports no stats JSON to Swift: bound the tokens by UTF-8 bytes of the text
         // tokenized (a token is at least one byte). The plan works on the prompt text; the runner is
         // given it pre-normalized (prompt_format.pre_normalize, PromptFormat.runnerText).
         func fits(_ p: CachePlan) -> Bool { (p.reset ? 0 : cachedBytes) + bundle.promptFormat.runnerText(p.text).utf8.count + maxNewTokens <= bundle.maxContext }

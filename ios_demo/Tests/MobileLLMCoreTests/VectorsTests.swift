@@ -37,6 +37,9 @@ final class VectorsTests: XCTestCase {
         if want != got { throw Mismatch(description: "\(what) expected <\(want)> but was <\(got)>") }
     }
 
+    /// A vector's own runtimes (name -> version) or, without them, this app's (Bundle.runtimes).
+    func runtimes(_ v: [String: Any]) -> [String: String] { v["runtimes"] as? [String: String] ?? Bundle.runtimes }
+
     func testBundleParsing() throws {
         try check("parse.json") { v in
             let text: String
@@ -46,15 +49,17 @@ final class VectorsTests: XCTestCase {
             let want = v["expect"] as! [String: Any]
             if !(want["ok"] as! Bool) {
                 do {
-                    _ = try Bundle.parse(text)
+                    _ = try Bundle.parse(text, runtimes: runtimes(v))
                     throw Mismatch(description: "parsed, expected an error containing '\(want["error"]!)'")
                 } catch let e as BundleError {
                     if !e.message.contains(want["error"] as! String) { throw Mismatch(description: "error '\(e.message)' lacks '\(want["error"]!)'") }
                 }
                 return
             }
-            let b = try Bundle.parse(text)
+            let b = try Bundle.parse(text, runtimes: runtimes(v))
             try eq("schema_version", want["schema_version"] as! Int, b.schemaVersion)
+            let need = (want["min_runtime"] as? [String: String]).map { MinRuntime(name: $0["name"]!, version: $0["version"]!) }
+            try eq("min_runtime", need, b.minRuntime)
             try eq("model", want["model"] as! String, b.model)
             try eq("entry", want["entry"] as! String, b.entry)
             try eq("data_file", want["data_file"] as? String, b.dataFile)

@@ -1,4 +1,4 @@
-// COMPILE-ONLY STUB of org.pytorch:executorch-android 1.4.1 (see LlmModule.kt here).
+// COMPILE-ONLY STUB of org.pytorch:executorch-android 1.5.1 (see LlmModule.kt here).
 package org.pytorch.executorch.extension.llm
 
 interface LlmCallback {

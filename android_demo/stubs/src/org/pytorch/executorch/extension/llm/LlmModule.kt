@@ -1,7 +1,7 @@
-// COMPILE-ONLY STUB of org.pytorch:executorch-android 1.4.1 (never packaged: the app gets the real
+// COMPILE-ONLY STUB of org.pytorch:executorch-android 1.5.1 (never packaged: the app gets the real
 // class from the AAR). Only the members the demo calls, each with the upstream signature; the test
-// tests/test_apps.py checks every line here against ../executorch-android-1.4.1.api (extracted
-// from ExecuTorch's LlmModule.kt / LlmCallback.kt at tag v1.4.1).
+// tests/e2e/test_apps.py checks every line here against ../executorch-android-1.5.1.api (extracted
+// from ExecuTorch's LlmModule.kt / LlmCallback.kt; its header says at which commit).
 package org.pytorch.executorch.extension.llm
 
 import java.io.Closeable

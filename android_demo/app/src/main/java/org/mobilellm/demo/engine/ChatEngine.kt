@@ -1,5 +1,6 @@
 // The Android glue: one LlmModule per bundle, fed from prompt_format. No Android classes here, so
-// it compiles on the JVM against compile-only stubs of executorch-android 1.4.1 (android_demo/stubs).
+// it compiles on the JVM against compile-only stubs of executorch-android 1.5.1 (android_demo/stubs).
+// Bundle.parse has already refused a bundle whose target.min_runtime is newer than that.
 package org.mobilellm.demo.engine
 
 import java.io.File
@@ -22,7 +23,8 @@ interface ChatListener {
 data class Reply(val text: String, val stopped: Boolean, val reusedCache: Boolean, val error: String?)
 
 /**
- * LlmModule API used (executorch-android 1.4.1, TextLLMRunner underneath):
+ * LlmModule API used (executorch-android 1.5.1, TextLLMRunner underneath; LlmModule.kt, LlmCallback.kt and
+ * the JNI as at 1.4.1 in the sources read, android_demo/README.md):
  *  - LlmModule(model, tokenizer, temperature[, dataPath]): dataPath = the bundle's .ptd (target.data_file);
  *  - generate(prompt, seqLen, callback, echo=false, temperature, numBos=0, numEos=0): tokenizes
  *    `prompt`, prefills it at the runner's current position and decodes; the position persists
@@ -52,7 +54,7 @@ class ChatEngine(val dir: File, val bundle: Bundle, private val temperature: Flo
 
     /**
      * One assistant turn for `conversation` (ending with the user's message). Blocks until done;
-     * call it off the UI thread. At the context limit (the runner at 1.4.1 does not check it when
+     * call it off the UI thread. At the context limit (the runner does not check it when
      * max_seq_len < max_context), the oldest user/assistant pair is dropped and the cache reset.
      */
     fun reply(conversation: List<Message>, maxNewTokens: Int, enableThinking: Boolean?, listener: ChatListener,
@@ -98,7 +100,7 @@ class ChatEngine(val dir: File, val bundle: Bundle, private val temperature: Flo
                 error = "ExecuTorch error $errorCode: $message"
             }
         }
-        // LlmModule 1.4.1 passes seqLen but not LlmGenerationConfig.maxNewTokens to the runner, which
+        // LlmModule passes seqLen but not LlmGenerationConfig.maxNewTokens to the runner, which
         // caps new tokens at min(seqLen, max_context) - occupied, where occupied is 0 when the .pte
         // prefills in chunks (max_seq_len < max_context, our exports) and the position otherwise.
         val seqLen = if (bundle.maxSeqLen < bundle.maxContext) maxNewTokens else bundle.maxContext

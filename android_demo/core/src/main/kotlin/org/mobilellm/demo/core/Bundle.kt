@@ -13,11 +13,15 @@ data class BosPolicy(val id: Int?, val text: String?, val add: Boolean) {
         if (add && text != null && !prompt.startsWith(text)) text + prompt else prompt
 }
 
+/** target.min_runtime: the oldest runtime that loads the bundle's artifact (e.g. executorch 1.5.1). */
+data class MinRuntime(val name: String, val version: String)
+
 data class Bundle(
     val schemaVersion: Int,
     val model: String,
     val entry: String,
     val dataFile: String?,
+    val minRuntime: MinRuntime?,
     val tokenizerFile: String,
     val eosIds: List<Int>,
     val bos: BosPolicy,
@@ -41,8 +45,46 @@ data class Bundle(
         const val MIN_SCHEMA_VERSION = 2
         /** prompt_format versions read: 1, and 2 (= 1 + the required pre_normalize list). */
         const val PROMPT_FORMAT_VERSION = 2
+        /** The ExecuTorch this app runs: the executorch-android AAR app/build.gradle.kts pins, the version
+         *  that writes the bundles (tests/e2e/test_apps.py checks that all three agree). */
+        const val EXECUTORCH_VERSION = "1.5.1"
+        /** The runtimes this app has, by target.min_runtime's names. */
+        val RUNTIMES = mapOf("executorch" to EXECUTORCH_VERSION)
 
-        fun parse(text: String): Bundle {
+        private val VERSION = Regex("([A-Za-z]*)([0-9]{1,9}(?:\\.[0-9]{1,9})*)")
+        private val NAMES = mapOf("executorch" to "ExecuTorch", "coreml" to "Core ML", "onnxruntime" to "ONNX Runtime")
+
+        /**
+         * [a] against [b], number by number after the same letter prefix ("1.10.0" > "1.5.1", "iOS18" > "iOS17",
+         * a missing number is 0): negative, 0 or positive; null when either is not such a version or the
+         * prefixes differ.
+         */
+        fun compareVersions(a: String, b: String): Int? {
+            val x = VERSION.matchEntire(a) ?: return null
+            val y = VERSION.matchEntire(b) ?: return null
+            if (x.groupValues[1] != y.groupValues[1]) return null
+            val p = x.groupValues[2].split(".").map { it.toInt() }
+            val q = y.groupValues[2].split(".").map { it.toInt() }
+            for (i in 0 until maxOf(p.size, q.size)) {
+                val c = p.getOrElse(i) { 0 }.compareTo(q.getOrElse(i) { 0 })
+                if (c != 0) return c
+            }
+            return 0
+        }
+
+        /** Why a bundle needing [need] cannot run on [have] (runtime name -> version), in one line; null: it can. */
+        fun runtimeRefusal(need: MinRuntime?, have: Map<String, String>): String? {
+            if (need == null) return null // written before bundles recorded it
+            val name = NAMES[need.name] ?: need.name
+            val mine = have[need.name]
+                ?: return "bundle.json: this bundle needs $name ≥ ${need.version} (target.min_runtime); this app runs " +
+                    have.entries.sortedBy { it.key }.joinToString { "${NAMES[it.key] ?: it.key} ${it.value}" }
+            val c = compareVersions(need.version, mine)
+            return if (c != null && c <= 0) null
+            else "bundle.json: this bundle needs $name ≥ ${need.version} (target.min_runtime); this app has $mine: update the app or re-export the bundle"
+        }
+
+        fun parse(text: String, runtimes: Map<String, String> = RUNTIMES): Bundle {
             val root = try {
                 JSONObject(text)
             } catch (e: Exception) {
@@ -58,6 +100,8 @@ data class Bundle(
                 throw BundleError("bundle.json has schema_version $version; this app reads schema_version $MIN_SCHEMA_VERSION-$SCHEMA_VERSION: re-export the bundle")
             }
             val target = j.obj("target")
+            val minRuntime = if (target.has("min_runtime")) parseMinRuntime(target.obj("min_runtime")) else null
+            runtimeRefusal(minRuntime, runtimes)?.let { throw BundleError(it) }
             val gen = j.obj("generation")
             val bos = gen.obj("bos")
             return Bundle(
@@ -65,6 +109,7 @@ data class Bundle(
                 model = j.string("model"),
                 entry = target.string("entry"),
                 dataFile = target.optString("data_file"),
+                minRuntime = minRuntime,
                 tokenizerFile = j.obj("tokenizer").string("file"),
                 eosIds = gen.intList("eos_ids"),
                 bos = BosPolicy(bos.optInt("id"), bos.optString("text"), bos.bool("add")),
@@ -74,6 +119,12 @@ data class Bundle(
                 topP = gen.double("top_p"),
                 promptFormat = PromptFormat.parse(gen.obj("prompt_format")),
             )
+        }
+
+        private fun parseMinRuntime(j: Fields): MinRuntime {
+            val v = j.string("version")
+            if (!VERSION.matches(v)) throw BundleError("bundle.json: target.min_runtime.version: expected a version like 1.5.1 or iOS18, not $v")
+            return MinRuntime(j.string("name"), v)
         }
     }
 }

@@ -41,21 +41,27 @@ class VectorsTest {
         println("$file: ${all.size} vectors passed")
     }
 
+    /** A vector's own runtimes (name -> version) or, without them, this app's (Bundle.RUNTIMES). */
+    private fun runtimes(v: JSONObject): Map<String, String> =
+        v.optJSONObject("runtimes")?.let { r -> r.keys().asSequence().map { it as String }.associateWith { r.getString(it) } } ?: Bundle.RUNTIMES
+
     @Test
     fun bundleParsing() = check("parse.json") { v ->
         val text = if (v.has("bundle")) bundleText(v.getString("bundle")) else v.getJSONObject("manifest").toString()
         val want = v.getJSONObject("expect")
         if (!want.getBoolean("ok")) {
             try {
-                Bundle.parse(text)
+                Bundle.parse(text, runtimes(v))
                 fail("parsed, expected an error containing '${want.getString("error")}'")
             } catch (e: BundleError) {
                 assertTrue("error '${e.message}' lacks '${want.getString("error")}'", e.message!!.contains(want.getString("error")))
             }
             return@check
         }
-        val b = Bundle.parse(text)
+        val b = Bundle.parse(text, runtimes(v))
         assertEquals(want.getInt("schema_version"), b.schemaVersion)
+        val need = want.optJSONObject("min_runtime")
+        assertEquals("min_runtime", need?.let { MinRuntime(it.getString("name"), it.getString("version")) }, b.minRuntime)
         assertEquals(want.getString("model"), b.model)
         assertEquals(want.getString("entry"), b.entry)
         assertEquals(if (want.isNull("data_file")) null else want.getString("data_file"), b.dataFile)
