@@ -1,8 +1,13 @@
 """Peak memory of the whole process tree (this process and every descendant), per step.
 
-A sampler thread sums VmRSS over the tree every `interval` seconds; a child that lives shorter
-than that can be missed, so children also report their own high-water mark (VmHWM). For this
-process alone the kernel's own VmHWM is exact: it is reset at each step (/proc/self/clear_refs).
+A sampler thread sums VmRSS and PSS over the tree every `interval` seconds; a child that lives
+shorter than that can be missed, so children also report their own high-water mark (VmHWM). For
+this process alone the kernel's own VmHWM is exact: it is reset at each step (/proc/self/clear_refs).
+The RSS sum counts a page once per process that maps it (a forked sandbox child, the torch library
+in every latency child); the PSS sum counts it once in all: what the machine holds.
+
+`release()` also ends the sandbox children (`on_release`): a child forked while the parent held a
+model keeps that model's pages alive after the parent frees them.
 """
 
 from __future__ import annotations
@@ -36,12 +41,23 @@ def reset_self_peak() -> bool:
         return False
 
 
+_ON_RELEASE: list = []
+
+
+def on_release(fn) -> None:
+    """Call `fn()` at every `release()`, before the heap is trimmed (the sandbox registers the end of
+    its children: text/ sits above this module)."""
+    _ON_RELEASE.append(fn)
+
+
 def release() -> None:
     """Collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise, and
     the next step's peak would count memory no one uses)."""
     import ctypes
     import gc
 
+    for fn in _ON_RELEASE:
+        fn()
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -73,12 +89,32 @@ def tree_rss_mb(pid: int | None = None) -> float:
     return sum(_status_kb(p, "VmRSS:") for p in [pid, *descendants(pid)]) / 1024
 
 
+def _pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def tree_pss_mb(pid: int | None = None) -> float:
+    """The tree's memory as the machine holds it: each page counted once, shared pages split among
+    the processes that map them (proportional set size). A sum of RSS counts a page shared by a
+    forked child, or a library every child maps, once per process: a fork of a 2 GB process adds
+    2 GB to it and next to nothing to the machine."""
+    pid = pid or os.getpid()
+    return sum(_pss_kb(p) for p in [pid, *descendants(pid)]) / 1024
+
+
 class TreeWatch:
     """Background sampler: `mark()` starts a new step and returns the finished step's peaks."""
 
-    def __init__(self, interval: float = 0.05):
+    def __init__(self, interval: float = 0.1):
         self.interval = interval
-        self._peak = 0.0
+        self._peak = self._pss_peak = 0.0
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -97,18 +133,21 @@ class TreeWatch:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            rss = tree_rss_mb()
+            rss, pss = tree_rss_mb(), tree_pss_mb()
             with self._lock:
                 self._peak = max(self._peak, rss)
+                self._pss_peak = max(self._pss_peak, pss)
 
     def mark(self) -> dict:
-        """Peaks since the previous mark: {'tree_peak_mb', 'self_peak_mb'}; then start anew."""
+        """Peaks since the previous mark: {'tree_peak_mb' (sum of RSS), 'tree_pss_peak_mb' (each page
+        once), 'self_peak_mb'}; then start anew."""
         if not self.available:
             return {}
-        now = tree_rss_mb()
+        now, now_pss = tree_rss_mb(), tree_pss_mb()
         with self._lock:
-            tree = max(self._peak, now)
-            self._peak = now
+            tree, pss = max(self._peak, now), max(self._pss_peak, now_pss)
+            self._peak, self._pss_peak = now, now_pss
         own = self_peak_mb()
         reset_self_peak()
-        return {"tree_peak_mb": round(max(tree, own), 1), "self_peak_mb": round(own, 1)}
+        return {"tree_peak_mb": round(max(tree, own), 1), "tree_pss_peak_mb": round(pss, 1),
+                "self_peak_mb": round(own, 1)}

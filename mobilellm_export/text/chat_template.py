@@ -18,6 +18,7 @@ import jinja2
 import jinja2.sandbox
 
 from mobilellm_export import sandbox
+from mobilellm_export.memory import on_release
 from mobilellm_export.errors import UserError
 
 MAX_OUTPUT = 1 << 20  # characters: a prompt is a few kB; a MiB is already absurd
@@ -82,10 +83,19 @@ _WORKER: list[sandbox.Worker] = []
 
 
 def _worker() -> sandbox.Worker:
-    """One child renders every template of this process (a fork per render cost 50-150 ms)."""
+    """One child renders every template of this process (a fork per render cost 50-150 ms); it ends
+    at each `memory.release()` (tokenizer.close_workers says why)."""
     if not _WORKER:
         _WORKER.append(sandbox.Worker(_render_request, memory_mb=MEMORY_MB, what="chat template"))
     return _WORKER[0]
+
+
+def close_worker() -> None:
+    while _WORKER:
+        _WORKER.pop().close()
+
+
+on_release(close_worker)
 
 
 def _render_request(req: dict) -> str:

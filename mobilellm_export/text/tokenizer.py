@@ -28,6 +28,7 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 
 from mobilellm_export import sandbox
+from mobilellm_export.memory import on_release
 from mobilellm_export.errors import UserError, load_json
 from mobilellm_export.presets import SYSTEM_PROMPTS
 
@@ -63,6 +64,17 @@ def _worker(tok: HFTokenizer, file_key: tuple | None) -> sandbox.Worker:
             _WORKERS.pop(next(iter(_WORKERS)))[1].close()
     _WORKERS[key] = hit  # the reference to tok keeps its id from being reused meanwhile
     return hit[1]
+
+
+def close_workers() -> None:
+    """End every encode child. A child shares its parent's pages as they were at the fork, so once
+    the parent frees a model the child alone keeps it resident; the next encode forks a fresh one
+    (50-150 ms), from the smaller parent."""
+    while _WORKERS:
+        _WORKERS.popitem()[1][1].close()
+
+
+on_release(close_workers)
 
 
 def file_key(path: Path) -> tuple:
