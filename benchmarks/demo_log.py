@@ -53,8 +53,12 @@ def main() -> None:
     result = {
         "command": a.command, "exit_code": code, "wall_s": round(wall, 1), "lines": len(lines),
         "longest_gap_s": round(gap, 1), "longest_gap_after": after,
-        "steps": [{"step": s["step"], "seconds": s["seconds"], "tree_peak_mb": s.get("tree_peak_mb")} for s in steps],
+        # per step: the RSS sum over the process tree (a page shared by a forked child counted once per
+        # process), the PSS sum (each page once: what the machine holds) and the exporter's own peak RSS
+        "steps": [{k: s.get(k) for k in ("step", "seconds", "tree_peak_mb", "tree_pss_peak_mb", "self_peak_mb")}
+                  for s in steps],
         "tree_peak_mb": max((s.get("tree_peak_mb") or 0 for s in steps), default=None),
+        "tree_pss_peak_mb": max((s.get("tree_pss_peak_mb") or 0 for s in steps), default=None),
         "disk_mb": {".venv": du_mb(REPO / ".venv"), "bundle": du_mb(BUNDLE)},
         "provenance": stamp(),
     }
@@ -64,9 +68,12 @@ def main() -> None:
     out.with_suffix(".log").write_text("".join(f"{t:8.1f}  {ln}\n" for t, ln in lines))
     print(f"{'command':<22}{a.command}\n{'exit code':<22}{code}\n{'wall':<22}{wall:.0f} s\n"
           f"{'lines':<22}{len(lines)}\n{'longest gap':<22}{gap:.1f} s, after: {after[:60]}\n"
-          f"{'peak memory (tree)':<22}{result['tree_peak_mb']} MB\n{'disk':<22}{result['disk_mb']}")
+          f"{'peak memory (tree)':<22}RSS sum {result['tree_peak_mb']} MB, PSS sum {result['tree_pss_peak_mb']} MB\n"
+          f"{'disk':<22}{result['disk_mb']}")
+    print(f"  {'step':<40}{'seconds':>10}{'tree RSS':>10}{'tree PSS':>10}{'self RSS':>10}  (MB)")
     for s in result["steps"]:
-        print(f"  {s['step']:<40}{s['seconds']:>8.1f} s{s['tree_peak_mb'] or 0:>9.0f} MB")
+        print(f"  {s['step']:<40}{s['seconds']:>10.1f}" + "".join(f"{s.get(k) or 0:>10.0f}" for k in
+                                                                 ("tree_peak_mb", "tree_pss_peak_mb", "self_peak_mb")))
     print(f"wrote {out} and {out.with_suffix('.log')}")
     sys.exit(code)
 

@@ -406,6 +406,8 @@ def verify_parity(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: di
     window = min(WINDOW, gen["max_context"])
     bos = gen["bos"]["id"] if gen["bos"]["add"] else None
     ids = ck.tokenizer.encode(load_text(eval_text), add_special_tokens=False)
+    release()  # ends the tokenizer's child: forked from this process as it is now, it would keep
+    # every page the process frees from here on (the reference, lowering's leftovers) resident
     wins = windows(ids, eval_tokens, window, bos)
     n = sum(map(len, wins))
     evaluation = {"text": eval_text or "built-in sample (Botchan excerpt)", "positions": n, "window": window,

@@ -197,10 +197,13 @@ def markdown(report: dict) -> str:
         lines += ["", "Group-size fallbacks: " + ", ".join(f"{f['layer']} (in {f['in_features']}: g{f['group_size']})"
                                                           for f in fb)]
     if report.get("steps"):
-        lines += ["", "| step | seconds | peak RSS MB (process tree) |", "|---|---|---|"]
+        lines += ["", "Peak memory per step: the process tree's RSS summed (a page its processes share counted "
+                      "once per process) and its PSS summed (each page once: what the machine holds), in MB.",
+                  "", "| step | seconds | tree RSS sum | tree PSS sum |", "|---|---|---|---|"]
         for s in report["steps"]:
             name = f"{s['step']} ({s['detail']})" if s.get("detail") else s["step"]
-            lines.append(f"| {name} | {s['seconds']:.1f} | {_fmt(s.get('tree_peak_mb'), '.0f')} |")
+            lines.append(f"| {name} | {s['seconds']:.1f} | {_fmt(s.get('tree_peak_mb'), '.0f')} | "
+                         f"{_fmt(s.get('tree_pss_peak_mb'), '.0f')} |")
     if report.get("plots"):
         from mobilellm_export.verify.report.plots import markdown_links
 
