@@ -25,11 +25,29 @@ def fp32_bundle(tiny_tokenizer, tmp_path_factory):
     return out / "tiny-llama-android-fp32", json.loads(r.stdout)
 
 
+def test_verify_quick_on_the_cli(fp32_bundle):
+    """`verify --quick` from the command line: no source, exit 0 on the bundle as exported (an fp32
+    artifact matches both stored references to float rounding), one line for a flag that belongs to
+    the full verify, and the summary says what it did not check."""
+    d, rep = fp32_bundle
+    r = run_cli("verify", "--quick", str(d), "--json")
+    assert r.returncode == 0, r.stderr
+    q = json.loads(r.stdout)
+    assert q["mode"] == "quick" and q["passed"] and q["eval"]["positions"] == rep["eval"]["positions"]
+    assert q["parity"]["float_vs_artifact"]["top1"] == 1.0 and q["parity"]["quant_vs_artifact"]["kl_mean"] < 1e-6
+    r = run_cli("verify", "--quick", str(d))
+    said = " ".join(r.stderr.split())  # the summary, unwrapped
+    assert r.returncode == 0 and "not checked by --quick:" in said and "rewritten as a whole" in said, r.stderr
+    assert_one_line_error(run_cli("verify", "--quick", str(d), "--source", "tiny-llama"),
+                          "--source belongs to the full verify")
+
+
 def test_fp32_bundle_is_complete_and_verified(fp32_bundle):
     d, rep = fp32_bundle
     assert sorted(p.name for p in d.iterdir()) == sorted(
         ["model.pte", "model.ptd", "tokenizer.json", "tokenizer_config.json", "bundle.json", "report.json",
-         "report.md", "report-positions.json", "report-kl.png", "report-kl-hist.png", "report-top1.png"])
+         "report.md", "report-positions.json", "report-kl.png", "report-kl-hist.png", "report-top1.png",
+         "reference_logits.safetensors"])
     m = json.loads((d / "bundle.json").read_text())
     validate(m)
     assert m["target"]["data_file"] == "model.ptd" and m["target"]["entry"] == "model.pte"
@@ -39,7 +57,10 @@ def test_fp32_bundle_is_complete_and_verified(fp32_bundle):
     weights = (d / "model.pte").stat().st_size + (d / "model.ptd").stat().st_size
     assert cfg.param_count() * 4 < weights < (cfg.param_count() + cfg.vocab_size * cfg.dim) * 4, weights
     assert m["schema_version"] == SCHEMA_VERSION and "created" not in m  # the timestamp is in report.json
-    assert sorted(m["files"]) == ["model.ptd", "model.pte", "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(m["files"]) == ["model.ptd", "model.pte", "reference_logits.safetensors", "tokenizer.json",
+                                  "tokenizer_config.json"]
+    assert m["quick_check"] == {"file": "reference_logits.safetensors", "format": 1, "top_k": 32,
+                                "positions": rep["eval"]["positions"]}  # one window: the eval is shorter
     for name, info in m["files"].items():
         assert sha256(d / name) == info["sha256"]
     # tools: only what this export used (no coremltools / onnx for an ExecuTorch bundle)
@@ -153,7 +174,7 @@ def test_quantized_lowering_is_faithful_and_stores_tied_table_once(tiny_tokenize
     d = tmp_path / "pte" / "tiny-llama-android-4bit-fast"
     m = json.loads((d / "bundle.json").read_text())
     assert not (d / "model.ptd").exists() and m["target"]["data_file"] is None and sorted(m["files"]) == [
-        "model.pte", "tokenizer.json", "tokenizer_config.json"]
+        "model.pte", "reference_logits.safetensors", "tokenizer.json", "tokenizer_config.json"]
     assert m["target"]["options"] == {"weights": "pte"} and one["export"]["tied_table_stored"].startswith("twice")
     assert one["passed"] and one["parity"]["quant_vs_artifact"] == low  # the same arithmetic, to the bit
     cfg = PRESETS["tiny-llama"]
