@@ -299,44 +299,14 @@ def _check_quantized_linears(model: nn.Module) -> None:
                             f"(or per-channel)")
 
 
-@contextlib.contextmanager
-def _lowering_memos_forgotten():
-    """Two process-wide memos keep a lowered program, its graphs and a copy of every weight alive
-    after the .pte is written: fake-tensor mode's dispatch cache (a class attribute whose keys hold
-    the LoweredBackendModule an executorch_call_delegate node was traced with) and XNNPACK's
-    module-level WhyNoPartition loggers (each keeps the last node it reported, and its graph). After
-    lowering SmolLM2 4bit-fast that was 590-630 MB of RSS that verification then carried: forget
-    both once lowering is done."""
-    import sys
-
-    from executorch.exir.backend.utils import WhyNoPartition
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    try:
-        yield
-    finally:
-        FakeTensorMode.cache_clear()
-        for name, mod in list(sys.modules.items()):
-            if name.startswith("executorch.backends.xnnpack"):
-                for v in list(vars(mod).values()):
-                    if isinstance(v, WhyNoPartition):
-                        v.node = None
-
-
-def export_pte(model: Transformer, cfg: ModelConfig, path: str | Path, **kw) -> dict:
+def export_pte(model: Transformer, cfg: ModelConfig, path: str | Path, *, max_seq_len: int = 128,
+               max_context: int = 2048, eos_ids: tuple[int, ...] | None = None, bos_id: int | None = None,
+               data_file: str | None = None, status=lambda msg: None, lean: bool = True) -> dict:
     """Export a (prepared or not) Transformer to an XNNPACK .pte at `path`; return facts about it.
 
-    Keywords: max_seq_len (128), max_context (2048: must equal the model's cache length, the caches
-    are built with the model), eos_ids, bos_id, data_file (a .ptd for the weights), status, lean
-    (False runs every XNNPACK pass on every partition: lean_passes.py; the output is the same).
+    `max_context` must equal the model's cache length (the caches are built with the model).
+    `lean=False` runs every XNNPACK pass on every partition (lean_passes.py; the output is the same).
     """
-    with _lowering_memos_forgotten():
-        return _export_pte(model, cfg, path, **kw)
-
-
-def _export_pte(model: Transformer, cfg: ModelConfig, path: str | Path, *, max_seq_len: int = 128,
-                max_context: int = 2048, eos_ids: tuple[int, ...] | None = None, bos_id: int | None = None,
-                data_file: str | None = None, status=lambda msg: None, lean: bool = True) -> dict:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import (EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower)
     from executorch.exir.passes import MemoryPlanningPass
