@@ -606,6 +606,7 @@ def verify_command(req: VerifyRequest, progress: Progress) -> dict:
     c, d, m, recipe, tgt, spec, ck, meta, base, notes = (req.checking, o.d, o.m, o.recipe, o.tgt, o.spec, o.ck,
                                                          o.meta, o.base, o.notes)
     (th, loose), gen = o.bounds, m["generation"]
+    refs = quick.read(d, m) if m.get("quick_check") else None  # a malformed file fails before minutes of work
     with progress.step("reference model + quantize", recipe.name):
         qmodel = build_model(ck, gen["max_context"])
         ck.drop_weights()  # as in export: the float copy goes as it is quantized; parity reads it again
@@ -623,7 +624,6 @@ def verify_command(req: VerifyRequest, progress: Progress) -> dict:
         except UserError:
             built = None  # an unreadable old report only costs this one comparison
         built = built if isinstance(built, dict) else None
-    refs = quick.read(d, m) if m.get("quick_check") else None
     positions = verification(rep, ck, recipe, tgt, d, m, handed, qfacts, th, spec, c, base, progress, built, refs)
     del rep["_quick"]  # a verify never writes into the bundle
     rep["steps"] = progress.steps
