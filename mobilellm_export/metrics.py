@@ -32,19 +32,25 @@ class PairStats:
         for i in range(0, ref.shape[0], CHUNK):
             a, b = ref[i:i + CHUNK].float(), test[i:i + CHUNK].float()
             la, lb = a.log_softmax(-1), b.log_softmax(-1)
-            self.kl.append((la.exp() * (la - lb)).sum(-1).clamp_min(0))
-            self.agree.append(a.argmax(-1) == b.argmax(-1))
-            diff = (a - b).abs()
-            self.max_abs = max(self.max_abs, float(diff.max()))
-            self.max_ref = max(self.max_ref, float(a.abs().max()))
-            self.sum_abs += float(diff.sum(dtype=torch.float64))
-            self.n_el += diff.numel()
             t = targets[i:i + CHUNK]  # the last position of a window has no target
-            n = t.shape[0]
-            if n:
-                self.nll_ref -= float(la[:n].gather(-1, t[:, None]).sum(dtype=torch.float64))
-                self.nll_test -= float(lb[:n].gather(-1, t[:, None]).sum(dtype=torch.float64))
-                self.n_nll += n
+            self._tally((la.exp() * (la - lb)).sum(-1).clamp_min(0), a.argmax(-1) == b.argmax(-1), (a - b).abs(),
+                        float(a.abs().max()), la[:t.shape[0]].gather(-1, t[:, None])[:, 0], lb, t)
+
+    def _tally(self, kl: torch.Tensor, agree: torch.Tensor, diff: torch.Tensor, ref_scale: float,
+               ref_target_lp: torch.Tensor, test_lp: torch.Tensor, t: torch.Tensor) -> None:
+        """One chunk's per-position KL and top-1 agreement, its logit differences, the reference's
+        largest |logit|, and the log-probabilities both give the chunk's next tokens `t`."""
+        self.kl.append(kl)
+        self.agree.append(agree)
+        self.max_abs = max(self.max_abs, float(diff.max()))
+        self.max_ref = max(self.max_ref, ref_scale)
+        self.sum_abs += float(diff.sum(dtype=torch.float64))
+        self.n_el += diff.numel()
+        n = t.shape[0]
+        if n:
+            self.nll_ref -= float(ref_target_lp[:n].sum(dtype=torch.float64))
+            self.nll_test -= float(test_lp[:n].gather(-1, t[:, None]).sum(dtype=torch.float64))
+            self.n_nll += n
 
     def kl_per_position(self) -> torch.Tensor:
         return torch.cat(self.kl) if self.kl else torch.zeros(0)
@@ -116,20 +122,9 @@ class TopKPairStats(PairStats):
         targets = torch.tensor(tokens[1:])
         for i in range(0, test.shape[0], CHUNK):
             r, b = ref.rows(i, i + CHUNK), test[i:i + CHUNK].float()
-            self.kl.append(kl_top(r, b))
-            self.agree.append(r.idx[:, 0].long() == b.argmax(-1))
-            diff = (r.logit - b.gather(-1, r.idx.long())).abs()
-            self.max_abs = max(self.max_abs, float(diff.max()))
-            self.max_ref = max(self.max_ref, float(r.logit.abs().max()))
-            self.sum_abs += float(diff.sum(dtype=torch.float64))
-            self.n_el += diff.numel()
             t = targets[i:i + CHUNK]
-            n = t.shape[0]
-            if n:
-                self.nll_ref -= float(r.target[:n].sum(dtype=torch.float64))
-                lb = b[:n].log_softmax(-1)
-                self.nll_test -= float(lb.gather(-1, t[:, None]).sum(dtype=torch.float64))
-                self.n_nll += n
+            self._tally(kl_top(r, b), r.idx[:, 0].long() == b.argmax(-1), (r.logit - b.gather(-1, r.idx.long())).abs(),
+                        float(r.logit.abs().max()), r.target, b[:t.shape[0]].log_softmax(-1), t)
 
 
 def compare(ref: list[torch.Tensor], test: list[torch.Tensor], wins: list[list[int]]) -> dict:
