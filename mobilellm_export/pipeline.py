@@ -394,7 +394,8 @@ def _tools(recipe: Recipe, target: Target) -> tuple[str, ...]:
 
 def verify_parity(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: dict, reference, thresholds: Thresholds,
                   *, eval_text: str | None, eval_tokens: int, threads: int, progress: Progress,
-                  baseline: dict | None = None, spec: ExportSpec | None = None, bundle_refs: tuple | None = None) -> dict:
+                  baseline: dict | None = None, spec: ExportSpec | None = None,
+                  bundle_refs: tuple | None = None) -> dict:
     """Parity of the float model, the target's reference and the artifact, streamed over windows
     of the eval text; greedy agreement; threshold checks. The first window's logits, compressed,
     go to rep["_quick"] (`export` stores them for `verify --quick`); with `bundle_refs`
