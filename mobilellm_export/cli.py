@@ -276,6 +276,8 @@ def generate(source, prompt, tokenizer, max_new_tokens, temperature, top_p, seed
               help="Write report.json, report.md and the plots here (the bundle itself is never written).")
 @click.option("--source", metavar="PATH", help="The float model the bundle was built from (a HF folder or .gguf). "
               "Needed unless it is a preset or the offline default: verify never opens a path a bundle names.")
+@click.option("--tokenizer", metavar="PATH", help="The tokenizer the export was given with --tokenizer (default: the "
+              "source's own): the bundle's must be it.")
 @click.option("--quick", is_flag=True, help="Seconds, no source: hashes, the artifact's own metadata, and the "
               "artifact against the reference logits the bundle carries (catches a changed artifact, not a bundle "
               "rewritten as a whole).")
@@ -284,7 +286,7 @@ def generate(source, prompt, tokenizer, max_new_tokens, temperature, top_p, seed
 @click.option("--json", "as_json", is_flag=True)
 @friendly
 def verify(bundle, eval_text, eval_tokens, thresholds, no_latency, calib_text, baseline, junit, report_dir, source,
-           quick, threads, quiet, as_json):
+           tokenizer, quick, threads, quiet, as_json):
     """Re-check an existing bundle: sha256 of every file, metadata, parity, latency, baseline.
 
     The bundle is untrusted data: its bounds are the tool's (`--threshold` alone loosens one), and it
@@ -300,7 +302,7 @@ def verify(bundle, eval_text, eval_tokens, thresholds, no_latency, calib_text, b
     rep = verify_command(verify_request(bundle, eval_text=eval_text, eval_tokens=eval_tokens, thresholds=thresholds,
                                         no_latency=no_latency, baseline=baseline, threads=threads,
                                         report_dir=report_dir, calib_text=calib_text, source=source,
-                                        quick=quick), progress)
+                                        tokenizer=tokenizer, quick=quick), progress)
     _emit(rep, progress, as_json, junit, started)
     if rep["passed"] is False and not as_json:
         _say_failed(rep, progress)

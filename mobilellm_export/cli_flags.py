@@ -25,9 +25,10 @@ def export_request(model: str, opts: dict) -> ExportRequest:
                          checking=check)
 
 
-def verify_request(bundle: str, *, report_dir, calib_text, source=None, quick=False, **check) -> VerifyRequest:
-    return VerifyRequest(bundle=bundle, report_dir=report_dir, calib_text=calib_text, source=source, quick=quick,
-                         checking=checking(**check))
+def verify_request(bundle: str, *, report_dir, calib_text, source=None, tokenizer=None, quick=False,
+                   **check) -> VerifyRequest:
+    return VerifyRequest(bundle=bundle, report_dir=report_dir, calib_text=calib_text, source=source,
+                         tokenizer=tokenizer, quick=quick, checking=checking(**check))
 
 
 def option_dest(target: str, option) -> str:

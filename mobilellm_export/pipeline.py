@@ -78,6 +78,7 @@ class VerifyRequest:
     report_dir: str | None = None  # where the report goes (the bundle is never written)
     source: str | None = None  # the float model, when not the one bundle.json names
     calib_text: str | None = None  # the calibration text, moved
+    tokenizer: str | None = None  # the tokenizer the export was given, when not the source's own
     checking: Checking = Checking()
     quick: bool = False  # against the reference logits the bundle carries: no source, seconds
 
@@ -544,7 +545,8 @@ def open_bundle(req: VerifyRequest, progress: Progress) -> Opened:
     and hashes, its recipe's types, bounds from the tool, the source from the command line, every
     value the apps read re-derived from the files and from the source, and the artifact loaded once.
     Everything verify reads here is in the bundle or on the command line."""
-    from mobilellm_export.checkpoints import load
+    from mobilellm_export.checkpoints import load, own_tokenizer
+    from mobilellm_export.text.tokenizer import Tokenizer
 
     c = req.checking
     if c.eval_text:
@@ -579,8 +581,13 @@ def open_bundle(req: VerifyRequest, progress: Progress) -> Opened:
         metadata.require(meta)
     torch.set_num_threads(c.threads)
     with progress.step("load", source):
+        # the source's own tokenizer (or the one the export was given, named again here), to check
+        # the bundle's is it; the reference is then built with the bundle's, as the apps run it
+        own = (Tokenizer.from_dir(req.tokenizer), f"--tokenizer {req.tokenizer}") if req.tokenizer else \
+            own_tokenizer(source)
         ck = load(source, tokenizer=str(d / m["tokenizer"]["file"]))
     spec = dataclasses.replace(spec, config=ck.config)
+    meta.append(metadata.tokenizer_is_sources(ck.tokenizer, *own))
     meta += metadata.from_source(m, ck.config.to_dict(), generation_defaults(ck, spec))
     bad = [x["name"] for x in meta if not x["ok"]]
     if base is None:  # a hand-run verify stops at the first disagreement, in one line
@@ -639,7 +646,7 @@ def quick_command(req: VerifyRequest, progress: Progress) -> dict:
     bounds. No source, no quantization; says what it did not check."""
     c = req.checking
     given = [f for f, v in (("--source", req.source), ("--calib-text", req.calib_text), ("--baseline", c.baseline),
-                            ("--eval-text", c.eval_text)) if v]
+                            ("--eval-text", c.eval_text), ("--tokenizer", req.tokenizer)) if v]
     if given:
         raise UserError(f"--quick checks the bundle against the reference logits it carries; {given[0]} belongs to "
                         f"the full verify (drop --quick)")

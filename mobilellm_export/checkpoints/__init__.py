@@ -126,6 +126,20 @@ def load(source: str, tokenizer: str | None = None, seed: int = 0, weights: bool
     return ck
 
 
+def own_tokenizer(source: str) -> tuple[Tokenizer | None, str]:
+    """The tokenizer `source` itself carries (a HF folder's tokenizer.json, a GGUF's vocabulary),
+    and where it came from; (None, why) when it carries none this tool can read. Headers only."""
+    if source in PRESETS:
+        return None, f"{source} is a preset (random weights): it carries no tokenizer"
+    try:
+        ck = load(source, weights=False)
+    except UserError as e:  # e.g. a GGUF's SentencePiece vocabulary, not rebuilt here
+        return None, f"{source}'s own tokenizer cannot be read here ({e})"
+    if ck.tokenizer is None:
+        return None, f"{source} carries no tokenizer.json"
+    return ck.tokenizer, f"{source}'s own tokenizer"
+
+
 def build_model(ck: Checkpoint, max_context: int, dtype: torch.dtype = torch.float32):
     """The float reference for a checkpoint, in rotate_half RoPE layout (exact; see to_rotate_half).
 

@@ -268,6 +268,39 @@ class Tokenizer:
         (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
         return ["tokenizer.json", "tokenizer_config.json"]
 
+    # ---- identity ----------------------------------------------------------------------------
+    def identity(self) -> dict:
+        """What makes two tokenizers one model's, as a bundle stores it: the model (vocabulary,
+        merges, its settings), the added tokens, the special-token strings and every stage of the
+        pipeline (the normalizer as a bundle splits it, `bundle_pre_normalize`). Large parts are
+        a count and a sha256 prefix, so a difference is named without printing 100K tokens.
+        A source's tokenizer and the bundle written from it give the same value (`verify`)."""
+        import hashlib
+
+        state = json.loads(self.tok.to_str())
+        if self._moved():  # a bundle's tokenizer.json carries these steps in its config instead
+            state["normalizer"] = None
+
+        def digest(v) -> str:
+            return hashlib.sha256(json.dumps(v, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+        model = dict(state.get("model") or {})
+        vocab, merges = model.pop("vocab", None), model.pop("merges", None)
+        if merges is not None:  # "a b" (older tokenizers) and ["a", "b"] are one merge
+            merges = [m.split(" ", 1) if isinstance(m, str) else m for m in merges]
+        return {
+            "model": model.get("type"),
+            "vocabulary": {"tokens": len(vocab or ()), "sha256": digest(vocab)},
+            "merges": None if merges is None else {"count": len(merges), "sha256": digest(merges)},
+            "model settings": digest(model),
+            "added tokens": {"count": len(state.get("added_tokens") or ()), "sha256": digest(state.get("added_tokens"))},
+            "special tokens": {k: _token_str(self.config.get(k)) for k in _TOKEN_KEYS},
+            "pre-normalization": self.bundle_pre_normalize(),
+            **{stage: digest(state.get(key)) for stage, key in (
+                ("normalizer", "normalizer"), ("pre-tokenizer", "pre_tokenizer"),
+                ("post-processor", "post_processor"), ("decoder", "decoder"))},
+        }
+
     # ---- ids -------------------------------------------------------------------------------
     @property
     def vocab_size(self) -> int:

@@ -103,6 +103,36 @@ def from_source(manifest: dict, config: dict, generation: dict) -> list[dict]:
         compared(f"generation.{k}", manifest["generation"].get(k), v, what) for k, v in generation.items()]
 
 
+TOKENIZER_CHECK = "tokenizer is the source's"
+
+
+def tokenizer_is_sources(bundle_tok: Tokenizer, reference: Tokenizer | None, what: str) -> dict:
+    """The bundle's tokenizer against the source's own (or `verify --tokenizer`'s), part by part
+    (`Tokenizer.identity`). Nothing else sees a tokenizer from another model of the same size: every
+    check of the bundle's files agrees with itself, and verify rebuilds its reference with the bundle's
+    tokenizer. `reference` None: the source carries none; the check is "not applicable" (`what` says why)."""
+    have = bundle_tok.identity()
+    if reference is None:
+        return {"name": TOKENIZER_CHECK, "ok": True, "status": "skip", "manifest": None, "derived": None,
+                "source": "the source", "message": f"{TOKENIZER_CHECK}: not applicable: {what}"}
+    want = reference.identity()
+    row = {**_check(TOKENIZER_CHECK, _summary(have), _summary(want), what), "ok": same_json(have, want),
+           "identity": {"bundle": have, "source": want}}
+    if not row["ok"]:
+        part = next(k for k in want if not same_json(have.get(k), want[k]))
+        row["message"] = (f"the bundle's tokenizer is not {what}: its {part} differ ({_short(have.get(part))} in the "
+                          f"bundle, {_short(want[part])} in the source): a tokenizer from another model, or edited "
+                          f"after export (an export given --tokenizer is verified with the same --tokenizer)")
+    return row
+
+
+def _summary(identity: dict) -> str:
+    m = identity["merges"]
+    return (f"{identity['model']}, {identity['vocabulary']['tokens']} tokens"
+            f"{'' if m is None else ', ' + str(m['count']) + ' merges'}, {identity['added tokens']['count']} added, "
+            f"vocabulary sha256 {identity['vocabulary']['sha256']}")
+
+
 def _at(value, path: str, root: str):
     for k in path[len(root):].split(".")[1:]:
         value = value.get(k) if isinstance(value, dict) else None

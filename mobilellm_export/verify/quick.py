@@ -38,7 +38,8 @@ NOT_CHECKED = (
     "hashes) passes; the full verify rebuilds them from the source",
     "quality over the whole evaluation text (here: its first window)",
     "greedy generation, latency, the baseline comparison",
-    "the config, chat template and generation settings against the source",
+    "the config, chat template and generation settings against the source, and that the tokenizer is the "
+    "source's",
 )
 
 

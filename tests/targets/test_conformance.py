@@ -169,6 +169,38 @@ def test_tampered_artifact_is_refused(target, bundles, tmp_path):
                                 Progress(quiet=True))
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_tokenizer_from_another_model_is_refused_without_scoring(target, bundles, hf_models, tmp_path):
+    """The bundle's tokenizer swapped for another model's of the same size and special ids (other
+    merges), every hash rewritten: every check of the bundle's own files agrees with itself, and
+    nothing is scored (random weights, no KL): verify compares the tokenizer with the one the export
+    was given (`--tokenizer`; these sources carry none) and refuses it in one line naming the part."""
+    from faults import harness
+
+    from mobilellm_export.verify import metadata
+
+    path, _ = bundles(target, "tiny-r1", "4bit", verify=True)  # the metadata test's bundle: one export less
+    _, folder = hf_models("tiny-r1")
+    req = dict(source=str(folder), checking=pipeline.Checking(latency=False))
+    opened = pipeline.open_bundle(pipeline.VerifyRequest(str(path), tokenizer=str(hf_tiny.TOKENIZER), **req),
+                                  Progress(quiet=True))
+    (row,) = [c for c in opened.meta if c["name"] == metadata.TOKENIZER_CHECK]
+    assert row["ok"] and "status" not in row, row  # compared, and the same
+    opened = pipeline.open_bundle(pipeline.VerifyRequest(str(path), **req), Progress(quiet=True))
+    (row,) = [c for c in opened.meta if c["name"] == metadata.TOKENIZER_CHECK]
+    assert row["status"] == "skip" and "carries no tokenizer" in row["message"], row  # said, not passed
+    copy = tmp_path / path.name
+    shutil.copytree(path, copy)
+    harness.make_tokenizer(copy, reversed_words=True, with_config=False)
+    harness.rehash(copy)
+    with pytest.raises(UserError, match=r"^the bundle's tokenizer is not --tokenizer .*: its vocabulary differ") as e:
+        pipeline.open_bundle(pipeline.VerifyRequest(str(copy), tokenizer=str(hf_tiny.TOKENIZER), **req),
+                             Progress(quiet=True))
+    assert "\n" not in str(e.value)
+    meta = metadata.derive(copy, _manifest(copy), backends.of_bundle(_manifest(copy)))
+    assert all(c["ok"] for c in meta), [c for c in meta if not c["ok"]]  # only the source check sees it
+
+
 def _cli_export(folder: Path, target: str, out: Path) -> Path:
     from test_sources import run_cli
 

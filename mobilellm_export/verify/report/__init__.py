@@ -75,10 +75,11 @@ def metadata_records(meta: list[dict]) -> list[dict]:
     """The metadata checks (values the apps read, re-derived from the hashed files) as gate records."""
     out = []
     for c in meta:
-        msg = (f"{c['name']}: bundle.json and {c['source']} agree" if c["ok"] else c.get("message") or
+        status = c.get("status") or ("pass" if c["ok"] else "fail")  # skip: a check that does not apply
+        msg = (f"{c['name']}: bundle.json and {c['source']} agree" if status == "pass" else c.get("message") or
                f"{c['name']}: bundle.json says {_cell(c['manifest'])}, {c['source']} says {_cell(c['derived'])}")
         out.append(record("metadata", f"metadata: {c['name']}", None, "==", None, f"re-derived from {c['source']}",
-                          status="pass" if c["ok"] else "fail", message=msg))
+                          status=status, message=msg))
     return out
 
 
@@ -175,7 +176,7 @@ def markdown(report: dict) -> str:
                   "| check | bundle.json | file | source | result |", "|---|---|---|---|---|"]
         for c in report["metadata"]:
             lines.append(f"| {c['name']} | {_cell(c['manifest'])} | {_cell(c['derived'])} | {c['source']} | "
-                         f"{'match' if c['ok'] else 'MISMATCH'} |")
+                         f"{'not applicable' if c.get('status') == 'skip' else 'match' if c['ok'] else 'MISMATCH'} |")
     q = report.get("quantization", {})
     if q.get("calibration"):
         c = q["calibration"]
