@@ -137,6 +137,10 @@ def export_spec(ck: Checkpoint, max_context: int, max_seq_len: int, threads: int
         raise UserError(f"{ck.source} has no tokenizer; the bundle needs one: pass --tokenizer path/to/tokenizer.json")
     if max_seq_len > max_context:
         raise UserError(f"--max-seq-len {max_seq_len} exceeds --max-context {max_context}")
+    trained = ck.config.max_position_embeddings
+    if max_context > trained:  # RoPE past its trained angles: no bundle claims positions its model never saw
+        raise UserError(f"max context {max_context} exceeds the {trained} positions {ck.name} was trained for "
+                        f"(its config's max_position_embeddings)")
     tok = ck.tokenizer
     eos = sorted(set(ck.config.eos_token_ids) | ({tok.eos_id} if tok.eos_id is not None else set()))
     if not eos:
@@ -586,7 +590,11 @@ def open_bundle(req: VerifyRequest, progress: Progress) -> Opened:
         own = (Tokenizer.from_dir(req.tokenizer), f"--tokenizer {req.tokenizer}") if req.tokenizer else \
             own_tokenizer(source)
         ck = load(source, tokenizer=str(d / m["tokenizer"]["file"]))
-    spec = dataclasses.replace(spec, config=ck.config)
+    # EOS ids and BOS id re-derived from the source (its config, and the tokenizer just checked to
+    # be its own), as export derives them: an exporter that wrote the same wrong value into every
+    # file of the bundle agrees with itself, not with this
+    source_spec = export_spec(ck, gen["max_context"], gen["max_seq_len"], c.threads)
+    spec = dataclasses.replace(spec, config=ck.config, eos_ids=source_spec.eos_ids, bos_id=source_spec.bos_id)
     meta.append(metadata.tokenizer_is_sources(ck.tokenizer, *own))
     meta += metadata.from_source(m, ck.config.to_dict(), generation_defaults(ck, spec))
     bad = [x["name"] for x in meta if not x["ok"]]

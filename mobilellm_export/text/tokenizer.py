@@ -33,6 +33,7 @@ from mobilellm_export.errors import UserError, load_json
 from mobilellm_export.presets import SYSTEM_PROMPTS
 
 _TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
+_FLAG_KEYS = ("add_bos_token", "add_eos_token")
 CONFIG_KEY = "mobilellm_pre_normalize"  # tokenizer_config.json: the steps moved out of tokenizer.json
 
 
@@ -271,8 +272,9 @@ class Tokenizer:
     # ---- identity ----------------------------------------------------------------------------
     def identity(self) -> dict:
         """What makes two tokenizers one model's, as a bundle stores it: the model (vocabulary,
-        merges, its settings), the added tokens, the special-token strings and every stage of the
-        pipeline (the normalizer as a bundle splits it, `bundle_pre_normalize`). Large parts are
+        merges, its settings), the added tokens, every stage of the pipeline (the normalizer as a
+        bundle splits it, `bundle_pre_normalize`) and tokenizer_config.json (special-token strings,
+        the BOS/EOS flags, the chat template: what the BOS policy and prompt format derive from). Large parts are
         a count and a sha256 prefix, so a difference is named without printing 100K tokens.
         A source's tokenizer and the bundle written from it give the same value (`verify`)."""
         import hashlib
@@ -295,6 +297,10 @@ class Tokenizer:
             "model settings": digest(model),
             "added tokens": {"count": len(state.get("added_tokens") or ()), "sha256": digest(state.get("added_tokens"))},
             "special tokens": {k: _token_str(self.config.get(k)) for k in _TOKEN_KEYS},
+            "BOS/EOS flags": {k: self.config.get(k) for k in _FLAG_KEYS},
+            "chat template": digest(self.config.get("chat_template")),
+            "other tokenizer_config settings": digest({k: v for k, v in self.config.items()
+                                                       if k not in (*_TOKEN_KEYS, *_FLAG_KEYS, "chat_template")}),
             "pre-normalization": self.bundle_pre_normalize(),
             **{stage: digest(state.get(key)) for stage, key in (
                 ("normalizer", "normalizer"), ("pre-tokenizer", "pre_tokenizer"),

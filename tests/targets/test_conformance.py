@@ -201,6 +201,67 @@ def test_a_tokenizer_from_another_model_is_refused_without_scoring(target, bundl
     assert all(c["ok"] for c in meta), [c for c in meta if not c["ok"]]  # only the source check sees it
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_consistent_wrong_metadata_is_re_derived_from_the_source(target, bundles, hf_models, tmp_path, monkeypatch):
+    """An exporter that writes the same wrong value into every file (the artifact, bundle.json,
+    tokenizer_config.json): the files agree with each other, so only verify's values re-derived
+    from the source (its config, its own tokenizer) see it. An extra stop id (the tokenizer's EOS
+    still among them: a real token that would end answers early), a flipped BOS policy, another
+    chat template. Each is refused in one line before anything is scored."""
+    import dataclasses
+
+    from faults import harness
+
+    from mobilellm_export.checkpoints import load
+    from mobilellm_export.quant.recipe import load_recipe
+    from mobilellm_export.text.tokenizer import Tokenizer
+    from mobilellm_export.verify import metadata
+
+    _, folder = hf_models("tiny-r1")
+    req = dict(source=str(folder), tokenizer=str(hf_tiny.TOKENIZER), checking=pipeline.Checking(latency=False))
+
+    def refused(bundle: Path, match: str) -> None:
+        m = _manifest(bundle)
+        meta = metadata.derive(bundle, m, backends.of_bundle(m))
+        assert all(c["ok"] for c in meta), [c for c in meta if not c["ok"]]  # consistent: the files agree
+        with pytest.raises(UserError, match=match) as e:
+            pipeline.open_bundle(pipeline.VerifyRequest(str(bundle), **req), Progress(quiet=True))
+        assert "\n" not in str(e.value)
+
+    right = pipeline.export_spec
+    monkeypatch.setattr(pipeline, "export_spec", lambda *a, **k: dataclasses.replace(
+        right(*a, **k), eos_ids=(*right(*a, **k).eos_ids, 5)))
+    rec, tgt = load_recipe("fp32"), backends.get(target)
+    eos, _ = pipeline.export(load(str(folder), tokenizer=str(hf_tiny.TOKENIZER)), rec, tgt, out=str(tmp_path / "eos"),
+                             max_context=MAX_CONTEXT, max_seq_len=MAX_SEQ_LEN, checking=pipeline.Checking(
+                                 eval_tokens=EVAL_TOKENS, latency=False, threads=2),
+                             thresholds=pipeline.thresholds_for(rec, tgt), progress=Progress(quiet=True),
+                             do_verify=False)
+    monkeypatch.undo()
+    assert _manifest(eos)["generation"]["eos_ids"] == [2, 5]
+    facts = tgt.metadata(eos, _manifest(eos))
+    assert facts is None or facts["eos_ids"] == [2, 5]  # the artifact says the same
+    refused(eos, r"generation\.eos_ids .*\[2, 5\] in bundle\.json, \[2\] derived")
+
+    path, _ = bundles(target, "tiny-r1", "4bit", verify=True)  # the metadata test's bundle: one export less
+    for case, edit, match in [
+        ("bos", lambda cfg: cfg.update(add_bos_token=not Tokenizer.from_dir(path).bos_policy()["add"]),
+         "its BOS/EOS flags differ"),
+        ("template", lambda cfg: cfg.update(chat_template="{% for m in messages %}{{ m['content'] }}</s>{% endfor %}"),
+         "its chat template differ"),
+    ]:
+        copy = tmp_path / case / path.name
+        shutil.copytree(path, copy)
+        cfg = json.loads((copy / "tokenizer_config.json").read_text())
+        edit(cfg)
+        (copy / "tokenizer_config.json").write_text(json.dumps(cfg))
+        tok, m = Tokenizer.from_dir(copy), _manifest(copy)
+        m["generation"].update(bos=tok.bos_policy(m["config"].get("bos_token_id")), chat_template=tok.chat_template)
+        (copy / "bundle.json").write_text(json.dumps(m))
+        harness.rehash(copy)
+        refused(copy, match)
+
+
 def _cli_export(folder: Path, target: str, out: Path) -> Path:
     from test_sources import run_cli
 

@@ -105,3 +105,19 @@ def test_a_bundle_path_that_is_a_link_leaves_nothing_behind(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["m-android-4bit"]
     assert not (out / "m-android-4bit").is_symlink() and (out / "m-android-4bit" / "bundle.json").is_file()
     assert (elsewhere / "keep.txt").is_file()
+
+
+def test_no_bundle_claims_positions_its_model_was_not_trained_for():
+    """export_spec, which export and verify both derive their spec with: a max context past the
+    source's max_position_embeddings is refused in one line (RoPE angles the model never saw)."""
+    from conftest import TESTS
+
+    from mobilellm_export.checkpoints import load
+    from mobilellm_export.pipeline import export_spec
+
+    ck = load("tiny-llama", tokenizer=str(TESTS / "data" / "tiny-tokenizer"), weights=False)
+    trained = ck.config.max_position_embeddings
+    assert export_spec(ck, trained, 16, threads=1).max_context == trained
+    with pytest.raises(UserError, match=rf"^max context {trained + 1} exceeds the {trained} positions tiny-llama was "
+                                        r"trained for \(its config's max_position_embeddings\)$"):
+        export_spec(ck, trained + 1, 16, threads=1)

@@ -108,6 +108,7 @@ class FaultyAndroid(Android):
     other, and `verify` judges it with the real target."""
 
     def __init__(self, fault: Fault):
+        super().__init__()  # the target's options at their defaults, as a plain `--target android`
         self.fault = fault
 
     def prepare(self, model, spec):
