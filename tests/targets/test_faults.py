@@ -194,7 +194,8 @@ def test_file_fault_passes_every_sha256_check_and_changes_what_the_app_reads(nam
     assert source[0] is not None, source
     assert metadata.tokenizer_is_sources(old, *source)["ok"]
     row = metadata.tokenizer_is_sources(new, *source)
-    assert row["ok"] is (name == "bos_policy_flipped"), row  # add_bos_token is the BOS check's, not identity's
+    part = "BOS/EOS flags" if name == "bos_policy_flipped" else "vocabulary"  # the first part that differs
+    assert not row["ok"] and f"its {part} differ" in row["message"], row
 
 
 # ---- through the gate ------------------------------------------------------------------------------
