@@ -2,8 +2,8 @@
 
 A sampler thread sums VmRSS over the tree every `interval` seconds, and PSS as often as its cost
 allows (`TreeWatch._run`); a child that lives shorter than that can be missed, so children also
-report their own high-water mark (VmHWM). For
-this process alone the kernel's own VmHWM is exact: it is reset at each step (/proc/self/clear_refs).
+report their own high-water mark (VmHWM). For this process alone the kernel's own VmHWM is exact:
+it is reset at each step (/proc/self/clear_refs).
 The RSS sum counts a page once per process that maps it (a forked sandbox child, the torch library
 in every latency child); the PSS sum counts it once in all: what the machine holds.
 
@@ -138,16 +138,17 @@ class TreeWatch:
             self._thread.join()
 
     def _run(self) -> None:
-        # smaps_rollup walks every page of a process under its mmap lock: 75 ms for a 3 GB process
-        # here. Read every 0.1 s it took most of a core and stalled the process's allocations (the
-        # SmolLM2 export ran ~40 % longer), so PSS is read at most 5 % of the time; RSS every tick.
+        # smaps_rollup walks every page of a process under its mmap lock: 94 ms for a 3 GB process
+        # here. Read every 0.1 s it slowed the watched work 1.37x (benchmarks/results/
+        # memory_sampler_cost.json), so PSS is read at most 5 % of the time; RSS every tick.
         next_pss = 0.0
         while not self._stop.wait(self.interval):
             rss, pss = tree_rss_mb(), None
-            if time.monotonic() >= next_pss:
-                t = time.monotonic()
+            t0 = time.monotonic()
+            if t0 >= next_pss:
                 pss = tree_pss_mb()
-                next_pss = time.monotonic() + max(self.interval, 20 * (time.monotonic() - t))
+                t1 = time.monotonic()
+                next_pss = t1 + max(self.interval, 20 * (t1 - t0))
             with self._lock:
                 self._peak = max(self._peak, rss)
                 if pss is not None:

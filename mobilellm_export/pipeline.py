@@ -578,8 +578,6 @@ def open_bundle(req: VerifyRequest, progress: Progress) -> Opened:
     progress.note(f"{d.name}: all {len(m['files'])} files match their sha256, none unlisted")
     tgt = backends.of_bundle(m)
     gen = m["generation"]
-    spec = ExportSpec(config=None, max_context=gen["max_context"], max_seq_len=gen["max_seq_len"],
-                      eos_ids=tuple(gen["eos_ids"]), bos_id=gen["bos"]["id"], threads=c.threads)
     meta = metadata.derive(d, m, tgt)
     if base is None:  # the files' own disagreements first: the source comparison below builds on them
         metadata.require(meta)
@@ -593,8 +591,7 @@ def open_bundle(req: VerifyRequest, progress: Progress) -> Opened:
     # EOS ids and BOS id re-derived from the source (its config, and the tokenizer just checked to
     # be its own), as export derives them: an exporter that wrote the same wrong value into every
     # file of the bundle agrees with itself, not with this
-    source_spec = export_spec(ck, gen["max_context"], gen["max_seq_len"], c.threads)
-    spec = dataclasses.replace(spec, config=ck.config, eos_ids=source_spec.eos_ids, bos_id=source_spec.bos_id)
+    spec = export_spec(ck, gen["max_context"], gen["max_seq_len"], c.threads)
     meta.append(metadata.tokenizer_is_sources(ck.tokenizer, *own))
     meta += metadata.from_source(m, ck.config.to_dict(), generation_defaults(ck, spec))
     bad = [x["name"] for x in meta if not x["ok"]]

@@ -274,8 +274,9 @@ class Tokenizer:
         """What makes two tokenizers one model's, as a bundle stores it: the model (vocabulary,
         merges, its settings), the added tokens, every stage of the pipeline (the normalizer as a
         bundle splits it, `bundle_pre_normalize`) and tokenizer_config.json (special-token strings,
-        the BOS/EOS flags, the chat template: what the BOS policy and prompt format derive from). Large parts are
-        a count and a sha256 prefix, so a difference is named without printing 100K tokens.
+        the BOS/EOS flags, the chat template: what the BOS policy and prompt format derive from).
+        Large parts are a count and a sha256 prefix, so a difference is named without printing 100K
+        tokens.
         A source's tokenizer and the bundle written from it give the same value (`verify`)."""
         import hashlib
 
