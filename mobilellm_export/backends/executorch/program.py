@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mobilellm_export.backends.executorch.lean_passes import lean_xnnpack_passes
+from mobilellm_export.backends.executorch.lean_passes import lean_lowering
 from mobilellm_export.config import ModelConfig
 from mobilellm_export.errors import UserError
 from mobilellm_export.model import MLP, RMS, KVCacheAttention, RMSNorm, Rotary, Transformer, visible
@@ -361,7 +361,7 @@ def export_pte(model: Transformer, cfg: ModelConfig, path: str | Path, *, max_se
         keep = {s.arg.name for s in sig.input_specs
                 if s.kind == InputKind.USER_INPUT or (s.kind == InputKind.BUFFER and s.target in mutated)}
         passes.append(_tag_constants_pass(keep, Path(data_file).stem))
-    with lean_xnnpack_passes() if lean else contextlib.nullcontext():
+    with lean_lowering() if lean else contextlib.nullcontext():
         edge = to_edge_transform_and_lower(
             ep, transform_passes=passes, partitioner=[XnnpackPartitioner()],
             compile_config=EdgeCompileConfig(_check_ir_validity=False),
