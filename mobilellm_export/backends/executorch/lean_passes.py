@@ -3,8 +3,8 @@ whose ops a partition lacks, and a decomposition whose ops the graph lacks.
 
 XNNPACK's preprocess runs 17 graph passes on every partition, and each ends in a full fake-tensor
 retrace of the partition whether it matched anything or not. A decoder layer has no convolution,
-batch norm, PReLU, padding, concatenation, upsampling, softmax or ReLU, so 8 of them only retrace,
-and two of those first export pattern models in every new process. Measured in one process
+batch norm, PReLU, padding, concatenation, upsampling, softmax, ReLU, max, copy or dim-order op, so 11
+of them only retrace, and two of those first export pattern models in every new process. Measured in one process
 (benchmarks/results/lowering_time.json): tiny-llama 60.9 -> 27.5 s (its stock run also paid the
 process's first lowering), tiny-gemma3 78.3 -> 62.3 s, SmolLM2-135M 522 -> 489 s.
 
@@ -39,6 +39,9 @@ TRIGGERS = {
     "Conv1dUnsqueezePass": ("aten.convolution",),
     "PReLUReshapePass": ("aten._prelu_kernel",),
     "InsertPadQDQPass": ("aten.constant_pad_nd",),
+    "RemoveGetItemPass": ("aten.max_pool2d_with_indices", "aten.max.dim"),
+    "RemoveRedundantCopyPass": ("aten._to_copy",),
+    "DimOrderOpsRevertPass": ("dim_order_ops.",),  # _to_dim_order_copy, _empty_dim_order, _clone_dim_order
 }
 
 
