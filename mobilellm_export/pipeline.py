@@ -34,7 +34,8 @@ from mobilellm_export.quant.quantize import quantize
 from mobilellm_export.quant.recipe import Recipe, Thresholds
 from mobilellm_export.runtimes.eager import EagerRunner
 from mobilellm_export.text.corpus import load_text, windows
-from mobilellm_export.verify import gate as gate_mod, latency, metadata, parity, quick, report as report_mod
+from mobilellm_export.verify import gate as gate_mod, independent as independent_mod, latency, metadata, parity, quick
+from mobilellm_export.verify import report as report_mod
 from mobilellm_export.verify.parity import LogitStore
 from mobilellm_export.verify.thresholds import loosened, thresholds_for as merge_thresholds, tool_bounds
 
@@ -425,12 +426,16 @@ def verify_parity(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: di
     n_greedy = min(GREEDY_TOKENS, gen["max_context"] - len(prompt))
     g: dict[str, list[int]] = {}
     with tempfile.TemporaryDirectory(prefix="mobilellm-parity.") as tmp:
+        # first and alone: transformers' model is freed before ours is built
+        independent = independent_logits(ck, wins[0], tmp, progress)
         with progress.step("float reference", "weights read again from the source"):
             float_model = build_model(ck, gen["max_context"])
             ck.drop_weights()  # the model holds what it needs; the un-permuted originals go
         runner = EagerRunner(float_model, "float")
         with progress.step("parity: float", f"{n} positions, logits kept on disk", total=n, unit="positions") as t:
             stored = LogitStore(tmp, "float").fill(runner, wins, t.advance)
+        source_check = (independent_mod.compare(stored.window(0), independent[0].window(0), independent[1])
+                        if isinstance(independent, tuple) else independent)
         with progress.step("greedy: float", f"{n_greedy} tokens", total=n_greedy, unit="tokens") as t:
             g["float"] = parity.greedy_tokens(runner, prompt, n_greedy, t.advance)
         del runner, float_model
@@ -460,7 +465,8 @@ def verify_parity(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: di
         g.update({k: parity.greedy_tokens(runners[k], prompt, n_greedy, t.advance) for k in greedy_runners})
     rep["greedy"] = {key: parity.agreement(g[a], g[b]) for key, (a, b) in pairs.items() if a in g and b in g}
     rep["greedy_tokens"] = g
-    rep["checks"] = report_mod.checks(rep["parity"], thresholds) + kept.get("checks", [])  # judge() adds the rest
+    rep["checks"] = [source_check] + report_mod.checks(rep["parity"], thresholds) + kept.get("checks", [])
+    # judge() adds the rest
     if spec is not None and any(not c["ok"] for c in rep["checks"] if c["suite"] == "lowering"):
         from mobilellm_export.verify.localise import localise
 
@@ -473,6 +479,20 @@ def verify_parity(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: di
             rep["localise"] = found
             progress.note(f"  {found['message']}")
     return rep
+
+
+def independent_logits(ck: Checkpoint, window: list[int], tmp: str, progress: Progress):
+    """transformers' logits on the first window (a LogitStore: on disk) and its version; or the
+    `skip` record that says why there are none (verify/independent.py)."""
+    with progress.step("independent reference", "transformers reads the source files; the first window"):
+        model, why = independent_mod.load(ck)
+        if model is None:
+            progress.note(f"  {independent_mod.CHECK}: not applicable: {why}")
+            return independent_mod.skipped(why)
+        store = LogitStore(tmp, "transformers").fill(independent_mod.Runner(model), [window])
+        del model
+        release()
+    return store, why
 
 
 def measure_latency(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: dict, *, threads: int,

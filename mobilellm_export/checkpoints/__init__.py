@@ -31,6 +31,7 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor] | None
     tokenizer: Tokenizer | None
     reload: Callable[[], dict[str, torch.Tensor]] | None = field(default=None, repr=False)
+    files: Path | None = None  # the GGUF file or HF folder the weights come from (None: a preset)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The float weights, read again from the source if they were dropped."""
@@ -87,28 +88,28 @@ def load(source: str, tokenizer: str | None = None, seed: int = 0, weights: bool
 
         path = smollm2_gguf_path()
         ck = Checkpoint(source, source, "gguf", *load_gguf(path, weights, tokenizer is None),
-                        reload=lambda: load_gguf(path, tokenizer=False)[1])
+                        reload=lambda: load_gguf(path, tokenizer=False)[1], files=path)
     else:
         p = Path(os.path.expanduser(source))
         if p.is_dir():
             from mobilellm_export.checkpoints.hf import load_hf_dir
 
             ck = Checkpoint(_name_of(source), str(p.resolve()), "hf", *load_hf_dir(p, weights),
-                            reload=lambda: load_hf_dir(p)[1])
+                            reload=lambda: load_hf_dir(p)[1], files=p.resolve())
         elif p.is_file():
             if p.suffix != ".gguf":
                 raise UserError(f"{source}: expected a .gguf file or a HF model directory")
             from mobilellm_export.checkpoints.gguf import load_gguf
 
             ck = Checkpoint(_name_of(source), str(p.resolve()), "gguf", *load_gguf(p, weights, tokenizer is None),
-                            reload=lambda: load_gguf(p, tokenizer=False)[1])
+                            reload=lambda: load_gguf(p, tokenizer=False)[1], files=p.resolve())
         elif _HUB_ID.match(source) and not source.startswith((".", "~")):
             from mobilellm_export.checkpoints.hf import load_hf_dir
             from mobilellm_export.checkpoints.hub import download
 
             local = download(source)
             ck = Checkpoint(_name_of(source), source, "hub", *load_hf_dir(local, weights),
-                            reload=lambda: load_hf_dir(local)[1])
+                            reload=lambda: load_hf_dir(local)[1], files=Path(local))
         else:
             known = ", ".join(k for k in PRESETS if not k.endswith("-layer-share"))
             raise UserError(f"{source}: no such file or directory, and not a preset ({OFFLINE_DEFAULT}, {known}, ...-layer-share)")

@@ -40,13 +40,18 @@ class LogitStore:
             advance(len(w))
         return self
 
+    def window(self, i: int) -> torch.Tensor:
+        """Window i's logits, read without moving the replay on."""
+        rows, vocab = self.shapes[i]
+        return torch.from_file(str(self._path(i)), size=rows * vocab, dtype=torch.float32).view(rows, vocab)
+
     def score(self, tokens: list[int]) -> torch.Tensor:
         i = self._next
         self._next += 1
         rows, vocab = self.shapes[i]
         if rows != len(tokens):
             raise RuntimeError(f"stored logits of window {i} have {rows} rows for {len(tokens)} tokens")
-        return torch.from_file(str(self._path(i)), size=rows * vocab, dtype=torch.float32).view(rows, vocab)
+        return self.window(i)
 
 
 def score(runners: dict, pairs: dict[str, tuple[str, str]], wins: list[list[int]], advance=lambda n: None,

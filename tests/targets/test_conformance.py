@@ -13,6 +13,9 @@ A target that passes it is correct; nothing here names a target. A new backend r
     FP16_BOUND.
 - the quantized lowering pair (the target's reference against its artifact), within the target's
   noise-floor-relative bounds, as `verify` judges it;
+- verify's independent reference: transformers reading the source files agrees with our float model
+  on a clean export, and a loader fault every pair shares (RoPE theta from a missing key) fails the
+  gate on that check alone;
 - the metadata the artifact itself records (EOS ids, context, vocabulary) equal to bundle.json's;
 - a tampered artifact refused; two exports byte-identical; the localiser (`probe`) works; and a
   lowering with one seeded fault fails verification.
@@ -139,6 +142,48 @@ def test_quantized_lowering_within_the_targets_bounds(target, arch, bundles):
     assert lowering, "no lowering check was made"
     bad = [f"{c['name']} = {c['value']} {c['op']} {c['bound']}" for c in lowering if not c["ok"]]
     assert not bad, f"{target} {arch}: " + "; ".join(bad)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_float_model_agrees_with_transformers_reading_the_source(target, arch, bundles):
+    """verify's independent reference (verify/independent.py) on a clean export: transformers, reading
+    the same HF folder, agrees with our float model as closely as two fp32 implementations do."""
+    from mobilellm_export.verify import independent
+
+    _, rep = bundles(target, arch, "4bit", verify=True)  # the quantized test's bundle: no export more
+    (src,) = [c for c in rep["checks"] if c["suite"] == independent.SUITE]
+    assert src["status"] == "pass" and src["value"] <= FP32_BOUND, src["message"]
+    assert "transformers" in src["message"] and "top-1 agreement 1.000" in src["message"], src["message"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_loader_fault_every_pair_shares_is_caught_by_transformers(target, hf_models, tmp_path, monkeypatch):
+    """A fault in the shared path: RoPE theta read from a key the config does not have (the default
+    1e4 for R1's 8e6). The float model, the reference and the artifact all come through our loader,
+    so every pair the gate scores agrees, and fp32 passes every bound of its own. Only transformers,
+    reading the same files, disagrees, and the gate fails on that check alone."""
+    import dataclasses
+
+    from mobilellm_export.checkpoints import hf, load
+    from mobilellm_export.quant.recipe import load_recipe
+    from mobilellm_export.verify import independent
+
+    _, folder = hf_models("tiny-r1")
+    right = hf.from_hf_config
+    monkeypatch.setattr(hf, "from_hf_config", lambda *a, **k: dataclasses.replace(right(*a, **k), rope_theta=1e4))
+    ck = load(str(folder), tokenizer=str(hf_tiny.TOKENIZER))
+    assert ck.config.rope_theta == 1e4  # the fault is in (transformers reads 8e6 from the same file)
+    rec, tgt = load_recipe("fp32"), backends.get(target)
+    _, rep = pipeline.export(ck, rec, tgt, out=str(tmp_path), max_context=MAX_CONTEXT, max_seq_len=MAX_SEQ_LEN,
+                             checking=pipeline.Checking(eval_tokens=EVAL_TOKENS, latency=False, threads=2),
+                             thresholds=pipeline.thresholds_for(rec, tgt), progress=Progress(quiet=True))
+    failed = [c for c in rep["gate"]["checks"] if c["status"] == "fail"]
+    assert rep["passed"] is False and [c["name"] for c in failed] == [independent.CHECK], failed
+    assert failed[0]["value"] > 100 * independent.BOUND, failed[0]["message"]  # not a near miss
+    assert "our loader reads the source differently" in failed[0]["message"]
+    # every pair through our loader agrees: without the independent reference this export passes
+    assert rep["parity"]["float_vs_artifact"]["top1"] >= 0.99, rep["parity"]["float_vs_artifact"]
 
 
 @pytest.mark.parametrize("target", TARGETS)
