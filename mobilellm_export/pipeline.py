@@ -459,12 +459,19 @@ def verify_parity(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: di
             results, positions = parity.score(runners, pairs, wins, t.advance, first=keep)
     rep = {"eval": evaluation, "parity": results, "artifact_runs_here": artifact is not None,
            "positions": {"window": window, "positions": n, "pairs": positions}, "_quick": kept["tensors"]}
-    greedy_runners = [k for k in ("reference", "artifact") if k in runners]
+    greedy_runners = [k for k in ("reference", "noise", "artifact") if k in runners]
     with progress.step("greedy", f"{n_greedy} tokens from {', '.join(greedy_runners)}",
                        total=n_greedy * len(greedy_runners), unit="tokens") as t:
         g.update({k: parity.greedy_tokens(runners[k], prompt, n_greedy, t.advance) for k in greedy_runners})
     rep["greedy"] = {key: parity.agreement(g[a], g[b]) for key, (a, b) in pairs.items() if a in g and b in g}
     rep["greedy_tokens"] = g
+    if len(g.get("reference", [])) >= 2:
+        steps = len(g["reference"])
+        decode_pairs = {k: PAIRS[k] for k in ("quant_vs_artifact", "quant_noise_floor") if set(PAIRS[k]) <= set(runners)}
+        with progress.step("decode path", f"{steps} single-token steps on the reference's greedy tokens, "
+                           f"{', '.join(decode_pairs)}"):
+            rep["decode_path"] = {k: parity.decode_path(runners[a], runners[b], prompt, g["reference"])
+                                  for k, (a, b) in decode_pairs.items()}
     rep["checks"] = [source_check] + report_mod.checks(rep["parity"], thresholds) + kept.get("checks", [])
     # judge() adds the rest
     if spec is not None and any(not c["ok"] for c in rep["checks"] if c["suite"] == "lowering"):

@@ -103,6 +103,35 @@ class NoisyRunner:
         with ulp_noise(self.module, self.generator):
             return self.runner.score(tokens)
 
+    # prefill/decode too: greedy and the decode path have a noise floor of their own
+    def reset(self) -> None:
+        self.runner.reset()
+
+    def prefill(self, tokens: list[int]) -> torch.Tensor:
+        with ulp_noise(self.module, self.generator):
+            return self.runner.prefill(tokens)
+
+    def decode(self, token: int) -> torch.Tensor:
+        with ulp_noise(self.module, self.generator):
+            return self.runner.decode(token)
+
+
+def decode_path(ref, test, prompt: list[int], tokens: list[int]) -> dict:
+    """Teacher-forced single-token decode: both runners prefill `prompt`, then are fed `tokens` (the
+    reference's own greedy continuation) one at a time, and each step's logits are compared.
+    Windowed parity scores prefill calls only; this is the path generation takes, on the same tokens
+    for both, so a difference here that the windows do not show is a decode-path difference, and a
+    greedy fork with none here is a near-tie tipped by rounding."""
+    rows = []
+    for r in (ref, test):
+        r.reset()
+        out = [r.prefill(prompt)] + [r.decode(t) for t in tokens[:-1]]
+        rows.append(torch.stack([o.float() for o in out]))
+    stats = PairStats()
+    stats.add(rows[0], rows[1], [prompt[-1], *tokens[:-1]])  # step i predicts tokens[i]
+    res = stats.result()
+    return {"steps": len(tokens), **{k: res[k] for k in ("kl_mean", "kl_p99", "top1", "max_abs_logit_rel")}}
+
 
 @contextlib.contextmanager
 def ulp_noise(module: torch.nn.Module, g: torch.Generator):

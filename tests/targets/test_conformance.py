@@ -16,6 +16,8 @@ A target that passes it is correct; nothing here names a target. A new backend r
 - verify's independent reference: transformers reading the source files agrees with our float model
   on a clean export, and a loader fault every pair shares (RoPE theta from a missing key) fails the
   gate on that check alone;
+- the single-token decode path, teacher-forced on the reference's greedy tokens, within the lowering
+  bound relative to that path's own noise floor;
 - the metadata the artifact itself records (EOS ids, context, vocabulary) equal to bundle.json's;
 - a tampered artifact refused; two exports byte-identical; the localiser (`probe`) works; and a
   lowering with one seeded fault fails verification.
@@ -184,6 +186,25 @@ def test_a_loader_fault_every_pair_shares_is_caught_by_transformers(target, hf_m
     assert "our loader reads the source differently" in failed[0]["message"]
     # every pair through our loader agrees: without the independent reference this export passes
     assert rep["parity"]["float_vs_artifact"]["top1"] >= 0.99, rep["parity"]["float_vs_artifact"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_decode_path_sits_at_its_own_noise_floor(target, arch, bundles):
+    """The single-token decode path, teacher-forced on the reference's greedy tokens: a correct
+    artifact's KL there is within the target's lowering bound, taken relative to the same path's
+    noise floor (the reference against itself with 1-ulp noise, on the same tokens)."""
+    from mobilellm_export.quant.recipe import load_recipe
+    from mobilellm_export.verify.report import lowering_kl_bound
+
+    _, rep = bundles(target, arch, "4bit", verify=True)  # the quantized test's bundle: no export more
+    dp = rep["decode_path"]
+    assert set(dp) == {"quant_vs_artifact", "quant_noise_floor"}, dp
+    assert dp["quant_vs_artifact"]["steps"] == len(rep["greedy_tokens"]["reference"]) >= 2
+    assert "quant_noise_floor" in rep["greedy"]  # the greedy noise floor: where the 1-ulp run leaves the clean one
+    th = pipeline.thresholds_for(load_recipe("4bit"), backends.get(target))
+    bound, basis = lowering_kl_bound(th, dp["quant_noise_floor"]["kl_mean"])
+    assert dp["quant_vs_artifact"]["kl_mean"] <= bound, (target, arch, dp, basis)
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -137,6 +137,17 @@ def markdown(report: dict) -> str:
                 lines.append(f"| {label} | {p['kl_mean']:.4f} | {p['kl_p99']:.4f} | {p['top1']:.3f} | "
                              f"{p['ppl_ref']:.2f} | {p['ppl_test']:.2f} | {100 * p['ppl_delta']:+.1f} % | "
                              f"{p['max_abs_logit']:.3g} | {greedy} |")
+    dp = report.get("decode_path")
+    if dp:
+        steps = next(iter(dp.values()))["steps"]
+        lines += ["", f"Decode path: {steps} single-token steps, both sides fed the quantized reference's own "
+                  "greedy tokens (windowed parity above scores prefill calls only). A greedy fork with the "
+                  "decode path at its floor is a near-tie tipped by rounding; one above it is a decode-path "
+                  "difference.", "", "| pair | mean KL | p99 KL | top-1 |", "|---|---|---|---|"]
+        for key, label in PAIRS.items():
+            if key in dp:
+                d = dp[key]
+                lines.append(f"| {label} | {d['kl_mean']:.4f} | {d['kl_p99']:.4f} | {d['top1']:.3f} |")
     rows = latency_rows(report)
     if rows:
         lines += ["", f"Latency, {report.get('threads', 2)} threads: medians of "
