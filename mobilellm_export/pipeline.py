@@ -462,7 +462,9 @@ def verify_parity(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: di
     greedy_runners = [k for k in ("reference", "noise", "artifact") if k in runners]
     with progress.step("greedy", f"{n_greedy} tokens from {', '.join(greedy_runners)}",
                        total=n_greedy * len(greedy_runners), unit="tokens") as t:
-        g.update({k: parity.greedy_tokens(runners[k], prompt, n_greedy, t.advance) for k in greedy_runners})
+        recorded = parity.Recorder(runners["reference"])  # its greedy logits are its decode path too
+        g.update({k: parity.greedy_tokens(recorded if k == "reference" else runners[k], prompt, n_greedy, t.advance)
+                  for k in greedy_runners})
     rep["greedy"] = {key: parity.agreement(g[a], g[b]) for key, (a, b) in pairs.items() if a in g and b in g}
     rep["greedy_tokens"] = g
     if len(g.get("reference", [])) >= 2:
@@ -470,8 +472,9 @@ def verify_parity(ck: Checkpoint, target: Target, bundle_dir: Path, manifest: di
         decode_pairs = {k: PAIRS[k] for k in ("quant_vs_artifact", "quant_noise_floor") if set(PAIRS[k]) <= set(runners)}
         with progress.step("decode path", f"{steps} single-token steps on the reference's greedy tokens, "
                            f"{', '.join(decode_pairs)}"):
-            rep["decode_path"] = {k: parity.decode_path(runners[a], runners[b], prompt, g["reference"])
-                                  for k, (a, b) in decode_pairs.items()}
+            ref_rows = torch.stack(recorded.logits[:steps])  # row i predicts g["reference"][i]
+            rep["decode_path"] = {k: parity.decode_path(ref_rows, runners[b], prompt, g["reference"])
+                                  for k, (_, b) in decode_pairs.items()}
     rep["checks"] = [source_check] + report_mod.checks(rep["parity"], thresholds) + kept.get("checks", [])
     # judge() adds the rest
     if spec is not None and any(not c["ok"] for c in rep["checks"] if c["suite"] == "lowering"):

@@ -116,17 +116,40 @@ class NoisyRunner:
             return self.runner.decode(token)
 
 
+class Recorder:
+    """A runner that keeps the logits its prefill and decode calls return (since the last reset):
+    the reference's greedy run is then also its decode path on its own tokens, at no second cost."""
+
+    def __init__(self, runner):
+        self.runner, self.logits = runner, []
+
+    def reset(self) -> None:
+        self.runner.reset()
+        self.logits = []
+
+    def prefill(self, tokens: list[int]) -> torch.Tensor:
+        self.logits.append(self.runner.prefill(tokens).float())
+        return self.logits[-1]
+
+    def decode(self, token: int) -> torch.Tensor:
+        self.logits.append(self.runner.decode(token).float())
+        return self.logits[-1]
+
+
+def decode_rows(runner, prompt: list[int], tokens: list[int]) -> torch.Tensor:
+    """[len(tokens), vocab]: prefill `prompt`, then feed `tokens[:-1]` one at a time; row i predicts tokens[i]."""
+    runner.reset()
+    return torch.stack([runner.prefill(prompt).float()] + [runner.decode(t).float() for t in tokens[:-1]])
+
+
 def decode_path(ref, test, prompt: list[int], tokens: list[int]) -> dict:
     """Teacher-forced single-token decode: both runners prefill `prompt`, then are fed `tokens` (the
     reference's own greedy continuation) one at a time, and each step's logits are compared.
     Windowed parity scores prefill calls only; this is the path generation takes, on the same tokens
     for both, so a difference here that the windows do not show is a decode-path difference, and a
-    greedy fork with none here is a near-tie tipped by rounding."""
-    rows = []
-    for r in (ref, test):
-        r.reset()
-        out = [r.prefill(prompt)] + [r.decode(t) for t in tokens[:-1]]
-        rows.append(torch.stack([o.float() for o in out]))
+    greedy fork with none here is a near-tie tipped by rounding. Either side may be given as its
+    rows already (`decode_rows`'s, or a Recorder's from the greedy run that made `tokens`)."""
+    rows = [r if isinstance(r, torch.Tensor) else decode_rows(r, prompt, tokens) for r in (ref, test)]
     stats = PairStats()
     stats.add(rows[0], rows[1], [prompt[-1], *tokens[:-1]])  # step i predicts tokens[i]
     res = stats.result()

@@ -80,3 +80,15 @@ def test_the_noise_floors_runner_decodes_one_ulp_away():
     d = parity.decode_path(ref, noisy, PROMPT, toks)
     assert 0 < d["max_abs_logit_rel"] < 1e-4 and d["top1"] == 1.0
     assert parity.greedy_tokens(noisy, PROMPT, 24) == toks  # fp32 eager: one ulp flips no token here
+
+
+def test_the_greedy_runs_recorded_logits_are_its_decode_path():
+    # verify takes the reference's side of the decode path from its greedy run (no second pass)
+    ref = _runner()
+    rec = parity.Recorder(ref)
+    toks = parity.greedy_tokens(rec, PROMPT, 24)
+    assert len(rec.logits) == 25  # prefill, then a decode per token (the last one's is unused)
+    rows = torch.stack(rec.logits[:24])
+    assert torch.equal(rows, parity.decode_rows(_runner(), PROMPT, toks))
+    other = _runner(seed=1)
+    assert parity.decode_path(rows, other, PROMPT, toks) == parity.decode_path(_runner(), other, PROMPT, toks)
