@@ -499,9 +499,15 @@ def independent_logits(ck: Checkpoint, window: list[int], tmp: str, progress: Pr
         if model is None:
             progress.note(f"  {independent_mod.CHECK}: not applicable: {why}")
             return independent_mod.skipped(why)
-        store = LogitStore(tmp, "transformers").fill(independent_mod.Runner(model), [window])
-        del model
-        release()
+        try:
+            store = LogitStore(tmp, "transformers").fill(independent_mod.Runner(model), [window])
+        except Exception as e:  # transformers' own code failing on this source is no verdict on the bundle
+            why = f"transformers failed to score the source: {type(e).__name__}: {str(e).strip()[:200]}"
+            progress.note(f"  {independent_mod.CHECK}: not applicable: {why}")
+            return independent_mod.skipped(why)
+        finally:
+            del model
+            release()
     return store, why
 
 
