@@ -12,7 +12,7 @@ expected outcome, from where the edit lands:
 - everything else is re-derived from the files and the source: any change must be refused.
 A crash (any exception but UserError), a pass where a refusal is due, a hang past HANG_S, or a
 read outside the allowed roots (an audit hook on `open`) fails the test. FUZZ_EXAMPLES cases per
-file (200 in `make test`, 2,000 in `make test-all`); FUZZ_LOG gets a line per file.
+file (100 in `make test`, 2,000 in `make test-all`); FUZZ_LOG gets a line per file.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from test_fuzz import JSON_VALUES, bounded
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bundles_v2"
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 FUZZ = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
                 suppress_health_check=list(HealthCheck))
 HANG_S = 60  # a tiny bundle's trust checks take about a second

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LLAMA3_TOKENIZER
+from conftest import TESTS
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -36,7 +36,9 @@ def test_the_wheel_installs_into_a_fresh_venv_and_exports(tmp_path):
     assert _run(exe, "--version", cwd=run).stdout.strip()
     where = _run(venv / "bin" / "python", "-c", "import mobilellm_export; print(mobilellm_export.__file__)", cwd=run)
     assert where.stdout.startswith(str(venv)), f"imported from {where.stdout.strip()}, not the installed wheel"
-    _run(exe, "export", "--model", "tiny-r1", "--tokenizer", LLAMA3_TOKENIZER / "tokenizer.json", "--quant", "4bit",
+    # tiny-llama (512-id vocabulary): the wheel's data (recipes, presets, calibration text, schemas) is
+    # what this checks, not an architecture (tiny-r1, with its 128K-row head, exported in 73 s, this in 39 s)
+    _run(exe, "export", "--model", "tiny-llama", "--tokenizer", TESTS / "data" / "tiny-tokenizer", "--quant", "4bit",
          "--max-context", "128", "--max-seq-len", "16", "--eval-tokens", "256", "--no-latency", "--out", "out",
          cwd=run)
-    assert (run / "out" / "tiny-r1-android-4bit" / "model.pte").is_file()
+    assert (run / "out" / "tiny-llama-android-4bit" / "model.pte").is_file()
