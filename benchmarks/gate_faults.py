@@ -17,8 +17,10 @@ gate without a baseline, then against its own report as baseline, re-run as a us
 as it was: presets with seed != 0). Any failed check is a false alarm.
 
 Every export runs in its own child process (a fault that crashes the runtime kills only its
-child), one at a time. Results: benchmarks/results/gate_faults.json (rows of a partial run are
-merged into it by name) and a markdown table on stdout.
+child), one at a time. Results: benchmarks/results/gate_faults.json and a markdown table on stdout.
+Every row records its commit and date; the file records the thresholds in force. Rows of an earlier
+partial run are merged in by name only when that run's thresholds equal today's (then
+tests/unit/test_results_provenance.py holds the file to them).
 """
 
 from __future__ import annotations
@@ -34,12 +36,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import stamp  # noqa: E402
+from provenance import stamp, thresholds_in_force  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 LLAMA3_TOKENIZER = SHARED / "data" / "llama3-tokenizer"
-DEFAULT_OUT = REPO / "benchmarks" / "results" / "gate_faults.json"
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "gate_faults.json"  # stale/ holds the 2026-12-02 run
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "targets")]  # conftest helpers, the faults package
 
 CHILD_TIMEOUT = 3600  # s: a tiny-r1 export with its 128K-row head takes minutes on a busy machine
@@ -169,7 +171,9 @@ def table(result: dict) -> str:
 
 
 def _merge(old: list[dict], new: list[dict], key: str) -> list[dict]:
-    by = {r[key]: r for r in old}
+    """Rows of an earlier run of the same file, kept only where they carry their own provenance (the
+    file's thresholds were checked equal to today's before this is called); this run's replace them."""
+    by = {r[key]: r for r in old if r.get("provenance")}
     by.update({r[key]: r for r in new})
     return list(by.values())
 
@@ -221,7 +225,14 @@ def main(argv=None) -> None:
         print(f"fault {name}: {'caught by ' + ', '.join(r['caught_by']) if r.get('caught') else 'MISSED'}"
               f"{' refused: ' + r['refused'] if r.get('refused') else ''}"
               f"{' crashed: ' + r['crashed'] if r.get('crashed') else ''} ({r.get('seconds')} s)", flush=True)
+    prov = {**stamp(), "thresholds": thresholds_in_force(sorted({c["recipe"] for c in CLEAN.values()}
+                                                               | {f.recipe for f in FAULTS}), ["android"])}
+    for r in clean_rows + fault_rows:  # each row says when and on what code it was measured
+        r["provenance"] = {k: prov[k] for k in ("commit", "dirty", "date")}
     old = json.loads(a.out.read_text()) if a.out.is_file() else {}
+    if old and old.get("provenance", {}).get("thresholds") != json.loads(json.dumps(prov["thresholds"])):
+        print(f"{a.out}: made under other thresholds (or none recorded): its rows are not merged", flush=True)
+        old = {}
     result = {
         "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
@@ -240,7 +251,7 @@ def main(argv=None) -> None:
     result["summary"] = summarise(result["faults"], result["clean"])
     result.update({k: result["summary"][k] for k in ("catch_rate_gross", "catch_rate_near", "false_alarms")})
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({**result, "provenance": stamp()}, indent=1) + "\n")
+    a.out.write_text(json.dumps({**result, "provenance": prov}, indent=1) + "\n")
     print()
     print(table(result))
     print(f"\nwritten: {a.out}")

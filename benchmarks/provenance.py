@@ -49,3 +49,21 @@ def stamp() -> dict:
     return {"commit": commit, "dirty": dirty,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(), "tools": tools()}
+
+
+def thresholds_in_force(recipes, targets) -> dict:
+    """The bounds a gate verdict in a results file was judged under: per recipe, its `[gate]`
+    tolerances and, per target, the merged thresholds (recipe, then target). A file that records
+    them can be checked against the code (tests/unit/test_results_provenance.py): evidence made
+    under other bounds fails that test instead of going stale silently."""
+    import dataclasses
+
+    from mobilellm_export.pipeline import thresholds_for
+    from mobilellm_export.quant.recipe import load_recipe
+
+    out = {}
+    for name in recipes:
+        rec = load_recipe(name)
+        out[name] = {"gate": dataclasses.asdict(rec.gate),
+                     "targets": {t: dataclasses.asdict(thresholds_for(rec, t)) for t in targets}}
+    return out

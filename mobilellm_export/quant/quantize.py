@@ -58,7 +58,9 @@ class TiedQuantEmbedding(nn.Module):
 
 
 def digest(model: nn.Module) -> str:
-    """sha256 over every quantized weight's integers and scales: equal digests, equal reference."""
+    """sha256 over every quantized weight's integers and scales (`weights_sha256`, as bundles since
+    schema 2 record it). The float parameters beside them (norm gains a smoothing or rotation
+    rescaled, a rotation's pre-head) are not in it: `reference_digest` covers those too."""
     import hashlib
 
     h = hashlib.sha256()
@@ -68,6 +70,22 @@ def digest(model: nn.Module) -> str:
             h.update(fqn.encode())
             h.update(w.qdata.contiguous().numpy().tobytes())
             h.update(w.scale.float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def reference_digest(model: nn.Module) -> str:
+    """sha256 over every parameter of the quantized reference, quantized (integers, scales, zero
+    points) or float: equal digests, equal reference weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(name.encode())
+        parts = [getattr(p, n) for n in p.tensor_data_names] if hasattr(p, "tensor_data_names") else [p.detach()]
+        for t in parts:
+            h.update(str(t.dtype).encode())
+            h.update(t.contiguous().view(torch.uint8).numpy().tobytes() if t.dtype == torch.bfloat16
+                     else t.contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -162,4 +180,5 @@ def quantize(model: Transformer, recipe: Recipe, calibrate=None, status=lambda m
                                 for (w, _) in by_config})
     facts["rounding_seconds"] = round(time.perf_counter() - t0, 2)
     facts["weights_sha256"] = digest(model)
+    facts["reference_sha256"] = reference_digest(model)
     return facts

@@ -271,3 +271,44 @@ def test_every_fault_through_the_gate(fault, clean_4layer, tmp_path):
     if fault.severity == "gross":
         assert row["caught"], row
     # near-threshold faults: which are caught is measured (benchmarks/gate_faults.py), not required
+
+
+# ---- faults in the shared path (faults/shared.py; benchmarks/shared_path_faults.py runs them) -------
+
+@pytest.fixture(scope="module")
+def r1_folder(tmp_path_factory):
+    import hf_tiny
+
+    return hf_tiny.build("tiny-r1", tmp_path_factory.mktemp("shared-r1"))[1]
+
+
+def _quantized_digest(folder, recipe: str) -> tuple[str, float]:
+    """The digest of the quantized reference's weights (every parameter), built the way export builds it, and the float
+    model's RoPE theta (what the loader read)."""
+    import hf_tiny
+
+    from mobilellm_export import pipeline
+    from mobilellm_export.checkpoints import build_model, load
+    from mobilellm_export.quant.recipe import load_recipe
+
+    ck = load(str(folder), tokenizer=str(hf_tiny.TOKENIZER))
+    model = build_model(ck, MAX_CONTEXT)
+    facts = pipeline.quantize(model, load_recipe(recipe), calib(model, windows=4, length=32))
+    return facts["reference_sha256"], ck.config.rope_theta
+
+
+def test_every_shared_path_fault_changes_the_quantized_reference_and_restores_on_exit(r1_folder):
+    """Each shared-path fault is live where the gate would meet it (a quantize-side fault changes the
+    quantized reference's weights; the loader fault changes what the float model is built from), and
+    leaves no trace after its `with` block: the clean digest is reproduced bit for bit."""
+    from faults.shared import SHARED_FAULTS
+
+    clean = {r: _quantized_digest(r1_folder, r) for r in {f.recipe for f in SHARED_FAULTS}}
+    for f in SHARED_FAULTS:
+        with f.active():
+            digest, theta = _quantized_digest(r1_folder, f.recipe)
+        if f.where == "loader":
+            assert theta != clean[f.recipe][1], f.name
+        else:
+            assert theta == clean[f.recipe][1] and digest != clean[f.recipe][0], f.name
+        assert _quantized_digest(r1_folder, f.recipe) == clean[f.recipe], f"{f.name} left a patch behind"

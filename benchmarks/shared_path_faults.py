@@ -1,0 +1,129 @@
+"""Faults in the shared path through the gate, on every target (issue 27, item 2).
+
+    .venv/bin/python benchmarks/shared_path_faults.py                    # every target, ~15 min on 2 cores
+    .venv/bin/python benchmarks/shared_path_faults.py --targets onnx --faults gptq_act_order_not_undone
+
+Each fault (tests/targets/faults/shared.py) is a patch of one function that the float model, the
+quantized reference and the artifact (or the last two) share: the loader, smoothing, rotation,
+GPTQ, the tied head's quantization. The lowering pair cannot see one: reference and artifact are
+wrong together. Per target, a clean export of a tiny MobileLLM-R1-layout HF folder (2 layers,
+QK-norm, its own 512-id tokenizer) is made with each recipe a fault sits in; each fault is then
+exported with the real target and `baseline=` that clean report, as `export --baseline` runs in a
+user's CI. A fault is caught when a check fails that passes on the clean run (random weights miss
+the recipe's absolute quality bounds, clean or not), on an artifact that loaded and ran here.
+
+Writes benchmarks/results/shared_path_faults.json (provenance: commit, date, tools, and the
+thresholds in force, which tests/unit/test_results_provenance.py compares with the code) and
+prints the table. No row is merged from an older run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "benchmarks"), str(REPO / "tests"), str(REPO / "tests" / "targets")]
+OUT = REPO / "benchmarks" / "results" / "shared_path_faults.json"
+N_LAYERS = 2  # the CI tests' size: lowering costs ~10-20 s a layer on 2 cores
+
+
+def caught(rep: dict, clean: dict) -> tuple[list[str], list[str]]:
+    """(failed checks, those of them that pass on the clean run)."""
+    from faults import harness
+
+    failed, clean_failed = harness.failed_checks(rep), set(harness.failed_checks(clean))
+    return failed, [c for c in failed if c not in clean_failed]
+
+
+def run(targets: list[str], names: list[str], work: Path) -> dict:
+    from faults import harness
+    from faults.shared import BY_NAME
+
+    from mobilellm_export import backends
+
+    src = str(harness.tiny_r1_dir(work / "tiny-r1-hf", n_layers=N_LAYERS))
+    faults = [BY_NAME[n] for n in names]
+    rows, clean_rows = [], []
+    for t in targets:
+        clean = {}
+        for recipe in sorted({f.recipe for f in faults}):
+            t0 = time.perf_counter()
+            bundle, rep = harness.export_bundle(src, work / "clean" / t / recipe, recipe, target=backends.get(t))
+            clean[recipe] = bundle / "report.json"
+            clean_rows.append({"target": t, "recipe": recipe, "passed": rep["passed"],
+                               "failed": harness.failed_checks(rep), "seconds": round(time.perf_counter() - t0, 1)})
+            print(f"clean {t} {recipe}: failed {clean_rows[-1]['failed'] or 'none'}", flush=True)
+        for f in faults:
+            t0 = time.perf_counter()
+            row = {"target": t, "fault": f.name, "where": f.where, "recipe": f.recipe, "description": f.description}
+            try:
+                with f.active():
+                    _, rep = harness.export_bundle(src, work / "faults" / t / f.name, f.recipe,
+                                                   target=backends.get(t), baseline=str(clean[f.recipe]))
+            except Exception as e:  # a crash or a refusal: a column of its own, never a catch
+                row.update(caught=False, crashed=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300])
+            else:
+                failed, by = caught(rep, json.loads(clean[f.recipe].read_text()))
+                row.update(caught=bool(by) and rep.get("artifact_runs_here", False), caught_by=by,
+                           checks_failed=failed,
+                           messages=[c["message"] for c in rep["gate"]["checks"] if c["name"] in by],
+                           float_vs_artifact_kl=rep["parity"]["float_vs_artifact"]["kl_mean"],
+                           quant_vs_artifact_kl=rep["parity"]["quant_vs_artifact"]["kl_mean"],
+                           clean_float_vs_artifact_kl=json.loads(clean[f.recipe].read_text())
+                           ["parity"]["float_vs_artifact"]["kl_mean"])
+            row["seconds"] = round(time.perf_counter() - t0, 1)
+            rows.append(row)
+            print(f"{t} {f.name}: {'caught by ' + ', '.join(row.get('caught_by', [])) if row['caught'] else 'MISSED'}"
+                  f"{' ' + row['crashed'] if row.get('crashed') else ''}", flush=True)
+    return {"rows": rows, "clean": clean_rows}
+
+
+def table(result: dict) -> str:
+    lines = ["| target | fault | in | recipe | caught | by | float→artifact KL (clean) | quant→artifact KL |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        kl = (f"{r['float_vs_artifact_kl']:.4f} ({r['clean_float_vs_artifact_kl']:.4f})"
+              if "float_vs_artifact_kl" in r else r.get("crashed", ""))
+        lines.append(f"| {r['target']} | {r['fault']} | {r['where']} | {r['recipe']} | "
+                     f"{'yes' if r['caught'] else 'no'} | {', '.join(r.get('caught_by', []))} | {kl} | "
+                     f"{r.get('quant_vs_artifact_kl', float('nan')):.4f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    from faults import harness
+    from faults.shared import SHARED_FAULTS
+    from provenance import stamp, thresholds_in_force
+
+    from mobilellm_export import backends
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--targets", default=",".join(backends.names()))
+    ap.add_argument("--faults", default=",".join(f.name for f in SHARED_FAULTS))
+    ap.add_argument("--work", type=Path, help="folder for models and bundles (default: a temporary one)")
+    ap.add_argument("--out", type=Path, default=OUT)
+    a = ap.parse_args(argv)
+    targets, names = a.targets.split(","), a.faults.split(",")
+    work = (a.work or Path(tempfile.mkdtemp(prefix="shared-faults."))).resolve()
+    t0, prov = time.perf_counter(), stamp()  # the code as the run starts
+    result = run(targets, names, work)
+    recipes = sorted({r["recipe"] for r in result["rows"]} | {r["recipe"] for r in result["clean"]})
+    result = {"provenance": {**prov, "thresholds": thresholds_in_force(recipes, targets)},
+              "command": "python benchmarks/shared_path_faults.py " + " ".join(argv or sys.argv[1:]),
+              "model": f"tiny MobileLLM-R1-layout HF folder, {N_LAYERS} layers, random weights (seed 0)",
+              "settings": harness.SETTINGS,
+              "seconds": round(time.perf_counter() - t0, 1), **result,
+              "caught": {t: f"{sum(r['caught'] for r in result['rows'] if r['target'] == t)}/"
+                            f"{sum(r['target'] == t for r in result['rows'])}" for t in targets}}
+    a.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(table(result))
+    print(f"\ncaught: {result['caught']}; {result['seconds']:.0f} s; wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
