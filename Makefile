@@ -102,7 +102,10 @@ bench-onnx: setup
 	$(BIN)/python benchmarks/bench_onnx.py --rounds 21
 
 # The gate's seeded-fault suite (~1 h) and its SmolLM2 baseline acceptance (~30 min).
+# The gate's evidence (docs/ci-gate.md): every file records the thresholds it was judged under.
 bench-gate: setup
+	$(BIN)/python benchmarks/shared_path_faults.py
+	$(BIN)/python benchmarks/false_alarms.py
 	$(BIN)/python benchmarks/gate_faults.py
 	$(BIN)/python benchmarks/gate_baselines.py
 

@@ -64,16 +64,48 @@ def cli(*args, cwd=None, env=None) -> dict:
     return {"exit": r.returncode, "report": json.loads(r.stdout), "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def margins(report: dict) -> list[dict]:
-    out = []
-    for c in report["gate"]["checks"]:
-        v, b, op = c.get("value"), c.get("bound"), c.get("op")
-        if not isinstance(v, (int, float)) or not isinstance(b, (int, float)) or op not in ("<=", ">=", "<", ">"):
+# How a `--baseline` check's bound comes from the baseline's value b (verify/gate.py), inverted here
+# to say how much of the tolerance a run used: name -> b from (bound, [gate] tolerances).
+_BASE = {
+    "baseline float->artifact kl_mean": lambda bound, g: (bound - g["kl_abs"]) / (1 + g["kl_mean_rel"]),
+    "baseline float->artifact kl_p99": lambda bound, g: (bound - g["kl_abs"]) / (1 + g["kl_p99_rel"]),
+    "baseline float->artifact top1": lambda bound, g: bound + g["top1_abs"],
+    "baseline float->artifact ppl_delta": lambda bound, g: bound - g["ppl_delta_abs"],
+    "baseline float->artifact greedy prefix": lambda bound, g: bound + g["greedy_prefix_tokens"],
+    "baseline artifact size MB": lambda bound, g: bound / (1 + g["size_rel"]),
+}
+
+
+def margins(report: dict, gate: dict) -> list[dict]:
+    """Each bounded check's margin: (bound - value) for an upper bound, (value - bound) for a lower
+    one. `headroom`: for a baseline check, the share of its tolerance left (1 = the baseline's own
+    value, 0 = at the bound); for any other, the margin over |bound|."""
+    return [m for c in report["gate"]["checks"] if (m := margin(c["name"], c["status"], c.get("value"), c.get("op"),
+                                                                  c.get("bound"), gate)) is not None]
+
+
+def margin(name, status, v, op, b, gate: dict) -> dict | None:
+    if not isinstance(v, (int, float)) or not isinstance(b, (int, float)) or op not in ("<=", ">=", "<", ">"):
+        return None
+    m = (b - v) if op in ("<=", "<") else (v - b)
+    if name in _BASE:
+        base = _BASE[name](b, gate)
+        headroom = 1 - (v - base) / (b - base) if b != base else None
+    else:
+        headroom = m / abs(b) if b else None
+    return {"check": name, "status": status, "value": v, "op": op, "bound": b, "margin": m, "headroom": headroom}
+
+
+def rescore(rows: list[dict], gate: dict) -> None:
+    """Derived fields of each row (headroom, the smallest one, false alarm) from its recorded checks."""
+    for row in rows:
+        if row.get("margins") is None:
+            row["false_alarm"] = row["required"]
             continue
-        m = (b - v) if op in ("<=", "<") else (v - b)
-        out.append({"check": c["name"], "status": c["status"], "value": v, "op": op, "bound": b, "margin": m,
-                    "margin_rel": m / abs(b) if b else None})
-    return out
+        row["margins"] = [margin(c["check"], c["status"], c["value"], c["op"], c["bound"], gate) for c in row["margins"]]
+        known = [c for c in row["margins"] if c["headroom"] is not None]
+        row["smallest"] = min(known, key=lambda c: c["headroom"], default=None)
+        row["false_alarm"] = row["required"] and (row["exit"] != 0 or bool(row["failed"]))
 
 
 def _toml_value(v) -> str:
@@ -119,7 +151,7 @@ def bundle_of(out: Path) -> Path:
     return b
 
 
-def run_target(target: str, src: str, work: Path, tree: Path) -> list[dict]:
+def run_target(target: str, src: str, work: Path, tree: Path, gate: dict) -> list[dict]:
     w = work / target
     shutil.rmtree(w, ignore_errors=True)
     w.mkdir(parents=True)
@@ -165,32 +197,34 @@ def run_target(target: str, src: str, work: Path, tree: Path) -> list[dict]:
         row = {"target": target, "variant": name, "required": name in REQUIRED, "exit": r["exit"],
                "seconds": r["seconds"]}
         if "report" in r:
-            m = margins(r["report"])
-            row.update(failed=[c["check"] for c in m if c["status"] == "fail"]
-                       + [c["name"] for c in r["report"]["gate"]["checks"]
-                          if c["status"] == "fail" and c["name"] not in {x["check"] for x in m}],
-                       margins=m, smallest=min(m, key=lambda c: c["margin_rel"] if c["margin_rel"] is not None
-                                               else float("inf"), default=None))
+            row.update(failed=[c["name"] for c in r["report"]["gate"]["checks"] if c["status"] == "fail"],
+                       margins=margins(r["report"], gate))
         else:
             row.update(failed=None, error=r["error"])
-        row["false_alarm"] = row["required"] and (row["exit"] != 0 or bool(row["failed"]))
+        rescore([row], gate)
         rows.append(row)
         s = row.get("smallest") or {}
-        print(f"{target} {name}: exit {row['exit']} failed {row['failed']} smallest margin "
-              f"{s.get('check')} {s.get('margin_rel')}", flush=True)
+        print(f"{target} {name}: exit {row['exit']} failed {row['failed']} smallest headroom "
+              f"{s.get('check')} {s.get('headroom')}", flush=True)
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| target | variant | required | exit | failed checks | smallest margin (check: value vs bound, margin/bound) |",
+    lines = ["| target | variant | required | exit | failed checks | smallest headroom (check: value vs bound, headroom) |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         s = r.get("smallest")
-        sm = (f"{s['check']}: {s['value']:.4g} {s['op']} {s['bound']:.4g}, {s['margin_rel']:+.1%}" if s and
-              s["margin_rel"] is not None else r.get("error", ""))
+        sm = (f"{s['check']}: {s['value']:.4g} {s['op']} {s['bound']:.4g}, {s['headroom']:.0%}" if s
+              else r.get("error", ""))
         lines.append(f"| {r['target']} | {r['variant']} | {'yes' if r['required'] else 'margin only'} | {r['exit']} | "
                      f"{', '.join(r['failed'] or []) or 'none'} | {sm} |")
     return "\n".join(lines)
+
+
+def summarise(result: dict) -> None:
+    targets = list(dict.fromkeys(r["target"] for r in result["rows"]))
+    result["false_alarms"] = {t: sum(r["false_alarm"] for r in result["rows"] if r["target"] == t) for t in targets}
+    result["required_runs"] = {t: sum(r["required"] for r in result["rows"] if r["target"] == t) for t in targets}
 
 
 def main(argv=None) -> None:
@@ -203,25 +237,33 @@ def main(argv=None) -> None:
     ap.add_argument("--targets", default=",".join(backends.names()))
     ap.add_argument("--work", type=Path, help="folder for models and bundles (default: a temporary one)")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--rescore", action="store_true",
+                    help="recompute the derived fields (headroom, false alarms) of --out from its recorded checks")
     a = ap.parse_args(argv)
-    targets = a.targets.split(",")
-    work = (a.work or Path(tempfile.mkdtemp(prefix="false-alarms."))).resolve()
-    t0, prov = time.perf_counter(), stamp()  # the code as the run starts
-    src = str(harness.tiny_r1_dir(work / "tiny-r1-hf", n_layers=2))
-    tree = work / "checkout"
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), "HEAD"], check=True,
-                   capture_output=True)
-    try:
-        rows = [r for t in targets for r in run_target(t, src, work, tree)]
-    finally:
-        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], capture_output=True)
-    result = {"provenance": {**prov, "thresholds": thresholds_in_force([RECIPE], targets)},
-              "command": "python benchmarks/false_alarms.py " + " ".join(argv or sys.argv[1:]),
-              "model": "tiny MobileLLM-R1-layout HF folder, 2 layers, random weights (seed 0)",
-              "settings": " ".join(SETTINGS) + " --threads 1", "recipe": RECIPE,
-              "seconds": round(time.perf_counter() - t0, 1), "rows": rows,
-              "false_alarms": {t: sum(r["false_alarm"] for r in rows if r["target"] == t) for t in targets},
-              "required_runs": {t: sum(r["required"] for r in rows if r["target"] == t) for t in targets}}
+    gate = thresholds_in_force([RECIPE], [])[RECIPE]["gate"]
+    if a.rescore:
+        result = json.loads(a.out.read_text())
+        rescore(result["rows"], gate)
+        summarise(result)
+    else:
+        targets = a.targets.split(",")
+        work = (a.work or Path(tempfile.mkdtemp(prefix="false-alarms."))).resolve()
+        t0, prov = time.perf_counter(), stamp()  # the code as the run starts
+        src = str(harness.tiny_r1_dir(work / "tiny-r1-hf", n_layers=2))
+        tree = work / "checkout"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), "HEAD"], check=True,
+                       capture_output=True)
+        try:
+            rows = [r for t in targets for r in run_target(t, src, work, tree, gate)]
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], capture_output=True)
+        result = {"provenance": {**prov, "thresholds": thresholds_in_force([RECIPE], targets)},
+                  "command": "python benchmarks/false_alarms.py " + " ".join(argv or sys.argv[1:]),
+                  "model": "tiny MobileLLM-R1-layout HF folder, 2 layers, random weights (seed 0)",
+                  "settings": " ".join(SETTINGS) + " --threads 1", "recipe": RECIPE,
+                  "seconds": round(time.perf_counter() - t0, 1), "rows": rows}
+        summarise(result)
+    rows = result["rows"]
     a.out.write_text(json.dumps(result, indent=1) + "\n")
     print(table(rows))
     print(f"\nfalse alarms: {result['false_alarms']} of {result['required_runs']}; {result['seconds']:.0f} s; "

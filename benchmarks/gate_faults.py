@@ -210,7 +210,7 @@ def main(argv=None) -> None:
     cases = pick(a.clean, list(CLEAN))
     # A baseline the faults need runs unless asked for or already in --work (then reused).
     cases += [c for c in CLEAN if c in needed and c not in cases and not any(clean_dir(work, c).glob("*/report.json"))]
-    t0 = time.perf_counter()
+    t0, stamped = time.perf_counter(), stamp()  # the code as the run starts
     print(f"work dir: {work}", flush=True)
     clean_rows, fault_rows = [], []
     for name in cases:  # baselines first: the faults are judged against them
@@ -225,7 +225,7 @@ def main(argv=None) -> None:
         print(f"fault {name}: {'caught by ' + ', '.join(r['caught_by']) if r.get('caught') else 'MISSED'}"
               f"{' refused: ' + r['refused'] if r.get('refused') else ''}"
               f"{' crashed: ' + r['crashed'] if r.get('crashed') else ''} ({r.get('seconds')} s)", flush=True)
-    prov = {**stamp(), "thresholds": thresholds_in_force(sorted({c["recipe"] for c in CLEAN.values()}
+    prov = {**stamped, "thresholds": thresholds_in_force(sorted({c["recipe"] for c in CLEAN.values()}
                                                                | {f.recipe for f in FAULTS}), ["android"])}
     for r in clean_rows + fault_rows:  # each row says when and on what code it was measured
         r["provenance"] = {k: prov[k] for k in ("commit", "dirty", "date")}

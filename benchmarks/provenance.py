@@ -45,8 +45,8 @@ def tools() -> dict:
 
 def stamp() -> dict:
     commit = _git("rev-parse", "HEAD")
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
-    return {"commit": commit, "dirty": dirty,
+    changed = (_git("diff", "--name-only", "HEAD") or "").splitlines()  # tracked files, staged or not
+    return {"commit": commit, "dirty": bool(changed), "dirty_files": changed,  # which edits, not only whether
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(), "tools": tools()}
 

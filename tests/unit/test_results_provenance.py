@@ -25,12 +25,18 @@ def _recorded() -> list[Path]:
     return sorted(p for p in RESULTS.glob("*.json") if "thresholds" in json.loads(p.read_text()).get("provenance", {}))
 
 
+@pytest.mark.parametrize("path", sorted(RESULTS.glob("*.json")), ids=lambda p: p.name)
+def test_every_results_file_records_commit_date_and_tools(path):
+    prov = json.loads(path.read_text()).get("provenance", {})
+    assert prov.get("commit") and prov.get("date") and prov.get("tools"), f"{path.name}: no commit, date or tools"
+
+
 @pytest.mark.parametrize("name", GATE_EVIDENCE)
 def test_gate_evidence_records_the_thresholds_it_was_judged_under(name):
     path = RESULTS / name
-    if not path.exists():  # not made yet (or moved to stale/): nothing in the docs may cite it
+    if not path.exists():  # not made yet (or moved to stale/): no document may link to it as evidence
         docs = [p for p in [REPO / "README.md", REPO / "benchmarks" / "README.md", *(REPO / "docs").rglob("*.md")]
-                if f"results/{name}" in p.read_text()]
+                if f"results/{name})" in p.read_text()]
         assert not docs, f"{[str(d.relative_to(REPO)) for d in docs]} cite {name}, which does not exist"
         return
     prov = json.loads(path.read_text()).get("provenance", {})
