@@ -1,13 +1,14 @@
 """Faults in the shared path through the gate, on every target (issue 27, item 2).
 
-    .venv/bin/python benchmarks/shared_path_faults.py                    # every target, ~15 min on 2 cores
+    .venv/bin/python benchmarks/shared_path_faults.py                    # every target, ~12 min on 2 cores
     .venv/bin/python benchmarks/shared_path_faults.py --targets onnx --faults gptq_act_order_not_undone
 
 Each fault (tests/targets/faults/shared.py) is a patch of one function that the float model, the
 quantized reference and the artifact (or the last two) share: the loader, smoothing, rotation,
 GPTQ, the tied head's quantization. The lowering pair cannot see one: reference and artifact are
 wrong together. Per target, a clean export of a tiny MobileLLM-R1-layout HF folder (2 layers,
-QK-norm, its own 512-id tokenizer) is made with each recipe a fault sits in; each fault is then
+QK-norm, its own 512-id tokenizer; a tiny llama GGUF for the GGUF fault) is made with each recipe
+a fault sits in; each fault is then
 exported with the real target and `baseline=` that clean report, as `export --baseline` runs in a
 user's CI. A fault is caught when a check fails that passes on the clean run (random weights miss
 the recipe's absolute quality bounds, clean or not), on an artifact that loaded and ran here.
@@ -27,7 +28,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "benchmarks"), str(REPO / "tests"), str(REPO / "tests" / "targets")]
+sys.path[:0] = [str(REPO / "benchmarks"), str(REPO / "tests"), str(REPO / "tests" / "targets"),
+                str(REPO / "tests" / "unit")]  # test_gguf_source.write_gguf: a tiny llama GGUF
 OUT = REPO / "benchmarks" / "results" / "shared_path_faults.json"
 N_LAYERS = 2  # the CI tests' size: lowering costs ~10-20 s a layer on 2 cores
 
@@ -43,39 +45,45 @@ def caught(rep: dict, clean: dict) -> tuple[list[str], list[str]]:
 def run(targets: list[str], names: list[str], work: Path) -> dict:
     from faults import harness
     from faults.shared import BY_NAME
+    from test_gguf_source import write_gguf
 
     from mobilellm_export import backends
 
-    src = str(harness.tiny_r1_dir(work / "tiny-r1-hf", n_layers=N_LAYERS))
     faults = [BY_NAME[n] for n in names]
+    srcs = {"folder": str(harness.tiny_r1_dir(work / "tiny-r1-hf", n_layers=N_LAYERS))}
+    if any(f.source == "gguf" for f in faults):
+        write_gguf(work / "tiny-llama.gguf")
+        srcs["gguf"] = str(work / "tiny-llama.gguf")
     rows, clean_rows = [], []
     for t in targets:
         clean = {}
-        for recipe in sorted({f.recipe for f in faults}):
+        for recipe, source in sorted({(f.recipe, f.source) for f in faults}):
             t0 = time.perf_counter()
-            bundle, rep = harness.export_bundle(src, work / "clean" / t / recipe, recipe, target=backends.get(t))
-            clean[recipe] = bundle / "report.json"
-            clean_rows.append({"target": t, "recipe": recipe, "passed": rep["passed"],
+            bundle, rep = harness.export_bundle(srcs[source], work / "clean" / t / source / recipe, recipe,
+                                                target=backends.get(t))
+            clean[recipe, source] = bundle / "report.json"
+            clean_rows.append({"target": t, "recipe": recipe, "source": source, "passed": rep["passed"],
                                "failed": harness.failed_checks(rep), "seconds": round(time.perf_counter() - t0, 1)})
-            print(f"clean {t} {recipe}: failed {clean_rows[-1]['failed'] or 'none'}", flush=True)
+            print(f"clean {t} {source} {recipe}: failed {clean_rows[-1]['failed'] or 'none'}", flush=True)
         for f in faults:
             t0 = time.perf_counter()
-            row = {"target": t, "fault": f.name, "where": f.where, "recipe": f.recipe, "description": f.description}
+            row = {"target": t, "fault": f.name, "where": f.where, "recipe": f.recipe, "source": f.source,
+                   "description": f.description}
+            base = clean[f.recipe, f.source]
             try:
                 with f.active():
-                    _, rep = harness.export_bundle(src, work / "faults" / t / f.name, f.recipe,
-                                                   target=backends.get(t), baseline=str(clean[f.recipe]))
+                    _, rep = harness.export_bundle(srcs[f.source], work / "faults" / t / f.name, f.recipe,
+                                                   target=backends.get(t), baseline=str(base))
             except Exception as e:  # a crash or a refusal: a column of its own, never a catch
                 row.update(caught=False, crashed=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300])
             else:
-                failed, by = caught(rep, json.loads(clean[f.recipe].read_text()))
+                failed, by = caught(rep, json.loads(base.read_text()))
                 row.update(caught=bool(by) and rep.get("artifact_runs_here", False), caught_by=by,
                            checks_failed=failed,
                            messages=[c["message"] for c in rep["gate"]["checks"] if c["name"] in by],
                            float_vs_artifact_kl=rep["parity"]["float_vs_artifact"]["kl_mean"],
                            quant_vs_artifact_kl=rep["parity"]["quant_vs_artifact"]["kl_mean"],
-                           clean_float_vs_artifact_kl=json.loads(clean[f.recipe].read_text())
-                           ["parity"]["float_vs_artifact"]["kl_mean"])
+                           clean_float_vs_artifact_kl=json.loads(base.read_text())["parity"]["float_vs_artifact"]["kl_mean"])
             row["seconds"] = round(time.perf_counter() - t0, 1)
             rows.append(row)
             print(f"{t} {f.name}: {'caught by ' + ', '.join(row.get('caught_by', [])) if row['caught'] else 'MISSED'}"
@@ -115,7 +123,9 @@ def main(argv=None) -> None:
     recipes = sorted({r["recipe"] for r in result["rows"]} | {r["recipe"] for r in result["clean"]})
     result = {"provenance": {**prov, "thresholds": thresholds_in_force(recipes, targets)},
               "command": "python benchmarks/shared_path_faults.py " + " ".join(argv or sys.argv[1:]),
-              "model": f"tiny MobileLLM-R1-layout HF folder, {N_LAYERS} layers, random weights (seed 0)",
+              "model": f"tiny MobileLLM-R1-layout HF folder, {N_LAYERS} layers, random weights (seed 0); for GGUF "
+                       f"faults a tiny llama GGUF (tests/unit/test_gguf_source.py: 2 layers, Q/K permuted as "
+                       f"llama.cpp writes them)",
               "settings": harness.SETTINGS,
               "seconds": round(time.perf_counter() - t0, 1), **result,
               "caught": {t: f"{sum(r['caught'] for r in result['rows'] if r['target'] == t)}/"

@@ -276,39 +276,49 @@ def test_every_fault_through_the_gate(fault, clean_4layer, tmp_path):
 # ---- faults in the shared path (faults/shared.py; benchmarks/shared_path_faults.py runs them) -------
 
 @pytest.fixture(scope="module")
-def r1_folder(tmp_path_factory):
-    import hf_tiny
+def shared_sources(tmp_path_factory):
+    """The benchmark's sources: the R1-layout folder (its tokenizer_config.json says add_bos_token) and a
+    tiny llama GGUF (Q/K permuted as llama.cpp writes them)."""
+    from test_gguf_source import write_gguf
 
-    return hf_tiny.build("tiny-r1", tmp_path_factory.mktemp("shared-r1"))[1]
+    gguf = tmp_path_factory.mktemp("shared-gguf") / "tiny.gguf"
+    write_gguf(gguf)
+    return {"folder": (str(harness.tiny_r1_dir(tmp_path_factory.mktemp("shared") / "r1", n_layers=2)), None),
+            "gguf": (str(gguf), None)}
 
 
-def _quantized_digest(folder, recipe: str) -> tuple[str, float]:
-    """The digest of the quantized reference's weights (every parameter), built the way export builds it, and the float
-    model's RoPE theta (what the loader read)."""
-    import hf_tiny
-
+def _observed(source: tuple[str, str | None], recipe: str) -> dict:
+    """What a shared-path fault can change, built the way export builds it: the float model's
+    weights and RoPE theta (the loader), the BOS policy bundle.json records, and every parameter
+    of the quantized reference."""
     from mobilellm_export import pipeline
     from mobilellm_export.checkpoints import build_model, load
+    from mobilellm_export.quant.quantize import reference_digest
     from mobilellm_export.quant.recipe import load_recipe
 
-    ck = load(str(folder), tokenizer=str(hf_tiny.TOKENIZER))
+    ck = load(source[0], tokenizer=source[1])
     model = build_model(ck, MAX_CONTEXT)
-    facts = pipeline.quantize(model, load_recipe(recipe), calib(model, windows=4, length=32))
-    return facts["reference_sha256"], ck.config.rope_theta
+    seen = {"float": reference_digest(model), "rope_theta": ck.config.rope_theta,
+            "bos_add": ck.tokenizer.bos_policy(ck.config.bos_token_id)["add"]}
+    seen["quantized"] = pipeline.quantize(model, load_recipe(recipe), calib(model, windows=4, length=32))["reference_sha256"]
+    return seen
 
 
-def test_every_shared_path_fault_changes_the_quantized_reference_and_restores_on_exit(r1_folder):
-    """Each shared-path fault is live where the gate would meet it (a quantize-side fault changes the
-    quantized reference's weights; the loader fault changes what the float model is built from), and
-    leaves no trace after its `with` block: the clean digest is reproduced bit for bit."""
+def test_every_shared_path_fault_changes_what_it_claims_and_restores_on_exit(shared_sources):
+    """Each shared-path fault is live where the gate would meet it: a loader fault changes the float
+    model (or the BOS policy) and so everything built from it; a quantize-side fault leaves the float
+    model alone and changes the quantized reference. After its `with` block no trace is left: the
+    clean observation is reproduced bit for bit."""
     from faults.shared import SHARED_FAULTS
 
-    clean = {r: _quantized_digest(r1_folder, r) for r in {f.recipe for f in SHARED_FAULTS}}
+    clean = {(f.source, f.recipe): _observed(shared_sources[f.source], f.recipe) for f in SHARED_FAULTS}
     for f in SHARED_FAULTS:
+        base = clean[f.source, f.recipe]
         with f.active():
-            digest, theta = _quantized_digest(r1_folder, f.recipe)
+            seen = _observed(shared_sources[f.source], f.recipe)
+        changed = {k for k in base if seen[k] != base[k]}
         if f.where == "loader":
-            assert theta != clean[f.recipe][1], f.name
+            assert changed & {"float", "rope_theta", "bos_add"}, f.name
         else:
-            assert theta == clean[f.recipe][1] and digest != clean[f.recipe][0], f.name
-        assert _quantized_digest(r1_folder, f.recipe) == clean[f.recipe], f"{f.name} left a patch behind"
+            assert changed == {"quantized"}, (f.name, changed)
+        assert _observed(shared_sources[f.source], f.recipe) == base, f"{f.name} left a patch behind"

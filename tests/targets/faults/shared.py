@@ -29,6 +29,7 @@ class SharedFault:
     recipe: str  # the recipe whose path it sits in (its clean baseline uses the same one)
     description: str
     patches: Callable[[], list[tuple[object, str, object]]]  # [(owner, attribute, replacement)]
+    source: str = "folder"  # the tiny model it is exported from: "folder" (HF, R1 layout) or "gguf" (llama)
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -50,6 +51,38 @@ def _rope_theta_default():
 
     right = hf.from_hf_config
     return [(hf, "from_hf_config", lambda *a, **k: dataclasses.replace(right(*a, **k), rope_theta=1e4))]
+
+
+def _gguf_unpermute_skipped():
+    """llama.cpp's interleaved Q/K row order kept: RoPE then rotates the wrong pairs of every head."""
+    from mobilellm_export.checkpoints import gguf
+
+    return [(gguf, "_unpermute", lambda w, n_heads: w)]
+
+
+_UNSET = object()
+
+
+def _bos_wrong_field():
+    """The BOS policy read from `add_eos_token` where `add_bos_token` belongs (absent there, so the
+    policy falls through to the post-processor and template rules): prompts, calibration and the
+    evaluation windows all lose their BOS, and bundle.json records the same wrong policy."""
+    from mobilellm_export.text import tokenizer as tmod
+
+    right = tmod.Tokenizer.bos_policy
+
+    def bos_policy(self, fallback_id=None):
+        cfg, saved = self.config, self.config.get("add_bos_token", _UNSET)
+        cfg.pop("add_bos_token", None)
+        if "add_eos_token" in cfg:
+            cfg["add_bos_token"] = cfg["add_eos_token"]
+        try:
+            return right(self, fallback_id)
+        finally:
+            cfg.pop("add_bos_token", None)
+            if saved is not _UNSET:
+                cfg["add_bos_token"] = saved
+    return [(tmod.Tokenizer, "bos_policy", bos_policy)]
 
 
 # ---- quantize ---------------------------------------------------------------------------------------
@@ -130,6 +163,11 @@ def _tied_head_transposed():
 SHARED_FAULTS = [
     SharedFault("rope_theta_default", "loader", "4bit",
                 "RoPE theta read from a key the config does not have (1e4 for R1's 8e6)", _rope_theta_default),
+    SharedFault("gguf_qk_unpermute_skipped", "loader", "4bit",
+                "GGUF Q/K rows left in llama.cpp's interleaved order (the un-permute skipped)",
+                _gguf_unpermute_skipped, source="gguf"),
+    SharedFault("bos_policy_wrong_field", "loader", "4bit",
+                "the BOS policy read from add_eos_token instead of add_bos_token", _bos_wrong_field),
     SharedFault("smooth_wrong_norm", "quantize", "4bit",
                 f"layer {ONE_LAYER}'s SmoothQuant scales folded into the other norm of the block", _smooth_wrong_norm),
     SharedFault("rotation_sign_flipped", "quantize", "8bit",
