@@ -356,6 +356,31 @@ def test_group_size_not_multiple_of_32_is_a_user_error(tmp_path):
         android.export_pte(m, m.cfg, tmp_path / "x.pte", max_seq_len=MAX_SEQ_LEN, max_context=MAX_CONTEXT)
 
 
+def test_per_channel_4bit_weights_over_a_width_not_multiple_of_32_are_a_user_error(tmp_path):
+    """XNNPACK takes a 4-bit weight with one scale per row as one group of in_features (only 8-bit
+    rows map to per-channel): a 48-wide down projection failed with an assert deep in its preprocess
+    (the tiny GGUF of tests/unit/test_gguf_source.py). Now one line, before lowering; 8 bits pass."""
+    import copy
+    import dataclasses
+
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerAxis
+
+    cfg = dataclasses.replace(PRESETS["tiny-llama"], hidden_dim=48)
+    m = Transformer(cfg, max_context=MAX_CONTEXT)
+    m.load_weights(random_weights(cfg, 0))
+    down = lambda mod, fqn: fqn.endswith("mlp.down_proj")  # noqa: E731 (in_features 48)
+    for bits, fails in ((torch.int8, False), (torch.int4, True)):
+        q = copy.deepcopy(m)
+        quantize_(q, Int8DynamicActivationIntxWeightConfig(weight_dtype=bits, weight_granularity=PerAxis(0)),
+                  filter_fn=down)
+        if fails:
+            with pytest.raises(UserError, match="per-channel 4-bit weights over 48 inputs"):
+                android.export_pte(q, q.cfg, tmp_path / "x.pte", max_seq_len=MAX_SEQ_LEN, max_context=MAX_CONTEXT)
+        else:
+            android._check_quantized_linears(q)  # the 8-bit rows are XNNPACK's per-channel qc8w
+
+
 # ---- the XNNPACK-friendly swaps of prepare(), against the reference modules -------------------------
 
 def test_swapped_rms_and_rope_match_the_reference_modules():

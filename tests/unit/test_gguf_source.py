@@ -50,7 +50,7 @@ def _llama_cpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _hf_weights(vocab: int, tied: bool, seed: int = 0) -> dict[str, np.ndarray]:
+def _hf_weights(vocab: int, tied: bool, seed: int = 0, hidden: int = HIDDEN) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     sd = {"embed_tokens.weight": rng.standard_normal((vocab, DIM), dtype=np.float32) * 0.1,
           "norm.weight": 1 + 0.1 * rng.standard_normal(DIM, dtype=np.float32)}
@@ -58,7 +58,7 @@ def _hf_weights(vocab: int, tied: bool, seed: int = 0) -> dict[str, np.ndarray]:
         sd["lm_head.weight"] = rng.standard_normal((vocab, DIM), dtype=np.float32) * 0.1
     shapes = {"self_attn.q_proj": (N_HEADS * HEAD_DIM, DIM), "self_attn.k_proj": (N_KV * HEAD_DIM, DIM),
               "self_attn.v_proj": (N_KV * HEAD_DIM, DIM), "self_attn.o_proj": (DIM, N_HEADS * HEAD_DIM),
-              "mlp.gate_proj": (HIDDEN, DIM), "mlp.up_proj": (HIDDEN, DIM), "mlp.down_proj": (DIM, HIDDEN)}
+              "mlp.gate_proj": (hidden, DIM), "mlp.up_proj": (hidden, DIM), "mlp.down_proj": (DIM, hidden)}
     for i in range(N_LAYERS):
         for n, shape in shapes.items():
             sd[f"layers.{i}.{n}.weight"] = rng.standard_normal(shape, dtype=np.float32) / math.sqrt(shape[1])
@@ -82,15 +82,17 @@ def _gguf_name(hf: str) -> str:
 
 
 def write_gguf(path, *, tied=True, arch="llama", tok_model="gpt2", pre="smollm", add_bos=False,
-               rope_freqs: np.ndarray | None = None, quantize_embedding=False, seed=0) -> dict[str, np.ndarray]:
-    """Write a tiny llama GGUF; returns the HF-layout weights it encodes."""
+               rope_freqs: np.ndarray | None = None, quantize_embedding=False, seed=0,
+               hidden: int = HIDDEN) -> dict[str, np.ndarray]:
+    """Write a tiny llama GGUF; returns the HF-layout weights it encodes. `hidden`: the MLP width (48
+    by default; an Android 4-bit export needs a multiple of 32)."""
     tokens, types = _vocab()
-    sd = _hf_weights(len(tokens), tied, seed)
+    sd = _hf_weights(len(tokens), tied, seed, hidden)
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(N_LAYERS)
     w.add_context_length(4096)
     w.add_embedding_length(DIM)
-    w.add_feed_forward_length(HIDDEN)
+    w.add_feed_forward_length(hidden)
     w.add_head_count(N_HEADS)
     w.add_head_count_kv(N_KV)
     w.add_key_length(HEAD_DIM)

@@ -286,7 +286,9 @@ def _delegation_facts(graph_module) -> dict:
 
 def _check_quantized_linears(model: nn.Module) -> None:
     """Fail early, in one line, on torchao weights XNNPACK cannot take (instead of an assert deep in
-    XNNPACK's preprocess): blockwise weight scales need a group size that is a multiple of 32."""
+    XNNPACK's preprocess): blockwise weight scales need a group size that is a multiple of 32. A 4-bit
+    weight with one scale per row counts as one group of in_features there (ExecuTorch 1.5's
+    QuantParams maps only 8-bit rows to per-channel), so it needs the same."""
     for fqn, mod in model.named_modules():
         if not isinstance(mod, nn.Linear):
             continue
@@ -294,9 +296,11 @@ def _check_quantized_linears(model: nn.Module) -> None:
         if block is None:
             continue
         group = int(block[-1])
-        if group != mod.in_features and group % 32:
-            raise UserError(f"{fqn}: quantized with group size {group}; XNNPACK needs a multiple of 32 "
-                            f"(or per-channel)")
+        four_bit = getattr(mod.weight, "target_dtype", None) == torch.int4
+        if group % 32 and (group != mod.in_features or four_bit):
+            what = "per-channel 4-bit weights over" if group == mod.in_features else "group size"
+            raise UserError(f"{fqn}: quantized with {what} {group} inputs; XNNPACK needs a multiple of 32 "
+                            f"(quantize this linear at 8 bits: a recipe [[override]] with bits = 8)")
 
 
 def export_pte(model: Transformer, cfg: ModelConfig, path: str | Path, *, max_seq_len: int = 128,
