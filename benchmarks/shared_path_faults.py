@@ -48,6 +48,7 @@ def run(targets: list[str], names: list[str], work: Path) -> dict:
     from test_gguf_source import write_gguf
 
     from mobilellm_export import backends
+    from mobilellm_export.errors import UserError
 
     faults = [BY_NAME[n] for n in names]
     srcs = {"folder": str(harness.tiny_r1_dir(work / "tiny-r1-hf", n_layers=N_LAYERS))}
@@ -59,8 +60,14 @@ def run(targets: list[str], names: list[str], work: Path) -> dict:
         clean = {}
         for recipe, source in sorted({(f.recipe, f.source) for f in faults}):
             t0 = time.perf_counter()
-            bundle, rep = harness.export_bundle(srcs[source], work / "clean" / t / source / recipe, recipe,
-                                                target=backends.get(t))
+            try:
+                bundle, rep = harness.export_bundle(srcs[source], work / "clean" / t / source / recipe, recipe,
+                                                    target=backends.get(t))
+            except UserError as e:  # the target cannot take this model: its faults are out of reach here
+                clean[recipe, source] = str(e).splitlines()[0]
+                clean_rows.append({"target": t, "recipe": recipe, "source": source, "refused": clean[recipe, source]})
+                print(f"clean {t} {source} {recipe}: refused: {clean[recipe, source]}", flush=True)
+                continue
             clean[recipe, source] = bundle / "report.json"
             clean_rows.append({"target": t, "recipe": recipe, "source": source, "passed": rep["passed"],
                                "failed": harness.failed_checks(rep), "seconds": round(time.perf_counter() - t0, 1)})
@@ -70,11 +77,17 @@ def run(targets: list[str], names: list[str], work: Path) -> dict:
             row = {"target": t, "fault": f.name, "where": f.where, "recipe": f.recipe, "source": f.source,
                    "description": f.description}
             base = clean[f.recipe, f.source]
+            if isinstance(base, str):
+                rows.append({**row, "caught": False, "out_of_reach": f"the clean export is refused: {base}"})
+                print(f"{t} {f.name}: out of reach ({base})", flush=True)
+                continue
             try:
                 with f.active():
                     _, rep = harness.export_bundle(srcs[f.source], work / "faults" / t / f.name, f.recipe,
                                                    target=backends.get(t), baseline=str(base))
-            except Exception as e:  # a crash or a refusal: a column of its own, never a catch
+            except UserError as e:  # the gate stopped in one line before judging: a refusal, not a catch
+                row.update(caught=False, refused=str(e).splitlines()[0][:300])
+            except Exception as e:  # a crash: a column of its own, never a catch
                 row.update(caught=False, crashed=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300])
             else:
                 failed, by = caught(rep, json.loads(base.read_text()))
@@ -87,7 +100,8 @@ def run(targets: list[str], names: list[str], work: Path) -> dict:
             row["seconds"] = round(time.perf_counter() - t0, 1)
             rows.append(row)
             print(f"{t} {f.name}: {'caught by ' + ', '.join(row.get('caught_by', [])) if row['caught'] else 'MISSED'}"
-                  f"{' ' + row['crashed'] if row.get('crashed') else ''}", flush=True)
+                  f"{' refused: ' + row['refused'] if row.get('refused') else ''}"
+                  f"{' crashed: ' + row['crashed'] if row.get('crashed') else ''}", flush=True)
     return {"rows": rows, "clean": clean_rows}
 
 
@@ -96,7 +110,7 @@ def table(result: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         kl = (f"{r['float_vs_artifact_kl']:.4f} ({r['clean_float_vs_artifact_kl']:.4f})"
-              if "float_vs_artifact_kl" in r else r.get("crashed", ""))
+              if "float_vs_artifact_kl" in r else r.get("refused") or r.get("out_of_reach") or r.get("crashed", ""))
         lines.append(f"| {r['target']} | {r['fault']} | {r['where']} | {r['recipe']} | "
                      f"{'yes' if r['caught'] else 'no'} | {', '.join(r.get('caught_by', []))} | {kl} | "
                      f"{r.get('quant_vs_artifact_kl', float('nan')):.4f} |")
@@ -129,7 +143,8 @@ def main(argv=None) -> None:
               "settings": harness.SETTINGS,
               "seconds": round(time.perf_counter() - t0, 1), **result,
               "caught": {t: f"{sum(r['caught'] for r in result['rows'] if r['target'] == t)}/"
-                            f"{sum(r['target'] == t for r in result['rows'])}" for t in targets}}
+                            f"{sum(r['target'] == t and 'out_of_reach' not in r for r in result['rows'])}"
+                            for t in targets}}
     a.out.write_text(json.dumps(result, indent=1) + "\n")
     print(table(result))
     print(f"\ncaught: {result['caught']}; {result['seconds']:.0f} s; wrote {a.out}")

@@ -296,6 +296,20 @@ def test_onnx_option_on_another_target_is_one_line(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_a_head_dim_onnx_runtime_cannot_run_is_refused_before_export(tmp_path):
+    """ORT's GroupQueryAttention needs head_dim % 16 == 0, and says so only when a token runs: a
+    head_dim-8 model (the tiny GGUF of tests/unit/test_gguf_source.py) exported, then crashed in
+    verify with a traceback. The target refuses it in one line, before any work; the same model
+    exports for Android."""
+    from test_gguf_source import write_gguf
+
+    write_gguf(tmp_path / "hd8.gguf", hidden=64)
+    r = run_cli("--model", str(tmp_path / "hd8.gguf"), "--target", "onnx", "--quant", "fp32", "--no-verify",
+                "--quiet", "--out", str(tmp_path / "out"))
+    assert_one_line_error(r, "head_dim 8; ONNX Runtime's GroupQueryAttention needs a multiple of 16")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 
 @pytest.mark.extra
 @pytest.mark.parametrize("model", ["smollm2-135m", "r1-140m"])

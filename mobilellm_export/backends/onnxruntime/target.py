@@ -66,6 +66,9 @@ class Onnx(Target):
         cfg = spec.config
         if cfg.attn_temperature_tuning and any(not cfg.uses_rope(i) for i in range(cfg.n_layers)):
             raise UserError("target onnx: Llama-4 NoPE-layer attention temperature tuning is not implemented")
+        if cfg.head_dim % 16:  # the export writes it; ORT 1.31 refuses it only when the first token runs
+            raise UserError(f"target onnx: head_dim {cfg.head_dim}; ONNX Runtime's GroupQueryAttention needs a "
+                            f"multiple of 16")
         notes = []
         parts = [("linear", recipe.linear), ("head", recipe.head)]
         parts += [(f"[override] {o['match']}", recipe.weight_for(o["match"])) for o in recipe.overrides]
