@@ -53,7 +53,8 @@ def run(targets: list[str], names: list[str], work: Path) -> dict:
     faults = [BY_NAME[n] for n in names]
     srcs = {"folder": str(harness.tiny_r1_dir(work / "tiny-r1-hf", n_layers=N_LAYERS))}
     if any(f.source == "gguf" for f in faults):
-        write_gguf(work / "tiny-llama.gguf", hidden=64)  # 4-bit on XNNPACK: widths in multiples of 32
+        # widths XNNPACK's 4-bit kernels (multiples of 32) and ORT's attention (head_dim 16) both take
+        write_gguf(work / "tiny-llama.gguf", hidden=64, n_heads=2, n_kv=1)
         srcs["gguf"] = str(work / "tiny-llama.gguf")
     rows, clean_rows = [], []
     for t in targets:

@@ -282,7 +282,7 @@ def shared_sources(tmp_path_factory):
     from test_gguf_source import write_gguf
 
     gguf = tmp_path_factory.mktemp("shared-gguf") / "tiny.gguf"
-    write_gguf(gguf, hidden=64)  # as the benchmark writes it
+    write_gguf(gguf, hidden=64, n_heads=2, n_kv=1)  # as the benchmark writes it
     return {"folder": (str(harness.tiny_r1_dir(tmp_path_factory.mktemp("shared") / "r1", n_layers=2)), None),
             "gguf": (str(gguf), None)}
 

@@ -50,14 +50,16 @@ def _llama_cpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _hf_weights(vocab: int, tied: bool, seed: int = 0, hidden: int = HIDDEN) -> dict[str, np.ndarray]:
+def _hf_weights(vocab: int, tied: bool, seed: int = 0, hidden: int = HIDDEN, n_heads: int = N_HEADS,
+                n_kv: int = N_KV) -> dict[str, np.ndarray]:
+    hd = DIM // n_heads
     rng = np.random.default_rng(seed)
     sd = {"embed_tokens.weight": rng.standard_normal((vocab, DIM), dtype=np.float32) * 0.1,
           "norm.weight": 1 + 0.1 * rng.standard_normal(DIM, dtype=np.float32)}
     if not tied:
         sd["lm_head.weight"] = rng.standard_normal((vocab, DIM), dtype=np.float32) * 0.1
-    shapes = {"self_attn.q_proj": (N_HEADS * HEAD_DIM, DIM), "self_attn.k_proj": (N_KV * HEAD_DIM, DIM),
-              "self_attn.v_proj": (N_KV * HEAD_DIM, DIM), "self_attn.o_proj": (DIM, N_HEADS * HEAD_DIM),
+    shapes = {"self_attn.q_proj": (n_heads * hd, DIM), "self_attn.k_proj": (n_kv * hd, DIM),
+              "self_attn.v_proj": (n_kv * hd, DIM), "self_attn.o_proj": (DIM, n_heads * hd),
               "mlp.gate_proj": (hidden, DIM), "mlp.up_proj": (hidden, DIM), "mlp.down_proj": (DIM, hidden)}
     for i in range(N_LAYERS):
         for n, shape in shapes.items():
@@ -83,21 +85,23 @@ def _gguf_name(hf: str) -> str:
 
 def write_gguf(path, *, tied=True, arch="llama", tok_model="gpt2", pre="smollm", add_bos=False,
                rope_freqs: np.ndarray | None = None, quantize_embedding=False, seed=0,
-               hidden: int = HIDDEN) -> dict[str, np.ndarray]:
+               hidden: int = HIDDEN, n_heads: int = N_HEADS, n_kv: int = N_KV) -> dict[str, np.ndarray]:
     """Write a tiny llama GGUF; returns the HF-layout weights it encodes. `hidden`: the MLP width (48
-    by default; an Android 4-bit export needs a multiple of 32)."""
+    by default; an Android 4-bit export needs a multiple of 32); `n_heads` sets head_dim = DIM / n_heads
+    (8 by default; ONNX Runtime needs a multiple of 16)."""
     tokens, types = _vocab()
-    sd = _hf_weights(len(tokens), tied, seed, hidden)
+    sd = _hf_weights(len(tokens), tied, seed, hidden, n_heads, n_kv)
+    hd = DIM // n_heads
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(N_LAYERS)
     w.add_context_length(4096)
     w.add_embedding_length(DIM)
     w.add_feed_forward_length(hidden)
-    w.add_head_count(N_HEADS)
-    w.add_head_count_kv(N_KV)
-    w.add_key_length(HEAD_DIM)
-    w.add_value_length(HEAD_DIM)
-    w.add_rope_dimension_count(HEAD_DIM)
+    w.add_head_count(n_heads)
+    w.add_head_count_kv(n_kv)
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    w.add_rope_dimension_count(hd)
     w.add_rope_freq_base(500000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(len(tokens))
@@ -116,9 +120,9 @@ def write_gguf(path, *, tied=True, arch="llama", tok_model="gpt2", pre="smollm",
         w.add_tensor("rope_freqs.weight", rope_freqs.astype(np.float32))
     for name, t in sd.items():
         if name.endswith("q_proj.weight"):
-            t = _llama_cpp_permute(t, N_HEADS)
+            t = _llama_cpp_permute(t, n_heads)
         elif name.endswith("k_proj.weight"):
-            t = _llama_cpp_permute(t, N_KV)
+            t = _llama_cpp_permute(t, n_kv)
         if quantize_embedding and name == "embed_tokens.weight":
             q = gguf.quants.quantize(t, gguf.GGMLQuantizationType.Q8_0)
             w.add_tensor(_gguf_name(name), q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
