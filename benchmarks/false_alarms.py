@@ -221,6 +221,27 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def docs_table(result: dict) -> str:
+    """The docs' table (docs/ci-gate.md): per target, the required runs and their false alarms, the
+    check with the least headroom over them, and what each calibration seed failed."""
+    rows = result["rows"]
+    lines = ["| target | required variants (false alarms) | least headroom, required variants | calibration seed 1 | "
+             "calibration seed 2 |", "|---|---|---|---|---|"]
+    for t in dict.fromkeys(r["target"] for r in rows):
+        req = [r for r in rows if r["target"] == t and r["required"]]
+        least = min((r["smallest"] for r in req if r.get("smallest")), key=lambda c: c["headroom"])
+        where = [r["variant"] for r in req if r.get("smallest") == least]
+        seeds = []
+        for v in REPORTED:
+            r = next(x for x in rows if x["target"] == t and x["variant"] == v)
+            fails = [m for m in r.get("margins") or [] if m["status"] == "fail"]
+            seeds.append("fails " + ", ".join(f"{m['check'].replace('baseline float->artifact ', '')} ({m['value']:.4g} "
+                                              f"vs {m['op']} {m['bound']:.4g})" for m in fails) if fails else "passes")
+        lines.append(f"| {t} | {len(req)} ({sum(r['false_alarm'] for r in req)}) | {least['check']} {least['value']:.4g} "
+                     f"{least['op']} {least['bound']:.4g} ({', '.join(where)}) | {seeds[0]} | {seeds[1]} |")
+    return "\n".join(lines)
+
+
 def summarise(result: dict) -> None:
     targets = list(dict.fromkeys(r["target"] for r in result["rows"]))
     result["false_alarms"] = {t: sum(r["false_alarm"] for r in result["rows"] if r["target"] == t) for t in targets}
@@ -237,10 +258,14 @@ def main(argv=None) -> None:
     ap.add_argument("--targets", default=",".join(backends.names()))
     ap.add_argument("--work", type=Path, help="folder for models and bundles (default: a temporary one)")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--table", action="store_true", help="print the docs' table from --out; run nothing")
     ap.add_argument("--rescore", action="store_true",
                     help="recompute the derived fields (headroom, false alarms) of --out from its recorded checks")
     a = ap.parse_args(argv)
     gate = thresholds_in_force([RECIPE], [])[RECIPE]["gate"]
+    if a.table:
+        print(docs_table(json.loads(a.out.read_text())))
+        return
     if a.rescore:
         result = json.loads(a.out.read_text())
         rescore(result["rows"], gate)

@@ -107,14 +107,28 @@ def run(targets: list[str], names: list[str], work: Path) -> dict:
 
 
 def table(result: dict) -> str:
-    lines = ["| target | fault | in | recipe | caught | by | float→artifact KL (clean) | quant→artifact KL |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        kl = (f"{r['float_vs_artifact_kl']:.4f} ({r['clean_float_vs_artifact_kl']:.4f})"
-              if "float_vs_artifact_kl" in r else r.get("refused") or r.get("out_of_reach") or r.get("crashed", ""))
-        lines.append(f"| {r['target']} | {r['fault']} | {r['where']} | {r['recipe']} | "
-                     f"{'yes' if r['caught'] else 'no'} | {', '.join(r.get('caught_by', []))} | {kl} | "
-                     f"{r.get('quant_vs_artifact_kl', float('nan')):.4f} |")
+    """The docs' table (docs/ci-gate.md): a row per fault, a column per target, and float -> artifact
+    KL with the fault against the clean export's."""
+    rows = result["rows"]
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    cell = {(r["fault"], r["target"]): r for r in rows}
+
+    def verdict(r):
+        by = r.get("caught_by") or []
+        if r["caught"]:
+            return f"caught: {by[0]}" + (f" (+{len(by) - 1})" if len(by) > 1 else "")
+        if r.get("refused"):
+            return f"refused: {r['refused'].split(':', 1)[-1].strip()[:80]}"
+        return ("out of reach" if r.get("out_of_reach") else "crashed" if r.get("crashed") else "**missed**")
+
+    lines = ["| fault | in | source, recipe | " + " | ".join(targets) + " | float->artifact KL with the fault (clean) |",
+             "|---|---|---|" + "---|" * len(targets) + "---|"]
+    for name in dict.fromkeys(r["fault"] for r in rows):
+        first = next(r for r in rows if r["fault"] == name)
+        kls = ", ".join(f"{t} {cell[name, t]['float_vs_artifact_kl']:.4f} ({cell[name, t]['clean_float_vs_artifact_kl']:.4f})"
+                        for t in targets if "float_vs_artifact_kl" in cell.get((name, t), {})) or "-"
+        lines.append(f"| {first['description']} | {first['where']} | {first.get('source', 'folder')}, `{first['recipe']}` | "
+                     + " | ".join(verdict(cell[name, t]) for t in targets) + f" | {kls} |")
     return "\n".join(lines)
 
 
@@ -130,7 +144,11 @@ def main(argv=None) -> None:
     ap.add_argument("--faults", default=",".join(f.name for f in SHARED_FAULTS))
     ap.add_argument("--work", type=Path, help="folder for models and bundles (default: a temporary one)")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--table", action="store_true", help="print the docs' table from --out; run nothing")
     a = ap.parse_args(argv)
+    if a.table:
+        print(table(json.loads(a.out.read_text())))
+        return
     targets, names = a.targets.split(","), a.faults.split(",")
     work = (a.work or Path(tempfile.mkdtemp(prefix="shared-faults."))).resolve()
     t0, prov = time.perf_counter(), stamp()  # the code as the run starts
