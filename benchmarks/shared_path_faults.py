@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -117,8 +118,9 @@ def table(result: dict) -> str:
         by = r.get("caught_by") or []
         if r["caught"]:
             return f"caught: {by[0]}" + (f" (+{len(by) - 1})" if len(by) > 1 else "")
-        if r.get("refused"):
-            return f"refused: {r['refused'].split(':', 1)[-1].strip()[:80]}"
+        if r.get("refused"):  # the baseline's path is long and says nothing: keep what differed
+            what = re.sub(r"^baseline \S+ ", "", r["refused"]).split(": ")[0]
+            return f"refused: {what[:90]}"
         return ("out of reach" if r.get("out_of_reach") else "crashed" if r.get("crashed") else "**missed**")
 
     lines = ["| fault | in | source, recipe | " + " | ".join(targets) + " | float->artifact KL with the fault (clean) |",
