@@ -84,8 +84,7 @@ def reference_digest(model: nn.Module) -> str:
         parts = [getattr(p, n) for n in p.tensor_data_names] if hasattr(p, "tensor_data_names") else [p.detach()]
         for t in parts:
             h.update(str(t.dtype).encode())
-            h.update(t.contiguous().view(torch.uint8).numpy().tobytes() if t.dtype == torch.bfloat16
-                     else t.contiguous().numpy().tobytes())
+            h.update(t.contiguous().view(torch.uint8).numpy().tobytes())  # raw bytes: numpy has no bf16
     return h.hexdigest()[:16]
 
 
