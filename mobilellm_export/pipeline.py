@@ -28,7 +28,7 @@ from mobilellm_export.backends import ExportSpec, Target
 from mobilellm_export.checkpoints import Checkpoint, build_model
 from mobilellm_export.console import Progress
 from mobilellm_export.errors import UserError, load_json
-from mobilellm_export.memory import release
+from mobilellm_export.memory import release, settle_imports
 from mobilellm_export.presets import generation_defaults as family_defaults
 from mobilellm_export.quant.quantize import quantize
 from mobilellm_export.quant.recipe import Recipe, Thresholds
@@ -258,6 +258,11 @@ def calibration_checks(recipe: Recipe, ck: Checkpoint, eval_text: str | None, ev
     return out
 
 
+def _libraries(target: Target, verifying: bool) -> tuple[str, ...]:
+    """What the run will import (torchao quantizes, transformers is verify's independent reference)."""
+    return ("torchao.quantization", *target.imports, *(("transformers",) if verifying else ()))
+
+
 def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_context: int, max_seq_len: int,
            checking: Checking, thresholds: Thresholds, progress: Progress, do_verify: bool = True,
            baseline: dict | None = None, lowering_fault: int | None = None,
@@ -270,6 +275,7 @@ def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_cont
     if final.exists() and not final.is_dir():  # before the work, not after it
         raise UserError(f"{final} exists and is not a bundle folder; move it away first")
     gen = generation_defaults(ck, spec)
+    settle_imports(_libraries(target, do_verify))
     with progress.step("reference model", f"{ck.config.arch}, {ck.config.param_count():,} parameters"):
         model = build_model(ck, max_context)
         # From here the model's parameters are the only float copy: each goes as it is quantized,
@@ -618,6 +624,7 @@ def open_bundle(req: VerifyRequest, progress: Progress) -> Opened:
     if base is None:  # the files' own disagreements first: the source comparison below builds on them
         metadata.require(meta)
     torch.set_num_threads(c.threads)
+    settle_imports(_libraries(tgt, True))
     with progress.step("load", source):
         # the source's own tokenizer (or the one the export was given, named again here), to check
         # the bundle's is it; the reference is then built with the bundle's, as the apps run it

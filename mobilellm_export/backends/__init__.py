@@ -85,6 +85,9 @@ class Target:
     name: ClassVar[str]
     runtime: ClassVar[str]  # human name of the runtime, for reports
     tools: ClassVar[tuple[str, ...]] = ()  # pip packages whose versions the bundle records
+    # Modules its export and runners import: the pipeline imports them before the first model and
+    # keeps them out of the garbage collector's walks (memory.settle_imports).
+    imports: ClassVar[tuple[str, ...]] = ()
 
     OPTIONS: ClassVar[tuple[Option, ...]] = ()
     # The arithmetic of the runtime on a device: "fp32", or "fp16" (the conformance suite then holds

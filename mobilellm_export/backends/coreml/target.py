@@ -25,6 +25,7 @@ class IOS(Target):
     runtime = "Core ML (iOS 18 ML program, stateful)"
     app = "copy {bundle} into the app's Documents (Finder or xcrun devicectl; ios_demo/README.md)"
     tools = ("coremltools",)
+    imports = ("coremltools", "coremltools.converters.mil.frontend.milproto.load")
     precision = "fp16"  # Core ML stores fp16 constants and computes fp16 activations on the device
     OPTIONS = (Option("compute_units", ("gpu", "ane"), "gpu",
                       "--target ios: the compute units the package asks for: gpu (cpuAndGPU) or ane "

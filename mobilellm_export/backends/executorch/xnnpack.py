@@ -32,6 +32,8 @@ class Android(Target):
     runtime = "ExecuTorch (XNNPACK)"
     app = "adb push {bundle} /data/local/tmp/mobilellm/, then pick it in the app (android_demo/README.md)"
     tools = ("executorch",)
+    imports = ("executorch.exir", "executorch.backends.xnnpack.partition.xnnpack_partitioner", "executorch.runtime",
+               "executorch.extension.llm.custom_ops.custom_ops", "executorch.kernels.quantized")
     ENTRY, DATA = "model.pte", "model.ptd"  # .ptd: external weights, so a tied table is stored once
     OPTIONS = (Option("weights", ("ptd", "pte"), "ptd",
                       "--target android: where a tied embedding/head's weights go. ptd (default): model.ptd "

@@ -23,6 +23,7 @@ class Onnx(Target):
     runtime = "ONNX Runtime (CPU EP)"
     app = "onnxruntime-genai opens the folder: og.Model(og.Config(\"{bundle}\")) (docs/targets/onnx.md)"
     tools = ("onnx", "onnxruntime")
+    imports = ("onnx", "onnxruntime")
 
     OPTIONS = (Option("accuracy", ("int8", "fp32"), "int8",
                       "--target onnx: MatMulNBits compute, int8 activations (accuracy level 4, ORT's fast CPU "
