@@ -35,14 +35,6 @@ OUT = REPO / "benchmarks" / "results" / "shared_path_faults.json"
 N_LAYERS = 2  # the CI tests' size: lowering costs ~10-20 s a layer on 2 cores
 
 
-def caught(rep: dict, clean: dict) -> tuple[list[str], list[str]]:
-    """(failed checks, those of them that pass on the clean run)."""
-    from faults import harness
-
-    failed, clean_failed = harness.failed_checks(rep), set(harness.failed_checks(clean))
-    return failed, [c for c in failed if c not in clean_failed]
-
-
 def run(targets: list[str], names: list[str], work: Path) -> dict:
     from faults import harness
     from faults.shared import BY_NAME
@@ -92,13 +84,14 @@ def run(targets: list[str], names: list[str], work: Path) -> dict:
             except Exception as e:  # a crash: a column of its own, never a catch
                 row.update(caught=False, crashed=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300])
             else:
-                failed, by = caught(rep, json.loads(base.read_text()))
+                clean_rep = json.loads(base.read_text())
+                by = harness.caught_by(rep, clean_rep)
                 row.update(caught=bool(by) and rep.get("artifact_runs_here", False), caught_by=by,
-                           checks_failed=failed,
+                           checks_failed=harness.failed_checks(rep),
                            messages=[c["message"] for c in rep["gate"]["checks"] if c["name"] in by],
                            float_vs_artifact_kl=rep["parity"]["float_vs_artifact"]["kl_mean"],
                            quant_vs_artifact_kl=rep["parity"]["quant_vs_artifact"]["kl_mean"],
-                           clean_float_vs_artifact_kl=json.loads(base.read_text())["parity"]["float_vs_artifact"]["kl_mean"])
+                           clean_float_vs_artifact_kl=clean_rep["parity"]["float_vs_artifact"]["kl_mean"])
             row["seconds"] = round(time.perf_counter() - t0, 1)
             rows.append(row)
             print(f"{t} {f.name}: {'caught by ' + ', '.join(row.get('caught_by', [])) if row['caught'] else 'MISSED'}"

@@ -10,6 +10,11 @@ of them only retrace, and two of those first export pattern models in every new 
 ops it rewrites occurs in the partition; every other pass, including any this file does not know,
 runs as before.
 
+`lean_edge_passes()` does the same for the op-replacement passes of the edge conversion and of
+`to_executorch` (each a full retrace of the whole program, ~1.2 s of tiny-llama's 26 s lowering):
+`aten.t` to `t_copy`, view ops left by functionalization to their copies, memory-format ops to
+dim-order ops, and the portable dim-order legalization, each only where its ops occur.
+
 `lean_decompositions()` does the same for `to_edge_transform_and_lower`'s decompositions. For a
 partitioner with an op check (XNNPACK's), ExecuTorch decomposes three times: functionalize, decompose
 all but the ops the partitioner keeps, then decompose with the full table what the check refused.
@@ -58,7 +63,7 @@ def acts(pass_class, graph_module) -> bool:
 @contextlib.contextmanager
 def lean_lowering():
     """While lowering: neither a pass nor a decomposition that has nothing to act on."""
-    with lean_xnnpack_passes(), lean_decompositions():
+    with lean_xnnpack_passes(), lean_decompositions(), lean_edge_passes():
         yield
 
 
@@ -120,3 +125,75 @@ def lean_xnnpack_passes():
         yield
     finally:
         xnnpack_preprocess.XNNPACKPassManager = stock
+
+
+def _edge_triggers() -> dict:
+    """Edge pass class -> can it change this graph module? (Each pass's own `call_operator` test,
+    read from ExecuTorch 1.5: every other op it hands back unchanged.)"""
+    import torch
+    from executorch.exir.passes.dim_order_ops_registry import DimOrderOpsMap
+    from executorch.exir.passes.legalize_portable_dim_order_pass import LegalizePortableDimOrderPass
+
+    def legalizes(gm) -> bool:
+        # it copies an input to the default dim order only where that input is not in it already
+        for n in _call_nodes(gm):
+            if n.target in LegalizePortableDimOrderPass._target_ops:
+                a = n.args[0] if n.args else None
+                if isinstance(a, torch.fx.Node) and "val" not in a.meta:
+                    return True  # nothing to judge by: let the pass decide
+                v = a.meta["val"] if isinstance(a, torch.fx.Node) else a
+                if isinstance(v, torch.Tensor) and tuple(int(d) for d in v.dim_order()) != tuple(range(v.dim())):
+                    return True
+        return False
+
+    return {
+        "NormalizeTransposePass": lambda gm: any(n.target == torch.ops.aten.t.default for n in _call_nodes(gm)),
+        "ReplaceBrokenOpsWithFunctionalOpsPass": lambda gm: any(getattr(n.target, "is_view", False)
+                                                                for n in _call_nodes(gm)),
+        "MemoryFormatOpsPass": lambda gm: any(n.target in DimOrderOpsMap for n in _call_nodes(gm)),
+        "LegalizePortableDimOrderPass": legalizes,
+    }
+
+
+def _call_nodes(graph_module) -> list:
+    """The call_function nodes of a graph module and of every graph module nested in it."""
+    import torch
+
+    return [n for m in graph_module.modules() if isinstance(m, torch.fx.GraphModule)
+            for n in m.graph.nodes if n.op == "call_function"]
+
+
+@contextlib.contextmanager
+def lean_edge_passes():
+    """While lowering: the edge op-replacement passes run only on a program holding an op they rewrite."""
+    from executorch.exir.pass_base import ExportPass, PassResult
+    from executorch.exir.passes import legalize_portable_dim_order_pass, memory_format_ops_pass
+    from executorch.exir.passes import normalize_transpose_pass, replace_broken_ops_with_function_ops_pass
+
+    triggers = _edge_triggers()
+    classes = [getattr(mod, name) for mod, name in (
+        (normalize_transpose_pass, "NormalizeTransposePass"),
+        (replace_broken_ops_with_function_ops_pass, "ReplaceBrokenOpsWithFunctionalOpsPass"),
+        (memory_format_ops_pass, "MemoryFormatOpsPass"),
+        (legalize_portable_dim_order_pass, "LegalizePortableDimOrderPass"))]
+    own = {cls: cls.__dict__.get("call") for cls in classes}
+
+    def make(cls):
+        stock, acts_on = own[cls] or ExportPass.call, triggers[cls.__name__]
+
+        def call(self, graph_module):
+            if acts_on(graph_module):
+                return stock(self, graph_module)
+            return PassResult(graph_module, False)
+        return call
+
+    for cls in classes:
+        cls.call = make(cls)
+    try:
+        yield
+    finally:
+        for cls, stock in own.items():
+            if stock is None:
+                del cls.call
+            else:
+                cls.call = stock

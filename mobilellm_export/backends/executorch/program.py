@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mobilellm_export.backends.executorch.lean_passes import lean_lowering
+from mobilellm_export.backends.executorch.lean_passes import lean_edge_passes, lean_lowering
 from mobilellm_export.config import ModelConfig
 from mobilellm_export.errors import UserError
 from mobilellm_export.model import MLP, RMS, KVCacheAttention, RMSNorm, Rotary, Transformer, visible
@@ -375,7 +375,7 @@ def export_pte(model: Transformer, cfg: ModelConfig, path: str | Path, *, max_se
 
     t0 = time.perf_counter()
     status("to_executorch + serialize")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), lean_edge_passes() if lean else contextlib.nullcontext():
         # Expected: the KV caches are mutable buffers whose initial contents are not serialized
         # (custom_sdpa never reads past start_pos + S, so their initial state is irrelevant).
         warnings.filterwarnings("ignore", message="Mutation on a buffer in the model is detected")

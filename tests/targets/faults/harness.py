@@ -178,6 +178,13 @@ def failed_checks(report: dict) -> list[str]:
     return [c["name"] for c in report.get("gate", {}).get("checks", []) if c["status"] == "fail"]
 
 
+def caught_by(report: dict, clean: dict) -> list[str]:
+    """The checks `report` fails that the clean run of the same model and recipe passes: only these
+    count as catching a fault (random weights can fail an absolute bound clean)."""
+    known = set(failed_checks(clean))
+    return [c for c in failed_checks(report) if c not in known]
+
+
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
@@ -224,7 +231,7 @@ def run_fault(fault: Fault, clean_report_path: str | Path, workdir: Path, *, sou
         row["passed"] = rep.get("passed")
         row["artifact_runs_here"] = rep.get("artifact_runs_here")
         row["checks_failed"] = failed_checks(rep)
-        row["caught_by"] = [c for c in row["checks_failed"] if c not in set(failed_checks(clean))]
+        row["caught_by"] = caught_by(rep, clean)
         # caught: a named check failed, on an artifact that loaded and ran here
         row["caught"] = bool(row["caught_by"]) and rep.get("artifact_runs_here", False)
         row["localise"] = (rep.get("localise") or {}).get("first")
