@@ -82,8 +82,8 @@ def child_clean(work: Path, name: str) -> dict:
     t1 = time.perf_counter()
     report = str(bundle / "report.json")
     if case["seed"] == 0:  # verify reloads the source: what `mobilellm-export verify --baseline` does
-        how = "verify --baseline (2 threads)"
-        again = harness.verify_bundle(bundle, baseline=report, threads=2)
+        how = "verify --source --baseline (2 threads)"
+        again = harness.verify_bundle(bundle, baseline=report, threads=2, source=src)
     else:  # a preset bundle records no seed, so verify would reload seed 0: re-export instead
         how = "re-export --baseline (2 threads)"
         _, again = harness.export_bundle(src, work / "clean-again" / name, case["recipe"], tokenizer=tok,
