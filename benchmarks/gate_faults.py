@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/gate_faults.py                       # all (about an hour on 2 cores)
     .venv/bin/python benchmarks/gate_faults.py --faults qk_norm_dropped,eos_ids_wrong --clean none
     .venv/bin/python benchmarks/gate_faults.py --clean tiny-llama-4bit,r1-folder-4bit --faults none
+    .venv/bin/python benchmarks/gate_faults.py --table      # the docs' tables, from the results file
 
 Faults (tests/faults): each is injected into an otherwise correct Android export of a 4-layer
 MobileLLM-R1-layout HF folder (QK-norm, 512-id vocabulary), and the default gate is run on it
@@ -189,7 +190,11 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--child", nargs=2, metavar=("KIND", "NAME"), help=argparse.SUPPRESS)
     ap.add_argument("--row", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--table", action="store_true", help="print the docs' tables from --out and stop")
     a = ap.parse_args(argv)
+    if a.table:
+        print(table(json.loads(a.out.read_text())))
+        return
     work = (a.work or Path(tempfile.mkdtemp(prefix="gate-faults."))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     if a.child:
