@@ -47,6 +47,8 @@ TRIGGERS = {
     "RemoveGetItemPass": ("aten.max_pool2d_with_indices", "aten.max.dim"),
     "RemoveRedundantCopyPass": ("aten._to_copy",),
     "DimOrderOpsRevertPass": ("dim_order_ops.",),  # _to_dim_order_copy, _empty_dim_order, _clone_dim_order
+    # [add]mm -> linear; its fallback transform rewrites only addmm and mm too
+    "ConvertToLinearPass": ("aten.mm", "aten.addmm", "aten.bmm"),
 }
 
 
