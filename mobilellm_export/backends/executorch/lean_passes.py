@@ -56,6 +56,23 @@ def _op_names(graph_module) -> set[str]:
     return {getattr(n.target, "__name__", str(n.target)) for n in graph_module.graph.nodes if n.op == "call_function"}
 
 
+def _copy_custom_meta(graph_module) -> None:
+    """What PropagateCustomMetaPass does before its closing retrace: each quantize/dequantize node
+    takes its parent's `meta["custom"]` (our external-data tag). The retrace changes no op, and a
+    retrace carries every node's meta over as it is, so the result is the same without it."""
+    import torch
+    from executorch.backends.xnnpack.utils.quant_utils import is_dequant, is_quant
+
+    for n in graph_module.graph.nodes:
+        if (is_quant(n) or is_dequant(n)) and n.args and isinstance(n.args[0], torch.fx.Node):
+            if "custom" in n.args[0].meta:
+                n.meta["custom"] = n.args[0].meta["custom"]
+
+
+# pass class name -> the same change made in place, without the pass's full retrace
+IN_PLACE = {"PropagateCustomMetaPass": _copy_custom_meta}
+
+
 def acts(pass_class, graph_module) -> bool:
     """Can `pass_class` change `graph_module`? Unknown passes: assumed so."""
     triggers = TRIGGERS.get(pass_class.__name__)
@@ -115,7 +132,9 @@ def lean_xnnpack_passes():
             ep, passes = self.exported_program, self.passes
             try:
                 for p in passes:
-                    if acts(p, ep.graph_module):
+                    if p.__name__ in IN_PLACE:
+                        IN_PLACE[p.__name__](ep.graph_module)
+                    elif acts(p, ep.graph_module):
                         self._exported_program, self.passes = ep, [p]
                         ep = super().transform()
             finally:
