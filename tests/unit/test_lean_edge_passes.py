@@ -57,3 +57,26 @@ def test_the_stock_passes_come_back_on_exit():
     assert "call" not in NormalizeTransposePass.__dict__  # inherited from ExportPass again
     gm = _graph(transpose=False)
     assert NormalizeTransposePass()(gm).graph_module is not gm  # a stock retrace
+
+
+class Folds(torch.nn.Module):
+    def __init__(self, constant_op: bool):
+        super().__init__()
+        self.constant_op, self.w = constant_op, torch.nn.Parameter(torch.randn(4))
+
+    def forward(self, x):
+        # arange(4): inputs all literals, what ConstPropPass folds; the weight is a placeholder (not folded)
+        return x * self.w + (torch.arange(4, dtype=torch.float32) if self.constant_op else 0.0)
+
+
+def test_constant_folding_is_left_out_only_where_nothing_folds():
+    from executorch.exir.passes.const_prop_pass import ConstPropPass
+
+    from mobilellm_export.backends.executorch.lean_passes import acts
+
+    for constant_op in (True, False):
+        ep = torch.export.export(Folds(constant_op), (torch.randn(4),), strict=False).run_decompositions({})
+        before = _ops(ep.graph_module)
+        after = _ops(ConstPropPass()(ep.graph_module).graph_module)
+        assert acts(ConstPropPass, ep.graph_module) is constant_op
+        assert (after != before) is constant_op  # the stock pass: folds arange, else changes nothing

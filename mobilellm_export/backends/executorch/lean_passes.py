@@ -69,12 +69,31 @@ def _copy_custom_meta(graph_module) -> None:
                 n.meta["custom"] = n.args[0].meta["custom"]
 
 
+def _foldable(graph_module) -> bool:
+    """ConstPropPass folds an op whose every input is a constant during its retrace: a literal or a
+    get_attr tensor (a placeholder, weights included, is a fake tensor there). A chain of them starts
+    with one whose inputs are all such, so without one the pass folds nothing."""
+    import torch
+    from torch.utils import _pytree
+
+    for n in graph_module.graph.nodes:
+        if n.op == "call_function":
+            leaves = _pytree.tree_leaves((n.args, n.kwargs))
+            if all(not isinstance(a, torch.fx.Node) or a.op == "get_attr" for a in leaves):
+                return True
+    return False
+
+
 # pass class name -> the same change made in place, without the pass's full retrace
 IN_PLACE = {"PropagateCustomMetaPass": _copy_custom_meta}
+# pass class name -> can it change a graph module, where a list of ops cannot say
+PREDICATES = {"ConstPropPass": _foldable}
 
 
 def acts(pass_class, graph_module) -> bool:
     """Can `pass_class` change `graph_module`? Unknown passes: assumed so."""
+    if pass_class.__name__ in PREDICATES:
+        return PREDICATES[pass_class.__name__](graph_module)
     triggers = TRIGGERS.get(pass_class.__name__)
     return triggers is None or any(op.startswith(t) for op in _op_names(graph_module) for t in triggers)
 
