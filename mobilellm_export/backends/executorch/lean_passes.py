@@ -4,11 +4,15 @@ whose ops a partition lacks, and a decomposition whose ops the graph lacks.
 XNNPACK's preprocess runs 17 graph passes on every partition, and each ends in a full fake-tensor
 retrace of the partition whether it matched anything or not. A decoder layer has no convolution,
 batch norm, PReLU, padding, concatenation, upsampling, softmax, ReLU, max, copy or dim-order op, so 11
-of them only retrace, and two of those first export pattern models in every new process.
+of them only retrace, and two of those first export pattern models in every new process. Most
+partitions have no [add]mm either (their linears stay `linear`) and no op with only constant inputs
+to fold.
 
 `lean_xnnpack_passes()` swaps in a pass manager that leaves out a known pass only when none of the
-ops it rewrites occurs in the partition; every other pass, including any this file does not know,
-runs as before.
+ops it rewrites occurs in the partition (TRIGGERS), or when a test of the partition says it cannot
+change it (PREDICATES: constant folding); every other pass, including any this file does not know,
+runs as before. One pass, PropagateCustomMetaPass, only copies a meta tag and then retraces to carry
+it: its copy is made in place instead (IN_PLACE).
 
 `lean_edge_passes()` does the same for the op-replacement passes of the edge conversion and of
 `to_executorch` (each a full retrace of the whole program, ~1.2 s of tiny-llama's 26 s lowering):
