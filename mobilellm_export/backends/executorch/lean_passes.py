@@ -28,9 +28,9 @@ a decomposition on that condition on its other path (`contains_any_call_fn_targe
 it to every decomposition with a table, and never to `run_decompositions({})`, which functionalizes.
 
 The .pte and .ptd are byte-identical to a stock lowering (tests/targets/test_android.py compares
-them), which is what makes leaving either out safe. Both together, stock -> lean in one process after a
-warm-up (benchmarks/results/lowering_time.json, 4bit-fast): tiny-llama 49.7 -> 33.6 s, tiny-gemma3
-86.8 -> 61.0 s, SmolLM2-135M 652 -> 408 s (0.625), the same bytes each time.
+them), which is what makes leaving any of them out safe. All together, stock -> lean in one process
+after a warm-up (benchmarks/results/lowering_time.json, 4bit-fast, 2026-12-08): tiny-llama 38.6 ->
+19.6 s, tiny-gemma3 82.0 -> 34.3 s, SmolLM2-135M 605 -> 273 s (0.451), the same bytes each time.
 """
 
 from __future__ import annotations
