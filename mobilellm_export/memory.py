@@ -67,12 +67,13 @@ def release() -> None:
         pass
 
 
-_SETTLED: set[str] = set()
+_TRIED: set[str] = set()  # modules settle_imports was given (a missing one is not tried again)
+_FROZEN = False
 
 
 def settle_imports(modules=()) -> None:
     """Import `modules` (those missing are skipped) and take everything alive out of the cyclic
-    collector's reach (gc.freeze), once per new set of modules.
+    collector's reach (gc.freeze): on the first call, and on each that imports something new.
 
     Why: torch, ExecuTorch, coremltools and ONNX leave ~540,000 tracked objects behind at import,
     and every full collection (each `release()`, and the interpreter's own) walked them all: 0.35 s
@@ -83,16 +84,18 @@ def settle_imports(modules=()) -> None:
     import importlib
     import sys
 
-    new = [m for m in modules if m not in _SETTLED and m not in sys.modules]
+    global _FROZEN
+    new = [m for m in modules if m not in _TRIED and m not in sys.modules]
+    _TRIED.update(modules)
     for m in new:
         try:
             importlib.import_module(m)
         except ImportError:  # an optional extra (transformers) not installed: its check says so later
             pass
-    if new or not _SETTLED:
+    if new or not _FROZEN:
         gc.collect()
         gc.freeze()
-    _SETTLED.update(modules or ("",))
+        _FROZEN = True
 
 
 def descendants(pid: int) -> list[int]:

@@ -258,9 +258,11 @@ def calibration_checks(recipe: Recipe, ck: Checkpoint, eval_text: str | None, ev
     return out
 
 
-def _libraries(target: Target, verifying: bool) -> tuple[str, ...]:
-    """What the run will import (torchao quantizes, transformers is verify's independent reference)."""
-    return ("torchao.quantization", *target.imports, *(("transformers",) if verifying else ()))
+def _libraries(target: Target, ck: Checkpoint, verifying: bool) -> tuple[str, ...]:
+    """What the run will import: torchao quantizes; transformers is verify's independent reference,
+    which reads a source's files (a preset has none, and never imports it)."""
+    independent = verifying and ck.files is not None
+    return ("torchao.quantization", *target.imports, *(("transformers",) if independent else ()))
 
 
 def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_context: int, max_seq_len: int,
@@ -275,7 +277,7 @@ def export(ck: Checkpoint, recipe: Recipe, target: Target, *, out: str, max_cont
     if final.exists() and not final.is_dir():  # before the work, not after it
         raise UserError(f"{final} exists and is not a bundle folder; move it away first")
     gen = generation_defaults(ck, spec)
-    settle_imports(_libraries(target, do_verify))
+    settle_imports(_libraries(target, ck, do_verify))
     with progress.step("reference model", f"{ck.config.arch}, {ck.config.param_count():,} parameters"):
         model = build_model(ck, max_context)
         # From here the model's parameters are the only float copy: each goes as it is quantized,
@@ -624,13 +626,13 @@ def open_bundle(req: VerifyRequest, progress: Progress) -> Opened:
     if base is None:  # the files' own disagreements first: the source comparison below builds on them
         metadata.require(meta)
     torch.set_num_threads(c.threads)
-    settle_imports(_libraries(tgt, True))
     with progress.step("load", source):
         # the source's own tokenizer (or the one the export was given, named again here), to check
         # the bundle's is it; the reference is then built with the bundle's, as the apps run it
         own = (Tokenizer.from_dir(req.tokenizer), f"--tokenizer {req.tokenizer}") if req.tokenizer else \
             own_tokenizer(source)
         ck = load(source, tokenizer=str(d / m["tokenizer"]["file"]))
+    settle_imports(_libraries(tgt, ck, True))
     # EOS ids and BOS id re-derived from the source (its config, and the tokenizer just checked to
     # be its own), as export derives them: an exporter that wrote the same wrong value into every
     # file of the bundle agrees with itself, not with this

@@ -57,7 +57,7 @@ TRIGGERS = {
 
 
 def _op_names(graph_module) -> set[str]:
-    return {getattr(n.target, "__name__", str(n.target)) for n in graph_module.graph.nodes if n.op == "call_function"}
+    return {getattr(n.target, "__name__", str(n.target)) for n in _call_nodes(graph_module)}
 
 
 def _copy_custom_meta(graph_module) -> None:
